@@ -1,0 +1,144 @@
+//! Measures `meshploy validate` on synthetic repositories and on a YAML alias bomb: wall
+//! time and peak resident memory of the real binary, as a user would run it.
+//!
+//! ```text
+//! cargo run --release --example bench_validate [-- --resources 10000 --runs 5]
+//! ```
+//!
+//! It builds the release binary first and measures each run with `/usr/bin/time` (Debian's
+//! `time` package), which reports the child's peak RSS.
+
+#[path = "support/generate.rs"]
+mod generate;
+#[path = "support/yaml_bomb.rs"]
+mod yaml_bomb;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+struct Measurement {
+    exit_code: i32,
+    wall_ms: f64,
+    peak_rss_mb: f64,
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    let mut resources = 10_000;
+    let mut runs = 5;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    for pair in args.chunks(2) {
+        match pair {
+            [flag, value] if flag == "--resources" => resources = parse(value)?,
+            [flag, value] if flag == "--runs" => runs = parse(value)?,
+            _ => return Err("usage: bench_validate [--resources N] [--runs K]".into()),
+        }
+    }
+    let binary = build_binary()?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let repo = dir.path().join("repo");
+    let written = generate::write_repo(&repo, resources).map_err(|e| e.to_string())?;
+    println!("meshploy validate on {written} resources ({runs} runs, release build):");
+    let mut samples = Vec::new();
+    for _ in 0..runs {
+        let m = measure(&binary, &repo)?;
+        if m.exit_code != 0 {
+            return Err(format!(
+                "validate exited {} on the generated repo",
+                m.exit_code
+            ));
+        }
+        samples.push(m);
+    }
+    samples.sort_by(|a, b| a.wall_ms.total_cmp(&b.wall_ms));
+    let median = &samples[samples.len() / 2];
+    let worst_rss = samples.iter().map(|m| m.peak_rss_mb).fold(0.0, f64::max);
+    println!(
+        "  wall: min {:.0} ms, median {:.0} ms, max {:.0} ms",
+        samples[0].wall_ms,
+        median.wall_ms,
+        samples[samples.len() - 1].wall_ms
+    );
+    println!("  peak RSS: {worst_rss:.1} MB (largest of {runs} runs)");
+    println!("  targets: under 300 ms wall, under 100 MB peak RSS");
+
+    let bomb_dir = dir.path().join("bomb");
+    std::fs::create_dir_all(&bomb_dir).map_err(|e| e.to_string())?;
+    let bomb = yaml_bomb::billion_laughs();
+    std::fs::write(bomb_dir.join("bomb.yaml"), &bomb).map_err(|e| e.to_string())?;
+    let m = measure(&binary, &bomb_dir)?;
+    println!(
+        "billion laughs ({} bytes, 10^9 nodes if expanded): exit {}, {:.0} ms, peak RSS {:.1} MB",
+        bomb.len(),
+        m.exit_code,
+        m.wall_ms,
+        m.peak_rss_mb
+    );
+    println!("  targets: rejected (exit 1) in under 1 s with under 50 MB");
+    if m.exit_code != 1 {
+        return Err("the alias bomb was not rejected".into());
+    }
+    Ok(())
+}
+
+fn parse(value: &str) -> Result<usize, String> {
+    value
+        .parse()
+        .map_err(|_| format!("`{value}` is not a number"))
+}
+
+/// Builds the release binary and returns its path next to this program's.
+fn build_binary() -> Result<PathBuf, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "--quiet", "--bin", "meshploy"])
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err("cargo build --release failed".into());
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let release = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or("cannot locate the target directory")?;
+    Ok(release.join("meshploy"))
+}
+
+/// Runs `meshploy validate DIR` under `/usr/bin/time`, which prints wall seconds and peak
+/// RSS in KiB on the last line of standard error.
+fn measure(binary: &Path, dir: &Path) -> Result<Measurement, String> {
+    let output = Command::new("/usr/bin/time")
+        .args(["-f", "%e %M"])
+        .arg(binary)
+        .arg("validate")
+        .arg(dir)
+        .output()
+        .map_err(|e| format!("cannot run /usr/bin/time (apt-get install time): {e}"))?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    let mut fields = last.split_whitespace();
+    let seconds: f64 = fields
+        .next()
+        .and_then(|f| f.parse().ok())
+        .ok_or(format!("unexpected time output: {last}"))?;
+    let kib: f64 = fields
+        .next()
+        .and_then(|f| f.parse().ok())
+        .ok_or(format!("unexpected time output: {last}"))?;
+    let exit_code = output.status.code().unwrap_or(-1);
+    Ok(Measurement {
+        exit_code,
+        wall_ms: seconds * 1000.0,
+        peak_rss_mb: kib / 1024.0,
+    })
+}

@@ -1,0 +1,92 @@
+//! `meshploy validate`: every problem in the manifests, rendered for people or for tools.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use schema::{DesiredState, Diagnostic, Limits, SourceFile};
+use serde_json::json;
+
+use crate::cli::Format;
+use crate::manifests;
+
+pub fn run(dir: &Path, format: Format) -> Result<ExitCode> {
+    let limits = Limits::default();
+    let files = manifests::read_dir(dir, &limits)?;
+    let result = schema::load(&files, &limits);
+    match format {
+        Format::Text => print_text(&files, &result),
+        Format::Json => print_json(&files, &result)?,
+    }
+    Ok(if result.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn print_text(files: &[SourceFile], result: &Result<DesiredState, Vec<Diagnostic>>) {
+    match result {
+        Ok(state) => {
+            let counts: Vec<String> = state
+                .counts()
+                .iter()
+                .map(|(kind, n)| format!("{n} {}", plural(kind.name(), *n)))
+                .collect();
+            println!(
+                "ok: {} {} in {} {} ({})",
+                state.len(),
+                plural("resource", state.len()),
+                files.len(),
+                plural("file", files.len()),
+                counts.join(", ")
+            );
+        }
+        Err(diagnostics) => {
+            for diagnostic in diagnostics {
+                let source = files
+                    .iter()
+                    .find(|f| f.path == diagnostic.file)
+                    .and_then(|f| std::str::from_utf8(&f.bytes).ok());
+                eprintln!("{}", diagnostic.render(source));
+            }
+            let failing: BTreeSet<&str> = diagnostics.iter().map(|d| d.file.as_str()).collect();
+            eprintln!(
+                "error: {} {} in {} {}",
+                diagnostics.len(),
+                plural("problem", diagnostics.len()),
+                failing.len(),
+                plural("file", failing.len()),
+            );
+        }
+    }
+}
+
+fn print_json(files: &[SourceFile], result: &Result<DesiredState, Vec<Diagnostic>>) -> Result<()> {
+    let report = match result {
+        Ok(state) => json!({
+            "valid": true,
+            "files": files.len(),
+            "resources": state.len(),
+            "diagnostics": [],
+        }),
+        Err(diagnostics) => json!({
+            "valid": false,
+            "files": files.len(),
+            "diagnostics": diagnostics,
+        }),
+    };
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+fn plural(word: &str, n: usize) -> String {
+    if n == 1 {
+        word.to_owned()
+    } else if word.ends_with('s') {
+        format!("{word}es")
+    } else {
+        format!("{word}s")
+    }
+}

@@ -1,0 +1,7 @@
+//! End-to-end tests: they drive the `meshploy` binary as a user would.
+
+mod schema_export;
+mod util;
+mod validate;
+#[path = "../examples/support/yaml_bomb.rs"]
+mod yaml_bomb;
