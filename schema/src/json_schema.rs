@@ -39,12 +39,16 @@ fn kind_schema(kind: Kind, generator: &mut SchemaGenerator) -> Value {
         "maxLength": 63,
         "description": "A DNS-1123 label: lowercase letters, digits and `-`, at most 63 characters.",
     });
+    let protect = json!({
+        "type": "boolean",
+        "description": "When true, plans refuse to destroy the resource, even after its document is deleted.",
+    });
     let metadata = if kind == Kind::Project {
         json!({
             "type": "object",
             "additionalProperties": false,
             "required": ["name"],
-            "properties": { "name": name },
+            "properties": { "name": name, "protect": protect },
         })
     } else {
         json!({
@@ -54,6 +58,7 @@ fn kind_schema(kind: Kind, generator: &mut SchemaGenerator) -> Value {
             "properties": {
                 "name": name,
                 "project": { "$ref": "#/definitions/ProjectName" },
+                "protect": protect,
             },
         })
     };

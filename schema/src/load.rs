@@ -374,6 +374,7 @@ impl Loader {
                 }
             }
         };
+        let protect = metadata.value.protect.unwrap_or(false);
         let Some(address) = self.address(&doc, kind, metadata) else {
             return;
         };
@@ -394,6 +395,7 @@ impl Loader {
                 Resource {
                     address,
                     origin,
+                    protect,
                     spec,
                 },
             );
@@ -419,7 +421,7 @@ impl Loader {
 
     /// Checks names and records the declaration; `None` if the address is unusable.
     fn address(&mut self, doc: &Doc, kind: Kind, metadata: Spanned<Metadata>) -> Option<Address> {
-        let Metadata { name, project } = metadata.value;
+        let Metadata { name, project, .. } = metadata.value;
         let address = if kind == Kind::Project {
             if let Some(project) = project {
                 self.diagnostics.push(

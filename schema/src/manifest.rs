@@ -28,6 +28,9 @@ pub struct Metadata {
     pub name: Spanned<String>,
     /// Project the resource belongs to. Required for every kind except `Project`.
     pub project: Option<Spanned<String>>,
+    /// When true, plans refuse to destroy the resource, even after its document is deleted
+    /// from git. Set it to false (and apply) before removing the resource.
+    pub protect: Option<bool>,
 }
 
 /// `spec` of a `Project`. A project groups services, routes and variable groups and maps to

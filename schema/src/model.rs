@@ -129,6 +129,8 @@ pub struct Origin {
 pub struct Resource {
     pub address: Address,
     pub origin: Origin,
+    /// `metadata.protect`: the resource may not be destroyed while this is set.
+    pub protect: bool,
     pub spec: Spec,
 }
 

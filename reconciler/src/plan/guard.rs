@@ -1,0 +1,107 @@
+//! Guards that refuse dangerous plans: protected resources and mass destruction.
+
+use std::collections::BTreeSet;
+
+use schema::Kind;
+use serde::Serialize;
+
+use super::{Action, Plan, State};
+
+/// Limits on what one plan may destroy without `--allow-destroy`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Guard {
+    /// Largest share of the managed resources one plan may destroy, from 0 to 1.
+    pub max_destroy_fraction: f64,
+    /// Whether the operator allowed mass destruction for this plan.
+    pub allow_destroy: bool,
+}
+
+impl Default for Guard {
+    fn default() -> Guard {
+        Guard {
+            max_destroy_fraction: 0.25,
+            allow_destroy: false,
+        }
+    }
+}
+
+/// Why a plan may not be applied, with what to do about it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "reason")]
+pub enum Refusal {
+    /// A protected resource would be destroyed.
+    Protected { address: String },
+    /// A whole project would be destroyed.
+    ProjectDestroyed { address: String },
+    /// More than the allowed share of resources would be destroyed.
+    TooManyDestroyed {
+        destroy: usize,
+        managed: usize,
+        max_percent: u32,
+    },
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Refusal::Protected { address } => write!(
+                f,
+                "{address} is protected and cannot be destroyed; set `metadata.protect: false` in its manifest and apply that first"
+            ),
+            Refusal::ProjectDestroyed { address } => write!(
+                f,
+                "this plan destroys {address} and everything in it; rerun with --allow-destroy if that is intended"
+            ),
+            Refusal::TooManyDestroyed {
+                destroy,
+                managed,
+                max_percent,
+            } => write!(
+                f,
+                "this plan destroys {destroy} of {managed} managed resources (more than {max_percent}%); rerun with --allow-destroy if that is intended"
+            ),
+        }
+    }
+}
+
+impl Guard {
+    /// Every reason to refuse `plan` against `actual`. Protection cannot be overridden;
+    /// the mass-destroy checks can, with `allow_destroy`.
+    pub fn check(&self, plan: &Plan, actual: &State) -> Vec<Refusal> {
+        let destroyed: Vec<_> = plan
+            .changes
+            .iter()
+            .filter(|c| matches!(c.action, Action::Delete | Action::Replace))
+            .collect();
+        let mut refusals: Vec<Refusal> = destroyed
+            .iter()
+            .filter(|c| actual.get(&c.address).is_some_and(|e| e.protect))
+            .map(|c| Refusal::Protected {
+                address: c.address.to_string(),
+            })
+            .collect();
+        if self.allow_destroy {
+            return refusals;
+        }
+        let deleted_projects: BTreeSet<String> = destroyed
+            .iter()
+            .filter(|c| c.address.kind == Kind::Project && c.action == Action::Delete)
+            .map(|c| c.address.to_string())
+            .collect();
+        refusals.extend(
+            deleted_projects
+                .into_iter()
+                .map(|address| Refusal::ProjectDestroyed { address }),
+        );
+        let destroy = destroyed.len();
+        let managed = actual.len();
+        if managed > 0 && destroy as f64 > self.max_destroy_fraction * managed as f64 {
+            refusals.push(Refusal::TooManyDestroyed {
+                destroy,
+                managed,
+                max_percent: (self.max_destroy_fraction * 100.0).round() as u32,
+            });
+        }
+        refusals
+    }
+}
