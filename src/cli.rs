@@ -26,6 +26,35 @@ pub enum Command {
     },
     /// Print the JSON Schema of a manifest document, for editors and tools.
     Schema,
+    /// Make keys and seal secrets for variable groups.
+    #[command(subcommand)]
+    Secret(SecretCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Print a new random key as `ID:KEY`, ready for MESHPLOY_SECRET_KEYS.
+    Keygen {
+        /// Key id, recorded in every envelope sealed with the key.
+        #[arg(long, default_value = "k1")]
+        id: String,
+    },
+    /// Seal a secret read from standard input and print the envelope to paste into a
+    /// VariableGroup's `secrets`. One trailing newline is removed from the input.
+    Encrypt {
+        /// Project of the variable group.
+        #[arg(long)]
+        project: String,
+        /// Variable group the secret belongs to.
+        #[arg(long)]
+        group: String,
+        /// Name of the secret (an environment variable name).
+        #[arg(long)]
+        name: String,
+        /// Keys as `id:key[,id:key...]`; the first one seals.
+        #[arg(long, env = "MESHPLOY_SECRET_KEYS", hide_env_values = true)]
+        secret_keys: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -5,3 +5,4 @@
 //! calls into it, never the other way round.
 
 pub mod plan;
+pub mod secrets;

@@ -1,0 +1,115 @@
+//! `meshploy secret`: keys and envelopes made by the CLI work with `validate`, and the
+//! plaintext never comes back out.
+
+use std::io::Write;
+use std::process::Stdio;
+
+use crate::util::{Dir, Run, meshploy};
+
+fn encrypt(keys: &str, args: &[&str], stdin: &[u8]) -> Run {
+    let mut child = meshploy()
+        .args(["secret", "encrypt"])
+        .args(args)
+        .env("MESHPLOY_SECRET_KEYS", keys)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin)
+        .expect("write stdin");
+    Run::new(child.wait_with_output())
+}
+
+fn keygen(id: &str) -> String {
+    let run = Run::new(meshploy().args(["secret", "keygen", "--id", id]).output());
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    run.stdout.trim().to_owned()
+}
+
+#[test]
+fn an_encrypted_secret_validates_and_never_shows_its_plaintext() {
+    let key = keygen("ops");
+    assert!(key.starts_with("ops:") && key.len() == 4 + 43, "{key}");
+    let place = ["--project", "shop", "--group", "db", "--name", "PASSWORD"];
+    let run = encrypt(&key, &place, b"correct horse battery staple\n");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let envelope = run.stdout.trim();
+    assert!(envelope.starts_with("meshploy:v1:ops:"), "{envelope}");
+    assert!(!run.stdout.contains("horse") && !run.stderr.contains("horse"));
+
+    let dir = Dir::new();
+    dir.write(
+        "shop.yaml",
+        format!("apiVersion: meshploy.dev/v1\nkind: Project\nmetadata:\n  name: shop\n---\napiVersion: meshploy.dev/v1\nkind: VariableGroup\nmetadata:\n  name: db\n  project: shop\nspec:\n  secrets:\n    PASSWORD: {envelope}\n"),
+    );
+    let validate = dir.meshploy(&["validate"]);
+    assert_eq!(validate.code, 0, "{}", validate.stderr);
+}
+
+#[test]
+fn encrypt_refuses_missing_keys_bad_names_and_empty_input() {
+    let place = ["--project", "shop", "--group", "db", "--name", "PASSWORD"];
+    let run = encrypt("", &place, b"x");
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("no secret keys configured"),
+        "{}",
+        run.stderr
+    );
+
+    let key = keygen("k1");
+    let run = encrypt(
+        &key,
+        &["--project", "Shop", "--group", "db", "--name", "P"],
+        b"x",
+    );
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("--project: `Shop` is not a valid name"),
+        "{}",
+        run.stderr
+    );
+
+    let run = encrypt(
+        &key,
+        &["--project", "shop", "--group", "db", "--name", "api-key"],
+        b"x",
+    );
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr
+            .contains("--name: `api-key` is not a valid environment variable name"),
+        "{}",
+        run.stderr
+    );
+
+    let run = encrypt(&key, &place, b"\n");
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("is empty"), "{}", run.stderr);
+
+    let run = encrypt("k1:not-a-key", &place, b"x");
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("secret key `k1` is not 32 bytes"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("not-a-key"), "{}", run.stderr);
+
+    let run = Run::new(
+        meshploy()
+            .args(["secret", "keygen", "--id", "Bad_Id"])
+            .output(),
+    );
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("key id `Bad_Id` is not valid"),
+        "{}",
+        run.stderr
+    );
+}
