@@ -29,7 +29,19 @@ pub fn diff(desired: &State, actual: &State) -> Plan {
                     version: have.version,
                 },
                 (Some(want), Some(have)) => {
-                    let mut fields = field_changes(have, want);
+                    // Only an update can turn into a replacement: it is the one case with a
+                    // value on both sides of a field's removal or addition.
+                    let mut fields: Vec<FieldChange> = field_changes(have, want)
+                        .into_iter()
+                        .map(|f| FieldChange {
+                            forces_replacement: forces_replacement(
+                                &f.path,
+                                f.before.as_ref(),
+                                f.after.as_ref(),
+                            ),
+                            ..f
+                        })
+                        .collect();
                     if have.protect != want.protect {
                         fields.push(FieldChange {
                             path: "protect".into(),
@@ -62,7 +74,8 @@ pub fn diff(desired: &State, actual: &State) -> Plan {
     Plan { changes }
 }
 
-/// The fields that differ between `before` and `after`, sorted by path.
+/// The fields that differ between `before` and `after`, sorted by path; none forces a
+/// replacement (the caller decides that for updates).
 fn field_changes(before: &Entry, after: &Entry) -> Vec<FieldChange> {
     let paths: BTreeSet<&String> = before.fields.keys().chain(after.fields.keys()).collect();
     paths
@@ -71,9 +84,7 @@ fn field_changes(before: &Entry, after: &Entry) -> Vec<FieldChange> {
             let (old, new) = (before.fields.get(path), after.fields.get(path));
             (old != new).then(|| FieldChange {
                 path: path.clone(),
-                forces_replacement: !before.fields.is_empty()
-                    && !after.fields.is_empty()
-                    && forces_replacement(path, old, new),
+                forces_replacement: false,
                 before: old.cloned(),
                 after: new.cloned(),
             })
