@@ -55,12 +55,7 @@ fn an_encrypted_secret_validates_and_never_shows_its_plaintext() {
 fn encrypt_refuses_missing_keys_bad_names_and_empty_input() {
     let place = ["--project", "shop", "--group", "db", "--name", "PASSWORD"];
     let run = encrypt("", &place, b"x");
-    assert_eq!(run.code, 1);
-    assert!(
-        run.stderr.contains("no secret keys configured"),
-        "{}",
-        run.stderr
-    );
+    run.assert_fails_with("no secret keys configured");
 
     let key = keygen("k1");
     let run = encrypt(
@@ -68,37 +63,20 @@ fn encrypt_refuses_missing_keys_bad_names_and_empty_input() {
         &["--project", "Shop", "--group", "db", "--name", "P"],
         b"x",
     );
-    assert_eq!(run.code, 1);
-    assert!(
-        run.stderr.contains("--project: `Shop` is not a valid name"),
-        "{}",
-        run.stderr
-    );
+    run.assert_fails_with("--project: `Shop` is not a valid name");
 
     let run = encrypt(
         &key,
         &["--project", "shop", "--group", "db", "--name", "api-key"],
         b"x",
     );
-    assert_eq!(run.code, 1);
-    assert!(
-        run.stderr
-            .contains("--name: `api-key` is not a valid environment variable name"),
-        "{}",
-        run.stderr
-    );
+    run.assert_fails_with("--name: `api-key` is not a valid environment variable name");
 
     let run = encrypt(&key, &place, b"\n");
-    assert_eq!(run.code, 1);
-    assert!(run.stderr.contains("is empty"), "{}", run.stderr);
+    run.assert_fails_with("is empty");
 
     let run = encrypt("k1:not-a-key", &place, b"x");
-    assert_eq!(run.code, 1);
-    assert!(
-        run.stderr.contains("secret key `k1` is not 32 bytes"),
-        "{}",
-        run.stderr
-    );
+    run.assert_fails_with("secret key `k1` is not 32 bytes");
     assert!(!run.stderr.contains("not-a-key"), "{}", run.stderr);
 
     let run = Run::new(
@@ -106,10 +84,5 @@ fn encrypt_refuses_missing_keys_bad_names_and_empty_input() {
             .args(["secret", "keygen", "--id", "Bad_Id"])
             .output(),
     );
-    assert_eq!(run.code, 1);
-    assert!(
-        run.stderr.contains("key id `Bad_Id` is not valid"),
-        "{}",
-        run.stderr
-    );
+    run.assert_fails_with("key id `Bad_Id` is not valid");
 }

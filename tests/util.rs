@@ -54,6 +54,16 @@ impl Run {
         }
     }
 
+    /// Asserts that the run failed with exit code 1 and an error containing `fragment`.
+    pub fn assert_fails_with(&self, fragment: &str) {
+        assert_eq!(self.code, 1, "expected failure; stderr:\n{}", self.stderr);
+        assert!(
+            self.stderr.contains(fragment),
+            "no `{fragment}` in:\n{}",
+            self.stderr
+        );
+    }
+
     /// Parses standard output as JSON.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
