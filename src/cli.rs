@@ -1,14 +1,18 @@
 //! Command-line arguments. Parsing only validates; the commands do the work.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Meshploy: a GitOps platform. Projects, services, routes and variable groups are YAML in a
 /// git repository; every change is a reviewable plan.
 #[derive(Debug, Parser)]
 #[command(name = "meshploy", version, propagate_version = true)]
 pub struct Cli {
+    /// Log as JSON lines instead of text (logs go to standard error; RUST_LOG sets the level).
+    #[arg(long, global = true)]
+    pub log_json: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -24,11 +28,155 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Show what applying the manifests would change in the platform's state.
+    Plan(PlanArgs),
+    /// Apply the manifests (or a plan saved with `plan --out`) in one transaction.
+    Apply(ApplyArgs),
+    /// List applied revisions, newest first.
+    History {
+        /// How many revisions to list.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Show one revision: who applied what, when, and its plan.
+    Show {
+        /// Revision number, as listed by `meshploy history`.
+        revision: i64,
+        #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
+        format: PlanFormat,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Inspect the state stored in PostgreSQL.
+    #[command(subcommand)]
+    State(StateCommand),
+    /// Run the database migrations (they also run before every command that uses the database).
+    Migrate {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Manage the embedded PostgreSQL server used when no --database-url is given.
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+        /// Meshploy's data directory; the embedded database lives in its `postgres` directory.
+        /// Default: ~/.local/share/meshploy (/var/lib/meshploy when run as root).
+        #[arg(long, env = "MESHPLOY_HOME")]
+        home: Option<PathBuf>,
+    },
     /// Print the JSON Schema of a manifest document, for editors and tools.
     Schema,
     /// Make keys and seal secrets for variable groups.
     #[command(subcommand)]
     Secret(SecretCommand),
+}
+
+/// Where the state lives.
+#[derive(Debug, Args)]
+pub struct DbArgs {
+    /// PostgreSQL connection URL. Without it, Meshploy uses its embedded database, starting it
+    /// on first use.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Meshploy's data directory; the embedded database lives in its `postgres` directory.
+    /// Default: ~/.local/share/meshploy (/var/lib/meshploy when run as root).
+    #[arg(long, env = "MESHPLOY_HOME")]
+    pub home: Option<PathBuf>,
+}
+
+/// The keys that open secrets: `id:key` pairs, primary first.
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    /// Keys as `id:key[,id:key...]`; the first one seals.
+    #[arg(long, env = "MESHPLOY_SECRET_KEYS", hide_env_values = true)]
+    pub secret_keys: Option<String>,
+    /// A file holding the keys, one `id:key` per line (instead of --secret-keys).
+    #[arg(
+        long,
+        env = "MESHPLOY_SECRET_KEYS_FILE",
+        conflicts_with = "secret_keys"
+    )]
+    pub secret_keys_file: Option<PathBuf>,
+}
+
+/// What may be destroyed without asking.
+#[derive(Debug, Args)]
+pub struct GuardArgs {
+    /// Allow a plan that destroys a whole project or more than --max-destroy-percent of the
+    /// managed resources. Protected resources can never be destroyed.
+    #[arg(long)]
+    pub allow_destroy: bool,
+    /// Largest share of the managed resources one plan may destroy without --allow-destroy.
+    #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub max_destroy_percent: u8,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Directory holding the manifests.
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Exit 0 when there are no changes, 2 when there are, 1 on error.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+    /// Save the plan to FILE, for `meshploy apply FILE`.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
+    pub format: PlanFormat,
+    #[command(flatten)]
+    pub guard: GuardArgs,
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// A directory of manifests, or a plan file saved with `meshploy plan --out`.
+    #[arg(default_value = ".")]
+    pub target: PathBuf,
+    /// Apply without asking for confirmation.
+    #[arg(long)]
+    pub auto_approve: bool,
+    /// How long to wait for another apply to finish, such as `30s`, `500ms` or `2m`.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+    /// Who applies, recorded in the revision. Default: USER@hostname.
+    #[arg(long, env = "MESHPLOY_ACTOR")]
+    pub actor: Option<String>,
+    #[command(flatten)]
+    pub guard: GuardArgs,
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StateCommand {
+    /// List every stored resource with its version, the revision that wrote it and its owner.
+    List {
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum DbCommand {
+    /// Create the embedded database if needed and start it.
+    Start,
+    /// Stop the embedded database.
+    Stop,
+    /// Say whether the embedded database exists and runs.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -51,16 +199,49 @@ pub enum SecretCommand {
         /// Name of the secret (an environment variable name).
         #[arg(long)]
         name: String,
-        /// Keys as `id:key[,id:key...]`; the first one seals.
-        #[arg(long, env = "MESHPLOY_SECRET_KEYS", hide_env_values = true)]
-        secret_keys: String,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+    /// Re-seal every secret stored in PostgreSQL under the primary (first) key, so older
+    /// keys can be retired.
+    Reseal {
+        #[command(flatten)]
+        keys: KeyArgs,
+        #[command(flatten)]
+        db: DbArgs,
     },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
-    /// Human-readable diagnostics.
+    /// For people.
     Text,
     /// Machine-readable JSON.
     Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlanFormat {
+    /// Terraform-style text, coloured on a terminal.
+    Text,
+    /// The documented JSON form (`formatVersion` 1).
+    Json,
+    /// Markdown for a pull-request comment.
+    Markdown,
+}
+
+/// `30s`, `500ms`, `2m`, or a bare number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, ""), |i| text.split_at(i));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration such as 30s, 500ms or 2m"))?;
+    match unit {
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "ms" => Ok(Duration::from_millis(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("`{text}` has an unknown unit (use ms, s or m)")),
+    }
 }

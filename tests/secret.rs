@@ -6,7 +6,7 @@ use std::process::Stdio;
 
 use crate::util::{Dir, Run, meshploy};
 
-fn encrypt(keys: &str, args: &[&str], stdin: &[u8]) -> Run {
+pub fn encrypt(keys: &str, args: &[&str], stdin: &[u8]) -> Run {
     let mut child = meshploy()
         .args(["secret", "encrypt"])
         .args(args)
@@ -25,7 +25,7 @@ fn encrypt(keys: &str, args: &[&str], stdin: &[u8]) -> Run {
     Run::new(child.wait_with_output())
 }
 
-fn keygen(id: &str) -> String {
+pub fn keygen(id: &str) -> String {
     let run = Run::new(meshploy().args(["secret", "keygen", "--id", id]).output());
     assert_eq!(run.code, 0, "{}", run.stderr);
     run.stdout.trim().to_owned()

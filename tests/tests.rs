@@ -1,7 +1,10 @@
 //! End-to-end tests: they drive the `meshploy` binary as a user would.
 
+mod embedded_db;
+mod plan_apply;
 mod schema_export;
 mod secret;
+mod secrets_db;
 mod util;
 mod validate;
 #[path = "../examples/support/yaml_bomb.rs"]

@@ -1,7 +1,14 @@
-//! Shared helpers: temporary manifest directories and running the binary.
+//! Shared helpers: temporary manifest directories, running the binary, and a fresh
+//! PostgreSQL database per test.
 
+use std::hash::{Hash, Hasher};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use reconciler::postgres::Cluster;
 
 /// A directory of manifests in a temporary location, removed when dropped.
 pub struct Dir {
@@ -78,4 +85,130 @@ impl Run {
 /// The root of this repository, for tests that read its examples.
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fresh database in the test cluster, handed to the binary as `DATABASE_URL`.
+pub struct Db {
+    name: String,
+}
+
+static DATABASES: AtomicUsize = AtomicUsize::new(0);
+
+impl Db {
+    pub fn new() -> Db {
+        let n = DATABASES.fetch_add(1, Ordering::SeqCst);
+        let name = format!("t{}_{n}", std::process::id());
+        let db = Db { name };
+        db.psql_in("postgres", &format!("CREATE DATABASE {}", db.name));
+        db
+    }
+
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://postgres@localhost/{}?host={}",
+            self.name,
+            cluster().dir().display()
+        )
+    }
+
+    /// Runs `meshploy ARGS` in `dir` against this database.
+    pub fn meshploy(&self, dir: &Dir, args: &[&str]) -> Run {
+        self.meshploy_with(dir, args, &[])
+    }
+
+    /// Like [`Db::meshploy`], with extra environment variables.
+    pub fn meshploy_with(&self, dir: &Dir, args: &[&str], env: &[(&str, &str)]) -> Run {
+        Run::new(
+            self.command(dir, args)
+                .envs(env.iter().copied())
+                .stdin(Stdio::null())
+                .output(),
+        )
+    }
+
+    /// The command `meshploy ARGS` in `dir` against this database, not yet started.
+    pub fn command(&self, dir: &Dir, args: &[&str]) -> Command {
+        let mut command = meshploy();
+        command
+            .current_dir(dir.path())
+            .args(args)
+            .env("DATABASE_URL", self.url())
+            .env_remove("MESHPLOY_SECRET_KEYS")
+            .env_remove("RUST_LOG");
+        command
+    }
+
+    /// Runs SQL with `psql` and returns its unaligned output.
+    pub fn psql(&self, sql: &str) -> String {
+        self.psql_in(&self.name, sql)
+    }
+
+    fn psql_in(&self, database: &str, sql: &str) -> String {
+        let output = Command::new(cluster().program("psql"))
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .arg(cluster().conninfo(database))
+            .output()
+            .expect("run psql");
+        assert!(
+            output.status.success(),
+            "psql failed on `{sql}`: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// A `psql` command for this database, for a session kept open by the test.
+    pub fn psql_command(&self) -> Command {
+        let mut command = Command::new(cluster().program("psql"));
+        command
+            .args(["-X", "-q", "-A", "-t"])
+            .arg(cluster().conninfo(&self.name));
+        command
+    }
+
+    /// The whole database as `pg_dump` prints it (data included).
+    pub fn dump(&self) -> String {
+        let output = Command::new(cluster().program("pg_dump"))
+            .args(["--no-owner", "--inserts"])
+            .arg(cluster().conninfo(&self.name))
+            .output()
+            .expect("run pg_dump");
+        assert!(
+            output.status.success(),
+            "pg_dump failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+/// The test cluster: one per run of the test binary, made with the same code as the embedded
+/// default, in a directory keyed by this checkout so two checkouts never share one.
+fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let mut hasher = std::hash::DefaultHasher::new();
+        env!("CARGO_MANIFEST_DIR").hash(&mut hasher);
+        let dir = std::env::temp_dir()
+            .join(format!("meshploy-tests-{:016x}", hasher.finish()))
+            .join("pg");
+        let cluster = Cluster::new(&dir)
+            .expect("PostgreSQL binaries")
+            .not_durable();
+        // A server left by an earlier run is stopped and its data thrown away.
+        if dir.exists() {
+            cluster.stop().expect("stop the previous test cluster");
+            std::fs::remove_dir_all(&dir).expect("remove the previous test cluster");
+        }
+        cluster.start().expect("start the test cluster");
+        cluster
+    })
+}
+
+/// A temporary directory the PostgreSQL server user can enter (for `MESHPLOY_HOME`).
+pub fn open_tempdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod the temporary directory");
+    dir
 }

@@ -1,8 +1,14 @@
 //! The reconciler: from desired state to PostgreSQL through plans.
 //!
 //! `plan` is the pure core (no IO, no async, no clock): it diffs desired against actual state
-//! and renders the result. Everything that touches git or the database lives beside it and
-//! calls into it, never the other way round.
+//! and renders the result. `apply`, `store` and `postgres` are the IO shell around it: the
+//! apply transaction, the queries, and the embedded database. The core never calls out.
 
+pub mod apply;
+mod error;
 pub mod plan;
+pub mod postgres;
 pub mod secrets;
+pub mod store;
+
+pub use error::Error;

@@ -15,7 +15,9 @@ use aes_gcm::aead::{Aead, Generate, Key, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
 use schema::envelope::{self, Envelope, NONCE_LEN};
+use sha2::Sha256;
 
 /// Errors from key configuration and from opening envelopes. None of them contains key
 /// material or plaintext.
@@ -49,35 +51,42 @@ pub enum SecretError {
     Open { place: String, key_id: String },
 }
 
-/// Where a secret belongs; the associated data of its seal.
+/// Where a sealed value belongs: the associated data of its seal, and how messages name it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Place {
-    pub project: String,
-    pub group: String,
-    pub name: String,
+    associated_data: String,
+    label: String,
 }
 
 impl Place {
+    /// A secret in a VariableGroup manifest in git.
     pub fn new(project: &str, group: &str, name: &str) -> Place {
         Place {
-            project: project.to_owned(),
-            group: group.to_owned(),
-            name: name.to_owned(),
+            associated_data: format!("meshploy/v1/git/{project}/{group}/{name}"),
+            label: format!("`{project}/{group}/{name}`"),
         }
     }
 
-    fn associated_data(&self) -> Vec<u8> {
-        format!(
-            "meshploy/v1/git/{}/{}/{}",
-            self.project, self.group, self.name
-        )
-        .into_bytes()
+    /// The same secret as stored in PostgreSQL: its row and column in `secrets`.
+    pub fn stored(project: &str, group: &str, name: &str) -> Place {
+        Place {
+            associated_data: format!("meshploy/v1/db/secrets/{project}/{group}/{name}/ciphertext"),
+            label: format!("stored `{project}/{group}/{name}`"),
+        }
+    }
+
+    /// The key of the secret digests, stored in PostgreSQL.
+    pub fn digest_key() -> Place {
+        Place {
+            associated_data: "meshploy/v1/db/settings/secret_digest_key".into(),
+            label: "digest key".into(),
+        }
     }
 }
 
 impl fmt::Display for Place {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "`{}/{}/{}`", self.project, self.group, self.name)
+        f.write_str(&self.label)
     }
 }
 
@@ -163,7 +172,7 @@ impl Keyring {
         let nonce = Nonce::generate();
         let payload = Payload {
             msg: plaintext.expose(),
-            aad: &place.associated_data(),
+            aad: place.associated_data.as_bytes(),
         };
         let ciphertext = cipher
             .encrypt(&nonce, payload)
@@ -187,7 +196,7 @@ impl Keyring {
         let nonce = Nonce::from(*envelope.nonce());
         let payload = Payload {
             msg: envelope.ciphertext(),
-            aad: &place.associated_data(),
+            aad: place.associated_data.as_bytes(),
         };
         cipher
             .decrypt(&nonce, payload)
@@ -196,6 +205,50 @@ impl Keyring {
                 place: place.to_string(),
                 key_id: envelope.key_id().to_owned(),
             })
+    }
+}
+
+/// Keyed digests of secrets, which plans compare instead of values. The digest binds the
+/// secret's place, so equal values in two places do not show as equal.
+pub struct Digester(Hmac<Sha256>);
+
+impl fmt::Debug for Digester {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("Digester(sensitive)")
+    }
+}
+
+impl Digester {
+    /// A digester under a new random key, returned sealed for storage.
+    pub fn generate(keys: &Keyring) -> (Digester, Envelope) {
+        let key = Plaintext::new(Key::<Aes256Gcm>::generate().to_vec());
+        let sealed = keys.seal(&Place::digest_key(), &key);
+        (Digester::from_key(&key), sealed)
+    }
+
+    /// The digester whose key was sealed by [`Digester::generate`].
+    pub fn open(keys: &Keyring, sealed: &Envelope) -> Result<Digester, SecretError> {
+        let key = keys.open(&Place::digest_key(), sealed)?;
+        Ok(Digester::from_key(&key))
+    }
+
+    fn from_key(key: &Plaintext) -> Digester {
+        Digester(
+            <Hmac<Sha256> as KeyInit>::new_from_slice(key.expose())
+                .expect("HMAC takes keys of any length"),
+        )
+    }
+
+    /// `hmac-sha256:<base64url>` of the place and the value.
+    pub fn digest(&self, place: &Place, value: &Plaintext) -> String {
+        let mut mac = self.0.clone();
+        mac.update(place.associated_data.as_bytes());
+        mac.update(&[0]);
+        mac.update(value.expose());
+        format!(
+            "hmac-sha256:{}",
+            URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+        )
     }
 }
 

@@ -59,7 +59,8 @@ impl Kind {
 ///
 /// Addresses order by project, then kind (parents first), then name, so iterating a
 /// `DesiredState` visits each project's resources together and in creation order.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// It serialises as that string, so it can key a JSON object.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Address {
     pub project: String,
     pub kind: Kind,
@@ -114,6 +115,19 @@ impl FromStr for Address {
             }
             _ => Err(err()),
         }
+    }
+}
+
+impl Serialize for Address {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Address {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Address, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 

@@ -1,21 +1,75 @@
 //! One module per subcommand; `run` dispatches.
 
+mod apply;
+mod db;
+mod history;
+mod plan;
 mod secret;
 mod validate;
 
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use reconciler::apply::{self as core, Desired};
+use reconciler::plan::Guard;
+use reconciler::secrets::{Keyring, SecretError};
+use schema::DesiredState;
+use sqlx::PgPool;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, GuardArgs, KeyArgs};
 
-pub fn run(cli: Cli) -> Result<ExitCode> {
+pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Validate { dir, format } => validate::run(&dir, format),
-        Command::Secret(command) => secret::run(command),
+        Command::Plan(args) => plan::run(args).await,
+        Command::Apply(args) => apply::run(args).await,
+        Command::History { limit, format, db } => history::list(&db, limit, format).await,
+        Command::Show {
+            revision,
+            format,
+            db,
+        } => history::show(&db, revision, format).await,
+        Command::State(command) => history::state(command).await,
+        Command::Migrate { db } => db::migrate(&db).await,
+        Command::Db { command, home } => db::run(command, home),
+        Command::Secret(command) => secret::run(command).await,
         Command::Schema => {
             println!("{:#}", schema::json_schema::document_schema());
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The configured keys, if any: `--secret-keys` or the file `--secret-keys-file`.
+fn keyring(args: &KeyArgs) -> Result<Option<Keyring>> {
+    let spec = match (&args.secret_keys, &args.secret_keys_file) {
+        (Some(spec), _) => spec.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the secret keys file {}", path.display()))?,
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(Keyring::parse(&spec)?))
+}
+
+fn guard(args: &GuardArgs) -> Guard {
+    Guard {
+        max_destroy_fraction: f64::from(args.max_destroy_percent) / 100.0,
+        allow_destroy: args.allow_destroy,
+    }
+}
+
+/// Flattens the desired state against this database's digest key.
+async fn prepare(pool: &PgPool, state: &DesiredState, keys: Option<&Keyring>) -> Result<Desired> {
+    if !core::has_secrets(state) {
+        return Ok(core::prepare(state, None)?);
+    }
+    let keys = keys.ok_or(SecretError::NoKeys)?;
+    let digester = core::digester(pool, keys).await?;
+    Ok(core::prepare(state, Some((keys, &digester)))?)
+}
+
+/// Whether standard output is a terminal that takes colour.
+fn color() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }

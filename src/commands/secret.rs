@@ -5,11 +5,14 @@ use std::io::Read;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use reconciler::secrets::{self, Keyring, Place, Plaintext};
+use reconciler::apply;
+use reconciler::secrets::{self, Keyring, Place, Plaintext, SecretError};
 
-use crate::cli::SecretCommand;
+use super::keyring;
+use crate::cli::{KeyArgs, SecretCommand};
+use crate::database;
 
-pub fn run(command: SecretCommand) -> Result<ExitCode> {
+pub async fn run(command: SecretCommand) -> Result<ExitCode> {
     match command {
         SecretCommand::Keygen { id } => {
             if !schema::envelope::is_key_id(&id) {
@@ -24,7 +27,7 @@ pub fn run(command: SecretCommand) -> Result<ExitCode> {
             project,
             group,
             name,
-            secret_keys,
+            keys,
         } => {
             for (what, value) in [("project", &project), ("group", &group)] {
                 if let Err(problem) = schema::rules::dns_label(value) {
@@ -34,7 +37,7 @@ pub fn run(command: SecretCommand) -> Result<ExitCode> {
             if let Err(problem) = schema::rules::env_name(&name) {
                 bail!("--name: {}", problem.message);
             }
-            let keys = Keyring::parse(&secret_keys)?;
+            let keys = required(&keys)?;
             let mut value = Vec::new();
             std::io::stdin()
                 .read_to_end(&mut value)
@@ -48,6 +51,23 @@ pub fn run(command: SecretCommand) -> Result<ExitCode> {
             let place = Place::new(&project, &group, &name);
             println!("{}", keys.seal(&place, &Plaintext::new(value)));
         }
+        SecretCommand::Reseal { keys, db } => {
+            let keys = required(&keys)?;
+            let pool = database::connect(&db, "secret reseal").await?;
+            // The apply lock keeps an apply from writing secrets under the old key meanwhile.
+            let mut tx = apply::begin_locked(&pool, 30_000).await?;
+            let count = apply::reseal(&mut tx, &keys).await?;
+            tx.commit().await?;
+            println!(
+                "Re-sealed {count} stored {} under key `{}`.",
+                if count == 1 { "secret" } else { "secrets" },
+                keys.ids()[0]
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn required(args: &KeyArgs) -> Result<Keyring> {
+    Ok(keyring(args)?.ok_or(SecretError::NoKeys)?)
 }

@@ -26,6 +26,25 @@ pub fn run(dir: &Path, format: Format) -> Result<ExitCode> {
     })
 }
 
+/// Loads the manifests under `dir` for `plan` and `apply`: every problem is printed as
+/// `validate` prints it, and any problem is an error.
+pub fn load(dir: &Path) -> Result<DesiredState> {
+    let limits = Limits::default();
+    let files = manifests::read_dir(dir, &limits)?;
+    let result = schema::load(&files, &limits);
+    if result.is_err() {
+        print_text(&files, &result);
+    }
+    result.map_err(|diagnostics| {
+        anyhow::anyhow!(
+            "the manifests in {} are invalid ({} {}); nothing was planned",
+            dir.display(),
+            diagnostics.len(),
+            plural("problem", diagnostics.len())
+        )
+    })
+}
+
 fn print_text(files: &[SourceFile], result: &Result<DesiredState, Vec<Diagnostic>>) {
     match result {
         Ok(state) => {

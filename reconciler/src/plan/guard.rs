@@ -5,6 +5,8 @@ use std::collections::BTreeSet;
 use schema::Kind;
 use serde::Serialize;
 
+use schema::Address;
+
 use super::{Action, Plan, State};
 
 /// Limits on what one plan may destroy without `--allow-destroy`.
@@ -104,4 +106,51 @@ impl Guard {
         }
         refusals
     }
+}
+
+/// A change whose resource is no longer as it was when the plan was made.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Stale {
+    pub address: Address,
+    /// The version the plan saw (`None`: the plan creates the resource).
+    pub planned: Option<i64>,
+    /// The version now (`None`: the resource is gone).
+    pub current: Option<i64>,
+}
+
+impl std::fmt::Display for Stale {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match (self.planned, self.current) {
+            (None, Some(_)) => write!(
+                f,
+                "{} was created by someone else after the plan was made",
+                self.address
+            ),
+            (Some(_), None) => write!(f, "{} was destroyed after the plan was made", self.address),
+            (Some(planned), Some(current)) => write!(
+                f,
+                "{} changed after the plan was made (version {planned}, now {current})",
+                self.address
+            ),
+            (None, None) => write!(f, "{} is unchanged", self.address),
+        }
+    }
+}
+
+/// The changes of `plan` whose resources changed in `actual` since the plan was made: a
+/// different version, a resource gone, or one that appeared where the plan creates one.
+/// Resources the plan does not touch may have changed freely.
+pub fn stale(plan: &Plan, actual: &State) -> Vec<Stale> {
+    plan.changes
+        .iter()
+        .filter_map(|change| {
+            // Stored resources always have a version; `None` means absent.
+            let current = actual.get(&change.address).and_then(|e| e.version);
+            (current != change.version).then(|| Stale {
+                address: change.address.clone(),
+                planned: change.version,
+                current,
+            })
+        })
+        .collect()
 }

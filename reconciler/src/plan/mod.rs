@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub use diff::diff;
 pub use flatten::flatten;
-pub use guard::{Guard, Refusal};
+pub use guard::{Guard, Refusal, Stale, stale};
 
 /// One field's value.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -31,6 +31,38 @@ pub enum Value {
     /// A keyed digest of a secret. Two digests are equal exactly when the secrets are, under
     /// the same digest key; the digest reveals nothing else and is never shown.
     Sensitive(String),
+}
+
+impl Value {
+    /// The plain JSON form: strings, numbers, booleans and arrays of strings. A sensitive
+    /// value has none and becomes `null`.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as Json;
+        match self {
+            Value::Text(t) => Json::String(t.clone()),
+            Value::Int(n) => Json::from(*n),
+            Value::Bool(b) => Json::Bool(*b),
+            Value::List(items) => Json::from(items.clone()),
+            Value::Sensitive(_) => Json::Null,
+        }
+    }
+
+    /// The inverse of [`Value::to_json`] for everything but sensitive values.
+    pub fn from_json(json: &serde_json::Value) -> Option<Value> {
+        use serde_json::Value as Json;
+        Some(match json {
+            Json::String(t) => Value::Text(t.clone()),
+            Json::Number(n) => Value::Int(n.as_i64()?),
+            Json::Bool(b) => Value::Bool(*b),
+            Json::Array(items) => Value::List(
+                items
+                    .iter()
+                    .map(|i| i.as_str().map(str::to_owned))
+                    .collect::<Option<_>>()?,
+            ),
+            Json::Null | Json::Object(_) => return None,
+        })
+    }
 }
 
 /// A resource as the plan sees it: its fields, whether it is protected, and (for actual

@@ -151,8 +151,8 @@ pub fn json(plan: &Plan) -> Json {
                         "forcesReplacement": f.forces_replacement,
                     });
                     if !sensitive {
-                        field["before"] = f.before.as_ref().map_or(Json::Null, json_value);
-                        field["after"] = f.after.as_ref().map_or(Json::Null, json_value);
+                        field["before"] = f.before.as_ref().map_or(Json::Null, Value::to_json);
+                        field["after"] = f.after.as_ref().map_or(Json::Null, Value::to_json);
                     }
                     field
                 })
@@ -174,16 +174,6 @@ pub fn json(plan: &Plan) -> Json {
         "summary": { "add": summary.add, "change": summary.change, "destroy": summary.destroy },
         "changes": changes,
     })
-}
-
-fn json_value(v: &Value) -> Json {
-    match v {
-        Value::Text(t) => Json::String(t.clone()),
-        Value::Int(n) => Json::from(*n),
-        Value::Bool(b) => Json::Bool(*b),
-        Value::List(items) => Json::from(items.clone()),
-        Value::Sensitive(_) => Json::Null,
-    }
 }
 
 /// The Markdown rendering for a pull-request comment: a summary line, then the text plan in

@@ -1,0 +1,332 @@
+//! Plan and apply against PostgreSQL: the IO shell around the pure plan core.
+//!
+//! `prepare` flattens the desired state (secrets become keyed digests), `plan` and the stale
+//! and guard checks are pure, and `apply` turns a plan into one batch of writes inside the
+//! caller's transaction, which holds the apply lock. Nothing here commits: the caller does,
+//! so an error anywhere leaves the database as it was.
+
+use std::collections::BTreeMap;
+
+use schema::model::Spec;
+use schema::{Address, DesiredState, Envelope, Kind};
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, PgPool};
+
+use crate::Error;
+use crate::plan::{self, Action, Entry, Plan, State, Value};
+use crate::secrets::{Digester, Keyring, Place, SecretError};
+use crate::store::{self, RevisionMeta, RouteRow, ServiceRow, Writes};
+
+/// The desired side of a plan: flattened entries, and the sealed secrets from git (by
+/// `project/group/name`) that an apply re-seals for the database.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Desired {
+    pub entries: State,
+    pub envelopes: BTreeMap<String, Envelope>,
+}
+
+impl Desired {
+    /// Keeps only what `plan` writes: entries it creates or updates, and their secrets.
+    pub fn for_plan(mut self, plan: &Plan) -> Desired {
+        let written: BTreeMap<&Address, ()> = plan
+            .changes
+            .iter()
+            .filter(|c| c.action != Action::Delete)
+            .map(|c| (&c.address, ()))
+            .collect();
+        self.entries
+            .retain(|address, _| written.contains_key(address));
+        self.envelopes.retain(|key, _| {
+            written.keys().any(|a| {
+                a.kind == Kind::VariableGroup
+                    && key.starts_with(&format!("{}/{}/", a.project, a.name))
+            })
+        });
+        self
+    }
+}
+
+/// A plan saved by `meshploy plan --out`, applied by `meshploy apply FILE`. It holds the plan,
+/// what it writes, and sealed secrets only (the git envelopes), never a plaintext.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SavedPlan {
+    /// Always [`SavedPlan::FORMAT`].
+    pub format: String,
+    /// Where the manifests came from, recorded in the revision.
+    pub source: String,
+    pub plan: Plan,
+    pub desired: Desired,
+}
+
+impl SavedPlan {
+    pub const FORMAT: &str = "meshploy-plan/1";
+}
+
+/// Whether any resource holds a secret (and so keys and a digester are needed).
+pub fn has_secrets(state: &DesiredState) -> bool {
+    state
+        .resources
+        .values()
+        .any(|r| matches!(&r.spec, Spec::VariableGroup(g) if !g.secrets.is_empty()))
+}
+
+/// Flattens the desired state. Each secret is opened (proving the envelope belongs where it
+/// sits) and enters the plan only as its keyed digest.
+pub fn prepare(
+    state: &DesiredState,
+    secrets: Option<(&Keyring, &Digester)>,
+) -> Result<Desired, Error> {
+    let mut desired = Desired::default();
+    for (address, resource) in &state.resources {
+        let entry = plan::flatten(resource, |name, envelope| {
+            let (keys, digester) = secrets.ok_or(SecretError::NoKeys)?;
+            let plaintext =
+                keys.open(&Place::new(&address.project, &address.name, name), envelope)?;
+            desired.envelopes.insert(
+                format!("{}/{}/{name}", address.project, address.name),
+                envelope.clone(),
+            );
+            let stored = Place::stored(&address.project, &address.name, name);
+            Ok::<_, Error>(digester.digest(&stored, &plaintext))
+        })?;
+        desired.entries.insert(address.clone(), entry);
+    }
+    Ok(desired)
+}
+
+/// The digester of this database, made and stored (sealed) on first use.
+pub async fn digester(pool: &PgPool, keys: &Keyring) -> Result<Digester, Error> {
+    let mut conn = pool.acquire().await?;
+    if store::digest_key(&mut conn).await?.is_none() {
+        let (_, sealed) = Digester::generate(keys);
+        store::insert_digest_key(&mut conn, &sealed.to_string()).await?;
+    }
+    let sealed = store::digest_key(&mut conn).await?.unwrap_or_default();
+    let envelope = Envelope::parse(&sealed).map_err(|e| Error::CorruptState {
+        address: "the secret digest key".into(),
+        detail: e.to_string(),
+    })?;
+    Ok(Digester::open(keys, &envelope)?)
+}
+
+/// Begins a transaction holding the apply lock, waiting up to `timeout_ms` for it.
+pub async fn begin_locked(
+    pool: &PgPool,
+    timeout_ms: u64,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, Error> {
+    let mut tx = pool.begin().await?;
+    if store::try_apply_lock(&mut tx, timeout_ms).await? {
+        return Ok(tx);
+    }
+    tx.rollback().await?;
+    let holder = store::apply_lock_holder(pool)
+        .await?
+        .unwrap_or_else(|| "a session that has since finished".into());
+    Err(Error::Locked {
+        holder,
+        waited_ms: timeout_ms,
+    })
+}
+
+/// Writes `plan` inside the caller's locked transaction and records a revision; returns its
+/// id. `actual` is the state the plan was checked against in the same transaction.
+pub async fn apply(
+    conn: &mut PgConnection,
+    plan: &Plan,
+    desired: &Desired,
+    actual: &State,
+    keys: Option<&Keyring>,
+    meta: &RevisionMeta,
+) -> Result<i64, Error> {
+    let writes = writes(plan, desired, actual, keys)?;
+    let summary = plan.summary();
+    let counts = (
+        count(summary.add),
+        count(summary.change),
+        count(summary.destroy),
+    );
+    let plan_json = serde_json::to_string(plan).map_err(|e| Error::CorruptPlan {
+        address: e.to_string(),
+    })?;
+    let revision = store::insert_revision(conn, meta, counts, &plan_json).await?;
+    tracing::debug!(revision, changes = plan.changes.len(), "writing plan");
+    store::write(conn, &writes, &meta.source, revision).await?;
+    let payload = serde_json::json!({
+        "revision": revision,
+        "added": summary.add,
+        "changed": summary.change,
+        "destroyed": summary.destroy,
+        "kinds": plan.changes.iter().map(|c| c.address.kind.name()).collect::<std::collections::BTreeSet<_>>(),
+    });
+    store::notify(conn, &payload.to_string()).await?;
+    Ok(revision)
+}
+
+fn count(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// The rows for `plan`. Secrets whose digest is unchanged keep their stored ciphertext;
+/// changed ones are opened from git and sealed for their row.
+fn writes(
+    plan: &Plan,
+    desired: &Desired,
+    actual: &State,
+    keys: Option<&Keyring>,
+) -> Result<Writes, Error> {
+    let mut writes = Writes::default();
+    for change in &plan.changes {
+        let address = &change.address;
+        let key = (address.project.clone(), address.name.clone());
+        if change.action == Action::Delete {
+            writes.delete.entry(address.kind).or_default().push(key);
+            continue;
+        }
+        let entry = desired
+            .entries
+            .get(address)
+            .ok_or_else(|| Error::CorruptPlan {
+                address: address.to_string(),
+            })?;
+        let fields = fields_json(entry);
+        match address.kind {
+            Kind::Project => writes
+                .projects
+                .push((address.name.clone(), fields, entry.protect)),
+            Kind::VariableGroup => {
+                writes.groups.push((key.0, key.1, fields, entry.protect));
+                group_secrets(
+                    &mut writes,
+                    address,
+                    entry,
+                    desired,
+                    actual.get(address),
+                    keys,
+                )?;
+            }
+            Kind::Service => {
+                if let Some(Value::List(groups)) = entry.fields.get("variableGroups") {
+                    for group in groups {
+                        writes
+                            .service_groups
+                            .push((key.0.clone(), key.1.clone(), group.clone()));
+                    }
+                }
+                writes.services.push(ServiceRow {
+                    project: key.0,
+                    name: key.1,
+                    image: text(entry, "image"),
+                    source_git: text(entry, "source.git"),
+                    port: int(entry, "port").unwrap_or_default(),
+                    replicas: int(entry, "replicas").unwrap_or_default(),
+                    fields,
+                    protect: entry.protect,
+                });
+            }
+            Kind::Route => writes.routes.push(RouteRow {
+                project: key.0,
+                name: key.1,
+                host: text(entry, "host").unwrap_or_default(),
+                path: text(entry, "path").unwrap_or_default(),
+                service: text(entry, "service"),
+                service_port: int(entry, "port"),
+                upstream: text(entry, "upstream"),
+                strip_prefix: entry.fields.get("stripPrefix") == Some(&Value::Bool(true)),
+                fields,
+                protect: entry.protect,
+            }),
+        }
+    }
+    Ok(writes)
+}
+
+fn group_secrets(
+    writes: &mut Writes,
+    address: &Address,
+    entry: &Entry,
+    desired: &Desired,
+    stored: Option<&Entry>,
+    keys: Option<&Keyring>,
+) -> Result<(), Error> {
+    for (path, digest) in &entry.fields {
+        let (Some(name), Value::Sensitive(digest)) = (path.strip_prefix("secrets."), digest) else {
+            continue;
+        };
+        let (project, group) = (&address.project, &address.name);
+        writes
+            .kept_secrets
+            .push((project.clone(), group.clone(), name.to_owned()));
+        if stored.and_then(|s| s.fields.get(path)) == entry.fields.get(path) {
+            continue;
+        }
+        let key = format!("{project}/{group}/{name}");
+        let envelope = desired
+            .envelopes
+            .get(&key)
+            .ok_or_else(|| Error::MissingEnvelope { place: key.clone() })?;
+        let keys = keys.ok_or(SecretError::NoKeys)?;
+        let plaintext = keys.open(&Place::new(project, group, name), envelope)?;
+        let sealed = keys.seal(&Place::stored(project, group, name), &plaintext);
+        writes.secrets.push((
+            project.clone(),
+            group.clone(),
+            name.to_owned(),
+            sealed.to_string(),
+            digest.clone(),
+        ));
+    }
+    Ok(())
+}
+
+/// The stored `fields` column: every field but secrets, as plain JSON.
+fn fields_json(entry: &Entry) -> String {
+    let object: serde_json::Map<String, serde_json::Value> = entry
+        .fields
+        .iter()
+        .filter(|(_, v)| !matches!(v, Value::Sensitive(_)))
+        .map(|(path, value)| (path.clone(), value.to_json()))
+        .collect();
+    serde_json::Value::Object(object).to_string()
+}
+
+fn text(entry: &Entry, path: &str) -> Option<String> {
+    match entry.fields.get(path) {
+        Some(Value::Text(t)) => Some(t.clone()),
+        _ => None,
+    }
+}
+
+fn int(entry: &Entry, path: &str) -> Option<i32> {
+    match entry.fields.get(path) {
+        Some(Value::Int(n)) => i32::try_from(*n).ok(),
+        _ => None,
+    }
+}
+
+/// Re-seals every stored secret, and the digest key, under the primary key. Returns how
+/// many secrets were re-sealed. Runs in the caller's locked transaction.
+pub async fn reseal(conn: &mut PgConnection, keys: &Keyring) -> Result<usize, Error> {
+    if let Some(sealed) = store::digest_key(conn).await? {
+        let place = Place::digest_key();
+        let envelope = parse_stored(&sealed, "the secret digest key")?;
+        let key = keys.open(&place, &envelope)?;
+        store::update_digest_key(conn, &keys.seal(&place, &key).to_string()).await?;
+    }
+    let rows = store::sealed_secrets(conn).await?;
+    for (project, group, name, ciphertext) in &rows {
+        let place = Place::stored(project, group, name);
+        let envelope = parse_stored(ciphertext, &format!("secret {place}"))?;
+        let plaintext = keys.open(&place, &envelope)?;
+        let sealed = keys.seal(&place, &plaintext).to_string();
+        store::update_secret_ciphertext(conn, (project, group, name), &sealed).await?;
+    }
+    Ok(rows.len())
+}
+
+fn parse_stored(text: &str, what: &str) -> Result<Envelope, Error> {
+    Envelope::parse(text).map_err(|e| Error::CorruptState {
+        address: what.to_owned(),
+        detail: e.to_string(),
+    })
+}

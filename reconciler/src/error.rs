@@ -1,0 +1,46 @@
+//! The one error type of the reconciler crate. Messages name what failed and what to do;
+//! none carries a secret value.
+
+use crate::plan::{Refusal, Stale};
+use crate::postgres::ClusterError;
+use crate::secrets::SecretError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error(
+        "the stored state of {address} cannot be read ({detail}); was the database edited by hand?"
+    )]
+    CorruptState { address: String, detail: String },
+    #[error(
+        "the saved plan has no desired value for {address}; make plans with `meshploy plan --out`"
+    )]
+    CorruptPlan { address: String },
+    #[error(
+        "the saved plan holds no envelope for secret {place}; make plans with `meshploy plan --out`"
+    )]
+    MissingEnvelope { place: String },
+    #[error(
+        "another apply holds the lock: {holder}; gave up after waiting {waited_ms} ms (raise --lock-timeout to wait longer)"
+    )]
+    Locked { holder: String, waited_ms: u64 },
+    #[error("the saved plan is stale, nothing was applied; run `meshploy plan` again:\n{}", lines(.0))]
+    Stale(Vec<Stale>),
+    #[error("the plan is refused, nothing was applied:\n{}", lines(.0))]
+    Refused(Vec<Refusal>),
+}
+
+fn lines<T: std::fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(|item| format!("  - {item}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -1,0 +1,113 @@
+//! The embedded database: created and started on first use under `MESHPLOY_HOME`, managed
+//! with `meshploy db`, and a clear error when PostgreSQL is missing.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+use crate::util::{Dir, Run, meshploy, open_tempdir};
+
+fn run(home: &std::path::Path, dir: &Dir, args: &[&str], env: &[(&str, &str)]) -> Run {
+    Run::new(
+        meshploy()
+            .current_dir(dir.path())
+            .args(args)
+            .env("MESHPLOY_HOME", home)
+            .env_remove("DATABASE_URL")
+            .envs(env.iter().copied())
+            .output(),
+    )
+}
+
+#[test]
+fn the_embedded_database_starts_on_first_use_and_stops_on_request() {
+    let home = open_tempdir();
+    let home = home.path();
+    let dir = Dir::new();
+    dir.write(
+        "hello.yaml",
+        "apiVersion: meshploy.dev/v1\nkind: Project\nmetadata:\n  name: hello\n",
+    );
+
+    let status = run(home, &dir, &["db", "status"], &[]);
+    assert_eq!(status.code, 3);
+    assert!(
+        status.stdout.contains("has not been created yet"),
+        "{}",
+        status.stdout
+    );
+
+    let apply = run(home, &dir, &["apply", "--auto-approve"], &[]);
+    assert_eq!(apply.code, 0, "{}", apply.stderr);
+    assert!(
+        apply.stderr.contains("Started the embedded PostgreSQL in"),
+        "{}",
+        apply.stderr
+    );
+    assert!(
+        home.join("postgres/.s.PGSQL.5432").exists(),
+        "listens on its own socket"
+    );
+    let config = std::fs::read_to_string(home.join("postgres/data/postgresql.conf")).expect("conf");
+    assert!(config.contains("listen_addresses = ''"), "no TCP port");
+
+    let plan = run(home, &dir, &["plan", "--detailed-exitcode"], &[]);
+    assert_eq!(plan.code, 0, "{}", plan.stderr);
+    assert!(
+        !plan.stderr.contains("Started"),
+        "already running: {}",
+        plan.stderr
+    );
+    assert_eq!(run(home, &dir, &["db", "status"], &[]).code, 0);
+
+    let stop = run(home, &dir, &["db", "stop"], &[]);
+    assert!(
+        stop.stdout.contains("Stopped the embedded PostgreSQL"),
+        "{}",
+        stop.stdout
+    );
+    assert_eq!(run(home, &dir, &["db", "status"], &[]).code, 3);
+    // The state survives a restart.
+    let start = run(home, &dir, &["db", "start"], &[]);
+    assert_eq!(start.code, 0, "{}", start.stderr);
+    let plan = run(home, &dir, &["plan", "--detailed-exitcode"], &[]);
+    assert_eq!(plan.code, 0, "{}{}", plan.stdout, plan.stderr);
+    assert_eq!(run(home, &dir, &["migrate"], &[]).code, 0);
+    assert_eq!(run(home, &dir, &["db", "stop"], &[]).code, 0);
+}
+
+#[test]
+fn missing_postgres_binaries_and_unreachable_homes_are_explained() {
+    let dir = Dir::new();
+    let home = open_tempdir();
+    let missing = run(
+        home.path(),
+        &dir,
+        &["plan"],
+        &[("MESHPLOY_POSTGRES_BIN", "/nonexistent")],
+    );
+    missing.assert_fails_with("no PostgreSQL server binaries found");
+    assert!(
+        missing.stderr.contains("apt-get install postgresql"),
+        "{}",
+        missing.stderr
+    );
+
+    // A home the unprivileged server user cannot enter (we run as root in CI).
+    let private = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700))
+        .expect("chmod");
+    let home = private.path().join("meshploy");
+    let start = run(&home, &dir, &["db", "start"], &[]);
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    if root {
+        start.assert_fails_with("cannot enter");
+        assert!(
+            start.stderr.contains("set MESHPLOY_HOME"),
+            "{}",
+            start.stderr
+        );
+    } else {
+        // Not root: the server runs as us and the private directory is fine.
+        assert_eq!(start.code, 0, "{}", start.stderr);
+        assert_eq!(run(&home, &dir, &["db", "stop"], &[]).code, 0);
+    }
+}
