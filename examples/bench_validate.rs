@@ -8,19 +8,20 @@
 //! It builds the release binary first and measures each run with `/usr/bin/time` (Debian's
 //! `time` package), which reports the child's peak RSS.
 
+// The support modules are shared by several programs; not every one uses every helper.
+#[allow(dead_code)]
 #[path = "support/generate.rs"]
 mod generate;
+#[allow(dead_code)]
+#[path = "support/measure.rs"]
+mod measure;
 #[path = "support/yaml_bomb.rs"]
 mod yaml_bomb;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::path::Path;
+use std::process::ExitCode;
 
-struct Measurement {
-    exit_code: i32,
-    wall_ms: f64,
-    peak_rss_mb: f64,
-}
+use measure::build_binary;
 
 fn main() -> ExitCode {
     match run() {
@@ -96,49 +97,7 @@ fn parse(value: &str) -> Result<usize, String> {
         .map_err(|_| format!("`{value}` is not a number"))
 }
 
-/// Builds the release binary and returns its path next to this program's.
-fn build_binary() -> Result<PathBuf, String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "--quiet", "--bin", "meshploy"])
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !status.success() {
-        return Err("cargo build --release failed".into());
-    }
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let release = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or("cannot locate the target directory")?;
-    Ok(release.join("meshploy"))
-}
-
-/// Runs `meshploy validate DIR` under `/usr/bin/time`, which prints wall seconds and peak
-/// RSS in KiB on the last line of standard error.
-fn measure(binary: &Path, dir: &Path) -> Result<Measurement, String> {
-    let output = Command::new("/usr/bin/time")
-        .args(["-f", "%e %M"])
-        .arg(binary)
-        .arg("validate")
-        .arg(dir)
-        .output()
-        .map_err(|e| format!("cannot run /usr/bin/time (apt-get install time): {e}"))?;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let last = stderr.lines().last().unwrap_or_default();
-    let mut fields = last.split_whitespace();
-    let seconds: f64 = fields
-        .next()
-        .and_then(|f| f.parse().ok())
-        .ok_or(format!("unexpected time output: {last}"))?;
-    let kib: f64 = fields
-        .next()
-        .and_then(|f| f.parse().ok())
-        .ok_or(format!("unexpected time output: {last}"))?;
-    let exit_code = output.status.code().unwrap_or(-1);
-    Ok(Measurement {
-        exit_code,
-        wall_ms: seconds * 1000.0,
-        peak_rss_mb: kib / 1024.0,
-    })
+fn measure(binary: &Path, dir: &Path) -> Result<measure::Measurement, String> {
+    let dir = dir.to_str().ok_or("temporary path is not UTF-8")?;
+    measure::measure(binary, &["validate", dir], &[])
 }

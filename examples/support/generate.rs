@@ -19,7 +19,7 @@ pub fn write_repo(dir: &Path, resources: usize) -> std::io::Result<usize> {
         std::fs::create_dir_all(&root)?;
         std::fs::write(root.join("project.yaml"), project(&name))?;
         std::fs::write(root.join("variables.yaml"), variable_groups(&name))?;
-        std::fs::write(root.join("services.yaml"), services(&name))?;
+        std::fs::write(root.join("services.yaml"), services(&name, 0))?;
         std::fs::write(root.join("routes.yaml"), routes(&name))?;
     }
     Ok(projects * PER_PROJECT)
@@ -50,7 +50,19 @@ fn variable_groups(project: &str) -> String {
     out
 }
 
-fn services(project: &str) -> String {
+/// Changes about `percent`% of the resources written by [`write_repo`] (the replicas of
+/// whole projects' services, first projects first). Returns how many resources changed.
+pub fn change_percent(dir: &Path, resources: usize, percent: f64) -> std::io::Result<usize> {
+    let wanted = (resources as f64 * percent / 100.0).round() as usize;
+    let projects = wanted.div_ceil(SERVICES);
+    for p in 0..projects {
+        let name = format!("p{p:05}");
+        std::fs::write(dir.join(&name).join("services.yaml"), services(&name, 10))?;
+    }
+    Ok(projects * SERVICES)
+}
+
+fn services(project: &str, extra_replicas: usize) -> String {
     let mut out = String::new();
     for s in 0..SERVICES {
         out.push_str("---\n");
@@ -71,7 +83,7 @@ fn services(project: &str) -> String {
             out,
             "  port: {}\n  replicas: {}\n  resources:\n    cpu: 250m\n    memory: 128Mi\n  env:\n    SERVICE_NAME: svc{s}\n    WORKERS: 4\n  variableGroups: [common, extra]\n  healthCheck:\n    path: /healthz\n",
             8000 + s,
-            1 + s % 3
+            1 + s % 3 + extra_replicas
         );
     }
     out

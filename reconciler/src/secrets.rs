@@ -132,12 +132,14 @@ impl fmt::Debug for Keyring {
 }
 
 impl Keyring {
-    /// Parses `id:key[,id:key...]`, the form of `MESHPLOY_SECRET_KEYS`; the first key is
-    /// primary. Keys are 32 bytes of URL-safe base64 without padding.
+    /// Parses `id:key[,id:key...]`, the form of `MESHPLOY_SECRET_KEYS` (a key file may also
+    /// put one per line, with `#` comment lines); the first key is primary. Keys are 32 bytes of URL-safe base64 without padding.
     pub fn parse(spec: &str) -> Result<Keyring, SecretError> {
         let mut keys: Vec<(String, Aes256Gcm)> = Vec::new();
         for (i, entry) in spec
-            .split([',', '\n'])
+            .lines()
+            .filter(|line| !line.trim_start().starts_with('#'))
+            .flat_map(|line| line.split(','))
             .map(str::trim)
             .filter(|e| !e.is_empty())
             .enumerate()

@@ -1,0 +1,58 @@
+//! Runs the release `meshploy` binary under `/usr/bin/time` (Debian's `time` package) for
+//! benchmarks: wall time and the child's peak resident memory.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub struct Measurement {
+    pub exit_code: i32,
+    pub wall_ms: f64,
+    pub peak_rss_mb: f64,
+    pub stderr: String,
+}
+
+/// Builds the release binary and returns its path next to this program's.
+pub fn build_binary() -> Result<PathBuf, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "--quiet", "--bin", "meshploy"])
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err("cargo build --release failed".into());
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let release = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or("cannot locate the target directory")?;
+    Ok(release.join("meshploy"))
+}
+
+/// Runs `meshploy ARGS` with `env`; `/usr/bin/time` prints wall seconds and peak RSS in KiB
+/// on the last line of standard error.
+pub fn measure(binary: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<Measurement, String> {
+    let output = Command::new("/usr/bin/time")
+        .args(["-f", "%e %M"])
+        .arg(binary)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .map_err(|e| format!("cannot run /usr/bin/time (apt-get install time): {e}"))?;
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let last = stderr.lines().last().unwrap_or_default().to_owned();
+    let mut fields = last.split_whitespace();
+    let mut number = || -> Result<f64, String> {
+        fields
+            .next()
+            .and_then(|f| f.parse().ok())
+            .ok_or(format!("unexpected time output: {last}"))
+    };
+    let (seconds, kib) = (number()?, number()?);
+    Ok(Measurement {
+        exit_code: output.status.code().unwrap_or(-1),
+        wall_ms: seconds * 1000.0,
+        peak_rss_mb: kib / 1024.0,
+        stderr,
+    })
+}
