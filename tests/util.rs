@@ -201,8 +201,27 @@ fn cluster() -> &'static Cluster {
             std::fs::remove_dir_all(&dir).expect("remove the previous test cluster");
         }
         cluster.start().expect("start the test cluster");
+        stop_on_exit(&cluster);
         cluster
     })
+}
+
+/// Stops the test cluster when this test process ends, however it ends: a watcher process
+/// waits for end-of-file on a pipe that only this process holds open, then asks the server
+/// for a fast shutdown (SIGINT to the postmaster).
+fn stop_on_exit(cluster: &Cluster) {
+    // The watcher and its pipe live until the process exits; it is never waited for.
+    static WATCHER: OnceLock<std::process::Child> = OnceLock::new();
+    let pid_file = cluster.data().join("postmaster.pid");
+    let watcher = Command::new("sh")
+        .args(["-c", "cat >/dev/null; kill -INT \"$(head -n 1 \"$0\")\""])
+        .arg(pid_file)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the cluster watcher");
+    let _ = WATCHER.set(watcher);
 }
 
 /// A temporary directory the PostgreSQL server user can enter (for `MESHPLOY_HOME`).

@@ -107,7 +107,8 @@ impl Cluster {
         self.bin.join(name)
     }
 
-    fn data(&self) -> PathBuf {
+    /// The data directory; its `postmaster.pid` names the running server.
+    pub fn data(&self) -> PathBuf {
         self.dir.join("data")
     }
 
