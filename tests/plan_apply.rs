@@ -451,3 +451,51 @@ fn an_apply_notifies_listeners_after_commit() {
         "{text}"
     );
 }
+
+#[test]
+fn apply_on_a_terminal_asks_and_only_yes_applies() {
+    let (db, dir) = (Db::new(), shop());
+    // `script` (util-linux) runs the command on a pseudo-terminal fed from our stdin.
+    let on_terminal = |answer: &str| {
+        let command = format!("{} apply", env!("CARGO_BIN_EXE_meshploy"));
+        let mut child = std::process::Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .current_dir(dir.path())
+            .env("DATABASE_URL", db.url())
+            .env_remove("NO_COLOR")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("script");
+        let mut stdin = child.stdin.take().expect("stdin");
+        std::io::Write::write_all(&mut stdin, answer.as_bytes()).expect("answer");
+        let output = child.wait_with_output().expect("wait");
+        drop(stdin);
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let (code, screen) = on_terminal("no\n");
+    assert_eq!(code, Some(1), "{screen}");
+    assert!(
+        screen.contains("Only 'yes' will be accepted to approve."),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("Apply cancelled; nothing was changed."),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("\x1b[32m  +\x1b[0m project/shop"),
+        "coloured on a terminal: {screen}"
+    );
+    assert_eq!(db.psql("SELECT count(*) FROM revisions"), "0");
+    let (code, screen) = on_terminal("yes\n");
+    assert_eq!(code, Some(0), "{screen}");
+    assert!(
+        screen.contains("Apply complete! Resources: 7 added"),
+        "{screen}"
+    );
+}
