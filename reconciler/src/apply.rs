@@ -5,7 +5,7 @@
 //! caller's transaction, which holds the apply lock. Nothing here commits: the caller does,
 //! so an error anywhere leaves the database as it was.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use schema::model::Spec;
 use schema::{Address, DesiredState, Envelope, Kind};
@@ -28,16 +28,15 @@ pub struct Desired {
 impl Desired {
     /// Keeps only what `plan` writes: entries it creates or updates, and their secrets.
     pub fn for_plan(mut self, plan: &Plan) -> Desired {
-        let written: BTreeMap<&Address, ()> = plan
+        let written: BTreeSet<&Address> = plan
             .changes
             .iter()
             .filter(|c| c.action != Action::Delete)
-            .map(|c| (&c.address, ()))
+            .map(|c| &c.address)
             .collect();
-        self.entries
-            .retain(|address, _| written.contains_key(address));
+        self.entries.retain(|address, _| written.contains(address));
         self.envelopes.retain(|key, _| {
-            written.keys().any(|a| {
+            written.iter().any(|a| {
                 a.kind == Kind::VariableGroup
                     && key.starts_with(&format!("{}/{}/", a.project, a.name))
             })
@@ -146,9 +145,8 @@ pub async fn apply(
         count(summary.change),
         count(summary.destroy),
     );
-    let plan_json = serde_json::to_string(plan).map_err(|e| Error::CorruptPlan {
-        address: e.to_string(),
-    })?;
+    // Plans hold strings, numbers and string-keyed maps only, which always serialise.
+    let plan_json = serde_json::to_string(plan).expect("a plan serialises to JSON");
     let revision = store::insert_revision(conn, meta, counts, &plan_json).await?;
     tracing::debug!(revision, changes = plan.changes.len(), "writing plan");
     store::write(conn, &writes, &meta.source, revision).await?;
