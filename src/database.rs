@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use anyhow::{Context, Result};
-use reconciler::postgres::Cluster;
+use reconciler::postgres::{self, Cluster};
 use reconciler::store;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
@@ -22,11 +22,7 @@ pub fn home(home: Option<PathBuf>) -> Result<PathBuf> {
         return std::path::absolute(&home)
             .with_context(|| format!("cannot resolve {}", home.display()));
     }
-    let is_root = std::fs::metadata("/proc/self").is_ok_and(|m| {
-        use std::os::unix::fs::MetadataExt;
-        m.uid() == 0
-    });
-    if is_root {
+    if postgres::running_as_root() {
         return Ok(PathBuf::from("/var/lib/meshploy"));
     }
     let data = std::env::var_os("XDG_DATA_HOME")
@@ -65,15 +61,14 @@ pub async fn connect(args: &DbArgs, purpose: &str) -> Result<PgPool> {
 
 async fn embedded(home_dir: Option<PathBuf>) -> Result<PgConnectOptions> {
     let cluster = cluster(home_dir)?;
-    let dir = cluster.dir().to_owned();
-    let started = tokio::task::spawn_blocking(move || cluster.start())
+    let starting = cluster.clone();
+    let started = tokio::task::spawn_blocking(move || starting.start())
         .await
         .context("starting the embedded PostgreSQL")??;
-    let cluster = Cluster::new(&dir)?;
     if started {
         eprintln!(
             "Started the embedded PostgreSQL in {} (stop it with `meshploy db stop`).",
-            dir.display()
+            cluster.dir().display()
         );
     }
     let mut admin = cluster

@@ -73,7 +73,7 @@ impl Cluster {
     /// A cluster in `dir` (created on first start), using the binaries found on this machine.
     pub fn new(dir: &Path) -> Result<Cluster, ClusterError> {
         let bin = find_binaries().ok_or(ClusterError::NoBinaries)?;
-        let server_user = if current_uid(dir)? == 0 {
+        let server_user = if running_as_root() {
             Some(unprivileged_user().ok_or(ClusterError::NoServerUser)?)
         } else {
             None
@@ -346,11 +346,9 @@ fn find_binaries() -> Option<PathBuf> {
     versions.pop().map(|(_, dir)| dir)
 }
 
-/// Our effective uid, read without `unsafe`: `/proc/self` belongs to it.
-fn current_uid(dir: &Path) -> Result<u32, ClusterError> {
-    fs::metadata("/proc/self")
-        .map(|m| m.uid())
-        .map_err(|source| io(dir, source))
+/// Whether our effective uid is root, read without `unsafe`: `/proc/self` belongs to it.
+pub fn running_as_root() -> bool {
+    fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
 /// `postgres` if that user exists, else `nobody`, from `/etc/passwd`.

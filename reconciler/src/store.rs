@@ -262,23 +262,22 @@ pub async fn revisions(pool: &PgPool, limit: i64) -> Result<Vec<Revision>, Error
 }
 
 /// A revision and its plan (as stored JSON text).
-pub async fn revision(pool: &PgPool, id: i64) -> Result<Option<(Revision, String)>, Error> {
-    let row: Option<(i64, String)> =
-        sqlx::query_as("SELECT id, plan::text FROM revisions WHERE id = $1")
-            .bind(id)
-            .fetch_optional(pool)
-            .await?;
-    let Some((_, plan)) = row else {
-        return Ok(None);
-    };
-    let revision = sqlx::query_as(
-        "SELECT id, applied_at, actor, source, commit_id, added, changed, destroyed \
+#[derive(Debug, sqlx::FromRow)]
+pub struct RevisionPlan {
+    #[sqlx(flatten)]
+    pub revision: Revision,
+    pub plan: String,
+}
+
+pub async fn revision(pool: &PgPool, id: i64) -> Result<Option<RevisionPlan>, Error> {
+    Ok(sqlx::query_as(
+        "SELECT id, applied_at, actor, source, commit_id, added, changed, destroyed, \
+                plan::text AS plan \
          FROM revisions WHERE id = $1",
     )
     .bind(id)
-    .fetch_one(pool)
-    .await?;
-    Ok(Some((revision, plan)))
+    .fetch_optional(pool)
+    .await?)
 }
 
 /// One row of `meshploy state list`.

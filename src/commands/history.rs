@@ -41,7 +41,7 @@ pub async fn list(db: &DbArgs, limit: i64, format: Format) -> Result<ExitCode> {
 
 pub async fn show(db: &DbArgs, id: i64, format: PlanFormat) -> Result<ExitCode> {
     let pool = database::connect(db, "show").await?;
-    let Some((revision, plan)) = store::revision(&pool, id).await? else {
+    let Some(store::RevisionPlan { revision, plan }) = store::revision(&pool, id).await? else {
         bail!("there is no revision {id}; `meshploy history` lists them");
     };
     let plan: Plan = serde_json::from_str(&plan)

@@ -23,7 +23,8 @@ pub async fn run(args: PlanArgs) -> Result<ExitCode> {
         store::load_state(&mut conn).await?
     };
     let plan = plan::diff(&desired.entries, &actual);
-    print(&plan, args.format, &source(&args.dir)?);
+    let source = source(&args.dir)?;
+    print(&plan, args.format, &source);
     let refusals = guard(&args.guard).check(&plan, &actual);
     if !refusals.is_empty() {
         for refusal in &refusals {
@@ -34,7 +35,7 @@ pub async fn run(args: PlanArgs) -> Result<ExitCode> {
     if let Some(out) = &args.out {
         let saved = SavedPlan {
             format: SavedPlan::FORMAT.into(),
-            source: source(&args.dir)?,
+            source,
             desired: desired.for_plan(&plan),
             plan: plan.clone(),
         };
