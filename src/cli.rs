@@ -68,6 +68,29 @@ pub enum Command {
         #[arg(long, env = "MESHPLOY_HOME")]
         home: Option<PathBuf>,
     },
+    /// Run the reconciler: follow git sources and apply each new commit, with the HTTP API
+    /// (health, push webhooks, sync requests). Several may run against one database; one leads.
+    Serve(ServeArgs),
+    /// Show each git source's sync status: last seen and applied commits, state, errors.
+    Status {
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Ask the running reconciler to sync a source now, and wait for the outcome.
+    Sync {
+        /// The source's name, as `meshploy status` lists it.
+        source: String,
+        /// How long to wait for the attempt to finish.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        wait: Duration,
+        /// Return once the request is sent.
+        #[arg(long, conflicts_with = "wait")]
+        no_wait: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
     /// Print the JSON Schema of a manifest document, for editors and tools.
     Schema,
     /// Make keys and seal secrets for variable groups.
@@ -115,11 +138,36 @@ pub struct GuardArgs {
     pub max_destroy_percent: u8,
 }
 
+/// Where the manifests come from when they are not a directory, and who owns what they
+/// declare.
+#[derive(Debug, Args)]
+pub struct SourceArgs {
+    /// Read the manifests from a git repository's commit instead of a directory: a local
+    /// path (bare or not), or a file://, git://, https:// or ssh:// URL (fetched into a cache
+    /// under MESHPLOY_HOME).
+    #[arg(long, value_name = "PATH|URL")]
+    pub repo: Option<String>,
+    /// Branch, tag or commit to read from --repo. Default: HEAD of a local repository;
+    /// required for a URL.
+    #[arg(long = "ref", value_name = "REF", requires = "repo")]
+    pub reference: Option<String>,
+    /// Directory inside --repo that holds the manifests. Default: the repository's root.
+    #[arg(long, value_name = "DIR", requires = "repo", default_value = "")]
+    pub path: String,
+    /// The source that owns what this writes; a source never changes what another owns.
+    /// Default: `local:<directory>`, or the repository URL (and `//DIR`). Use the name of a
+    /// `meshploy serve` source to act as that source.
+    #[arg(long, value_name = "NAME")]
+    pub source: Option<String>,
+}
+
 #[derive(Debug, Args)]
 pub struct PlanArgs {
     /// Directory holding the manifests.
-    #[arg(default_value = ".")]
+    #[arg(default_value = ".", conflicts_with = "repo")]
     pub dir: PathBuf,
+    #[command(flatten)]
+    pub from: SourceArgs,
     /// Exit 0 when there are no changes, 2 when there are, 1 on error.
     #[arg(long)]
     pub detailed_exitcode: bool,
@@ -139,8 +187,10 @@ pub struct PlanArgs {
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
     /// A directory of manifests, or a plan file saved with `meshploy plan --out`.
-    #[arg(default_value = ".")]
+    #[arg(default_value = ".", conflicts_with = "repo")]
     pub target: PathBuf,
+    #[command(flatten)]
+    pub from: SourceArgs,
     /// Apply without asking for confirmation.
     #[arg(long)]
     pub auto_approve: bool,
@@ -156,6 +206,61 @@ pub struct ApplyArgs {
     pub db: DbArgs,
     #[command(flatten)]
     pub keys: KeyArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// A YAML file listing the sources to track (see the README); instead of --repo.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "repo",
+        required_unless_present = "repo"
+    )]
+    pub config: Option<PathBuf>,
+    /// The one repository to track: a local path or a file://, git://, https:// or ssh:// URL.
+    #[arg(long, value_name = "PATH|URL")]
+    pub repo: Option<String>,
+    /// Name of the source (owns what it declares). Default: the repository's name.
+    #[arg(long, requires = "repo")]
+    pub name: Option<String>,
+    /// Branch to follow.
+    #[arg(long, default_value = "main", requires = "repo")]
+    pub branch: String,
+    /// Directory inside the repository holding the manifests. Default: the root.
+    #[arg(long, default_value = "", requires = "repo")]
+    pub path: String,
+    /// `auto` applies each new commit; `manual` only plans and reports out-of-sync.
+    #[arg(long, value_enum, default_value_t = PolicyArg::Auto, requires = "repo")]
+    pub policy: PolicyArg,
+    /// How often to check sources when no webhook or file change says so.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+    /// Address for the HTTP API.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// Secret GitHub signs push webhooks with (X-Hub-Signature-256). Without it, webhooks
+    /// are refused.
+    #[arg(long, env = "MESHPLOY_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Bearer token for `POST /api/v1/sources/NAME/sync`. Without it, that endpoint is refused.
+    #[arg(long, env = "MESHPLOY_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// How long a sync waits for another apply to finish.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+    #[command(flatten)]
+    pub guard: GuardArgs,
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PolicyArg {
+    Auto,
+    Manual,
 }
 
 #[derive(Debug, Subcommand)]
@@ -230,8 +335,8 @@ pub enum PlanFormat {
     Markdown,
 }
 
-/// `30s`, `500ms`, `2m`, or a bare number of seconds.
-fn parse_duration(text: &str) -> Result<Duration, String> {
+/// `30s`, `500ms`, `2m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text
         .find(|c: char| !c.is_ascii_digit())
         .map_or((text, ""), |i| text.split_at(i));
@@ -242,6 +347,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => Ok(Duration::from_secs(n)),
         "ms" => Ok(Duration::from_millis(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("`{text}` has an unknown unit (use ms, s or m)")),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("`{text}` has an unknown unit (use ms, s, m or h)")),
     }
 }

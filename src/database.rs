@@ -39,6 +39,11 @@ pub fn cluster(home_dir: Option<PathBuf>) -> Result<Cluster> {
 /// A migrated connection pool. `purpose` names this process in `pg_stat_activity`, which is
 /// what a waiting apply reports as the lock holder.
 pub async fn connect(args: &DbArgs, purpose: &str) -> Result<PgPool> {
+    pool(args, purpose, 2).await
+}
+
+/// Like [`connect`], with up to `connections` connections.
+pub async fn pool(args: &DbArgs, purpose: &str, connections: u32) -> Result<PgPool> {
     let options = match &args.database_url {
         Some(url) => {
             PgConnectOptions::from_str(url).context("--database-url is not a PostgreSQL URL")?
@@ -48,7 +53,7 @@ pub async fn connect(args: &DbArgs, purpose: &str) -> Result<PgPool> {
     let name = format!("meshploy {purpose} (pid {})", std::process::id());
     let options = options.application_name(&name);
     let pool = PgPoolOptions::new()
-        .max_connections(2)
+        .max_connections(connections)
         .connect_with(options)
         .await
         .context("cannot connect to PostgreSQL")?;

@@ -16,7 +16,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    logging(cli.log_json);
+    // The daemon reports what it does; one-shot commands only warn.
+    let default_level = if matches!(cli.command, cli::Command::Serve(_)) {
+        "info,sqlx=warn"
+    } else {
+        "warn"
+    };
+    logging(cli.log_json, default_level);
     // sqlx's TLS uses rustls with aws-lc-rs; installing it explicitly keeps a second provider
     // pulled in by another crate from making the choice ambiguous at run time.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -39,13 +45,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to standard error, filtered by `RUST_LOG` (default: warnings).
-fn logging(json: bool) {
+/// Logs to standard error, filtered by `RUST_LOG` (default: `default_level`).
+fn logging(json: bool, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if json {
         builder.json().init();
     } else {

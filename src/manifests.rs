@@ -1,4 +1,5 @@
-//! Reads manifest files from a directory for the pure loader in `schema`.
+//! Reads manifest files for the pure loader in `schema`: from a directory, or from a git
+//! commit through `reconciler::git`.
 //!
 //! Every `*.yaml` and `*.yml` below the root is read, in sorted order, skipping hidden
 //! directories and files. Symbolic links are followed only when they resolve inside the
@@ -11,7 +12,76 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use reconciler::git;
 use schema::{Limits, SourceFile};
+
+use crate::cli::SourceArgs;
+
+/// Manifest files, where they came from, and the source that owns what they declare.
+#[derive(Debug)]
+pub struct Manifests {
+    pub files: Vec<SourceFile>,
+    /// Where they were read, for messages: a directory, or `URL@commit`.
+    pub origin: String,
+    /// The owning source, recorded on every row and revision.
+    pub source: String,
+    /// The commit they were read from, when read from git.
+    pub commit: Option<String>,
+}
+
+/// Reads the manifests `dir` or `from.repo` names. Remote repositories are fetched into
+/// `<home>/git`.
+pub async fn read(dir: &Path, from: &SourceArgs, home: &Path) -> Result<Manifests> {
+    let limits = Limits::default();
+    let Some(url) = from.repo.clone() else {
+        let canonical = std::fs::canonicalize(dir)
+            .with_context(|| format!("cannot read manifest directory {}", dir.display()))?;
+        return Ok(Manifests {
+            files: read_dir(dir, &limits)?,
+            origin: dir.display().to_string(),
+            source: from
+                .source
+                .clone()
+                .unwrap_or_else(|| format!("local:{}", canonical.display())),
+            commit: None,
+        });
+    };
+    let reference = match (&from.reference, git::Location::parse(&url)) {
+        (Some(reference), _) => reference.clone(),
+        (None, git::Location::Local(_)) => "HEAD".to_owned(),
+        (None, git::Location::Remote(_)) => {
+            bail!("--ref is required with a repository URL: name the branch, tag or commit to read")
+        }
+    };
+    let path = from.path.clone();
+    let cache = home.join("git");
+    let fetch_url = url.clone();
+    let snapshot = tokio::task::spawn_blocking(move || {
+        let repo = git::open(&fetch_url, &cache)?;
+        let commit = repo.resolve(&reference)?;
+        repo.read(&commit, &path, &limits)
+    })
+    .await??;
+    let shown = git::redact(&url);
+    let source = from.source.clone().unwrap_or_else(|| {
+        if from.path.is_empty() {
+            shown.clone()
+        } else {
+            format!("{shown}//{}", from.path.trim_matches('/'))
+        }
+    });
+    Ok(Manifests {
+        files: snapshot.files,
+        origin: format!("{shown}@{}", short(&snapshot.commit)),
+        source,
+        commit: Some(snapshot.commit),
+    })
+}
+
+/// The first 12 characters of a commit id, as people quote them.
+pub fn short(commit: &str) -> &str {
+    commit.get(..12).unwrap_or(commit)
+}
 
 /// Reads every manifest file under `root`. Files larger than the limit are read only up to
 /// one byte past it, so the loader can reject them without holding them in memory.

@@ -6,15 +6,15 @@ use std::time::{Duration, Instant};
 
 use crate::util::{Db, Dir};
 
-const PROJECT: &str = "apiVersion: meshploy.dev/v1\nkind: Project\nmetadata:\n  name: shop\n";
+pub const PROJECT: &str = "apiVersion: meshploy.dev/v1\nkind: Project\nmetadata:\n  name: shop\n";
 
-fn service(name: &str, replicas: u32) -> String {
+pub fn service(name: &str, replicas: u32) -> String {
     format!(
         "apiVersion: meshploy.dev/v1\nkind: Service\nmetadata:\n  name: {name}\n  project: shop\nspec:\n  image: registry.example.com/{name}:1\n  port: 8080\n  replicas: {replicas}\n"
     )
 }
 
-fn route(name: &str, path: &str, service: &str) -> String {
+pub fn route(name: &str, path: &str, service: &str) -> String {
     format!(
         "apiVersion: meshploy.dev/v1\nkind: Route\nmetadata:\n  name: {name}\n  project: shop\nspec:\n  host: shop.example.com\n  path: {path}\n  service: {service}\n  port: 8080\n"
     )
@@ -265,11 +265,22 @@ fn two_concurrent_applies_in_two_processes_never_interleave() {
         dir.write("services.yaml", services.join("---\n"));
     }
     let spawn = |dir: &Dir| {
-        db.command(dir, &["apply", "--auto-approve", "--lock-timeout", "60s"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn apply")
+        // Both act as one source, so each may change what the other wrote.
+        db.command(
+            dir,
+            &[
+                "apply",
+                "--auto-approve",
+                "--lock-timeout",
+                "60s",
+                "--source",
+                "shared",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn apply")
     };
     let (a, b) = (spawn(&left), spawn(&right));
     for child in [a, b] {
@@ -383,9 +394,11 @@ fn the_guard_refuses_mass_destruction_unless_allowed() {
     assert_eq!(allowed.code, 0, "{}", allowed.stderr);
     assert_eq!(db.psql("SELECT count(*) FROM services"), "2");
 
-    // An empty directory would destroy the whole project: refused, not an empty state.
-    let empty = Dir::new();
-    db.meshploy(&empty, &["apply", "--auto-approve"])
+    // The directory emptied would destroy the whole project: refused, not an empty state.
+    for entry in std::fs::read_dir(dir.path()).expect("list") {
+        std::fs::remove_file(entry.expect("entry").path()).expect("remove");
+    }
+    db.meshploy(&dir, &["apply", "--auto-approve"])
         .assert_fails_with("this plan destroys project/shop and everything in it");
     assert_eq!(db.psql("SELECT count(*) FROM projects"), "1");
 }

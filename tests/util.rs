@@ -90,6 +90,8 @@ pub fn repo_root() -> PathBuf {
 /// A fresh database in the test cluster, handed to the binary as `DATABASE_URL`.
 pub struct Db {
     name: String,
+    /// MESHPLOY_HOME of every command (remote repositories are cached there).
+    home: tempfile::TempDir,
 }
 
 static DATABASES: AtomicUsize = AtomicUsize::new(0);
@@ -98,7 +100,10 @@ impl Db {
     pub fn new() -> Db {
         let n = DATABASES.fetch_add(1, Ordering::SeqCst);
         let name = format!("t{}_{n}", std::process::id());
-        let db = Db { name };
+        let db = Db {
+            name,
+            home: open_tempdir(),
+        };
         db.psql_in("postgres", &format!("CREATE DATABASE {}", db.name));
         db
     }
@@ -133,6 +138,7 @@ impl Db {
             .current_dir(dir.path())
             .args(args)
             .env("DATABASE_URL", self.url())
+            .env("MESHPLOY_HOME", self.home.path())
             .env_remove("MESHPLOY_SECRET_KEYS")
             .env_remove("RUST_LOG");
         command
@@ -230,4 +236,143 @@ pub fn open_tempdir() -> tempfile::TempDir {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
         .expect("chmod the temporary directory");
     dir
+}
+
+/// Runs `git ARGS` in `dir` with a fixed identity and no user or system configuration, and
+/// returns its trimmed standard output.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let output = Command::new("git")
+        .current_dir(dir)
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_AUTHOR_NAME", "Meshploy Tests")
+        .env("GIT_AUTHOR_EMAIL", "tests@meshploy.invalid")
+        .env("GIT_COMMITTER_NAME", "Meshploy Tests")
+        .env("GIT_COMMITTER_EMAIL", "tests@meshploy.invalid")
+        .output()
+        .expect("run git");
+    assert!(
+        output.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// A bare repository (the "remote" people push to) and a clone to commit in.
+pub struct Remote {
+    root: tempfile::TempDir,
+}
+
+impl Remote {
+    pub fn new() -> Remote {
+        let remote = Remote {
+            root: open_tempdir(),
+        };
+        git(
+            remote.root.path(),
+            &["init", "-q", "--bare", "-b", "main", "bare.git"],
+        );
+        git(remote.root.path(), &["clone", "-q", "bare.git", "work"]);
+        git(&remote.work(), &["checkout", "-q", "-b", "main"]);
+        remote
+    }
+
+    pub fn bare(&self) -> PathBuf {
+        self.root.path().join("bare.git")
+    }
+
+    pub fn work(&self) -> PathBuf {
+        self.root.path().join("work")
+    }
+
+    /// Writes a file in the clone.
+    pub fn write(&self, relative: &str, contents: &str) {
+        let path = self.work().join(relative);
+        std::fs::create_dir_all(path.parent().expect("a parent")).expect("create directories");
+        std::fs::write(path, contents).expect("write");
+    }
+
+    pub fn remove(&self, relative: &str) {
+        std::fs::remove_file(self.work().join(relative)).expect("remove");
+    }
+
+    /// Commits everything in the clone and returns the commit id.
+    pub fn commit(&self, message: &str) -> String {
+        git(&self.work(), &["add", "-A"]);
+        git(
+            &self.work(),
+            &["commit", "-q", "--allow-empty", "-m", message],
+        );
+        git(&self.work(), &["rev-parse", "HEAD"])
+    }
+
+    /// Commits and pushes to the bare repository; returns the commit id.
+    pub fn push(&self, message: &str) -> String {
+        let commit = self.commit(message);
+        git(&self.work(), &["push", "-q", "origin", "HEAD:main"]);
+        commit
+    }
+}
+
+/// Waits up to `timeout` for `check` to return something.
+pub fn wait_for<T>(
+    timeout: std::time::Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A free port on loopback (free when asked; the caller binds it soon after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free port")
+        .port()
+}
+
+/// One HTTP/1.1 request over a real socket; returns the status and the body.
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).expect("send");
+    // The server may answer (413) and close before reading a large body.
+    let _ = stream.write_all(body);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
 }

@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 
 use crate::Error;
-use crate::plan::{self, Action, Entry, Plan, State, Value};
+use crate::plan::{self, Action, Entry, Guard, Plan, Refusal, State, Value};
 use crate::secrets::{Digester, Keyring, Place, SecretError};
-use crate::store::{self, RevisionMeta, RouteRow, ServiceRow, Writes};
+use crate::store::{self, Live, RevisionMeta, RouteRow, ServiceRow, Writes};
 
 /// The desired side of a plan: flattened entries, and the sealed secrets from git (by
 /// `project/group/name`) that an apply re-seals for the database.
@@ -52,8 +52,11 @@ impl Desired {
 pub struct SavedPlan {
     /// Always [`SavedPlan::FORMAT`].
     pub format: String,
-    /// Where the manifests came from, recorded in the revision.
+    /// The source that owns what the plan writes, recorded in the revision.
     pub source: String,
+    /// The git commit the manifests were read from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
     pub plan: Plan,
     pub desired: Desired,
 }
@@ -94,6 +97,21 @@ pub fn prepare(
     Ok(desired)
 }
 
+/// Flattens the desired state against this database's digest key, which needs keys only
+/// when some variable group holds secrets.
+pub async fn prepare_for(
+    pool: &PgPool,
+    state: &DesiredState,
+    keys: Option<&Keyring>,
+) -> Result<Desired, Error> {
+    if !has_secrets(state) {
+        return prepare(state, None);
+    }
+    let keys = keys.ok_or(SecretError::NoKeys)?;
+    let digester = digester(pool, keys).await?;
+    prepare(state, Some((keys, &digester)))
+}
+
 /// The digester of this database, made and stored (sealed) on first use.
 pub async fn digester(pool: &PgPool, keys: &Keyring) -> Result<Digester, Error> {
     let mut conn = pool.acquire().await?;
@@ -128,9 +146,73 @@ pub async fn begin_locked(
     })
 }
 
+/// A transaction holding the apply lock, with the live state as one source sees it. Plans
+/// made from it are exactly what `apply` writes. Dropping it rolls back.
+#[derive(Debug)]
+pub struct Locked {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    source: String,
+    pub live: Live,
+}
+
+/// Takes the apply lock (waiting up to `timeout_ms`) and reads the state as `source` sees it.
+pub async fn lock(pool: &PgPool, source: &str, timeout_ms: u64) -> Result<Locked, Error> {
+    let mut tx = begin_locked(pool, timeout_ms).await?;
+    let live = store::load_state(&mut tx, source).await?;
+    Ok(Locked {
+        tx,
+        source: source.to_owned(),
+        live,
+    })
+}
+
+/// Refuses `desired` if it declares what a source other than `source` owns.
+pub fn check_ownership(live: &Live, source: &str, desired: &State) -> Result<(), Error> {
+    let conflicts = plan::conflicts(desired, &live.foreign);
+    if conflicts.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Conflict {
+            source_name: source.to_owned(),
+            conflicts,
+        })
+    }
+}
+
+/// The plan from what `source` owns to `desired`, after the ownership check.
+pub fn plan_for(live: &Live, source: &str, desired: &Desired) -> Result<Plan, Error> {
+    check_ownership(live, source, &desired.entries)?;
+    Ok(plan::diff(&desired.entries, &live.state))
+}
+
+impl Locked {
+    /// The plan from the locked live state to `desired`.
+    pub fn plan(&self, desired: &Desired) -> Result<Plan, Error> {
+        plan_for(&self.live, &self.source, desired)
+    }
+
+    /// Why `guard` refuses `plan`, if it does.
+    pub fn refusals(&self, guard: &Guard, plan: &Plan) -> Vec<Refusal> {
+        guard.check(plan, &self.live.state)
+    }
+
+    /// Writes `plan` and commits; returns the revision.
+    pub async fn apply(
+        mut self,
+        plan: &Plan,
+        desired: &Desired,
+        keys: Option<&Keyring>,
+        meta: &RevisionMeta,
+    ) -> Result<i64, Error> {
+        let revision = apply(&mut self.tx, plan, desired, &self.live.state, keys, meta).await?;
+        self.tx.commit().await?;
+        Ok(revision)
+    }
+}
+
 /// Writes `plan` inside the caller's locked transaction and records a revision; returns its
 /// id. `actual` is the state the plan was checked against in the same transaction.
-pub async fn apply(
+async fn apply(
     conn: &mut PgConnection,
     plan: &Plan,
     desired: &Desired,

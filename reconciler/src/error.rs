@@ -1,7 +1,8 @@
 //! The one error type of the reconciler crate. Messages name what failed and what to do;
 //! none carries a secret value.
 
-use crate::plan::{Refusal, Stale};
+use crate::git::GitError;
+use crate::plan::{Conflict, Refusal, Stale};
 use crate::postgres::ClusterError;
 use crate::secrets::SecretError;
 
@@ -35,6 +36,13 @@ pub enum Error {
     Stale(Vec<Stale>),
     #[error("the plan is refused, nothing was applied:\n{}", lines(.0))]
     Refused(Vec<Refusal>),
+    #[error("source `{source_name}` declares resources that another source owns; nothing was applied:\n{}", lines(.conflicts))]
+    Conflict {
+        source_name: String,
+        conflicts: Vec<Conflict>,
+    },
+    #[error(transparent)]
+    Git(#[from] GitError),
 }
 
 fn lines<T: std::fmt::Display>(items: &[T]) -> String {

@@ -6,9 +6,12 @@
 
 pub mod apply;
 mod error;
+pub mod git;
 pub mod plan;
 pub mod postgres;
 pub mod secrets;
+pub mod serve;
 pub mod store;
+pub mod sync;
 
 pub use error::Error;

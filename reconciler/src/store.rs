@@ -68,49 +68,65 @@ pub async fn apply_lock_holder(pool: &PgPool) -> Result<Option<String>, Error> {
     }))
 }
 
-/// Everything PostgreSQL holds, as the plan sees it.
-pub async fn load_state(conn: &mut PgConnection) -> Result<State, Error> {
-    let mut state = State::new();
-    let projects: Vec<(String, String, bool, i64)> =
-        sqlx::query_as("SELECT name, fields::text, protect, version FROM projects")
+/// The state as one source sees it: what it owns, and who owns every other address.
+#[derive(Clone, Debug, Default)]
+pub struct Live {
+    /// The resources `source` owns, which its plans may change and delete.
+    pub state: State,
+    /// Every other resource, with the source that owns it. A plan never touches these.
+    pub foreign: BTreeMap<Address, String>,
+}
+
+/// Everything PostgreSQL holds, as `source` sees it.
+pub async fn load_state(conn: &mut PgConnection, source: &str) -> Result<Live, Error> {
+    let mut live = Live::default();
+    let mut keep = |address: Address, owner: String, entry: Entry| {
+        if owner == source {
+            live.state.insert(address, entry);
+        } else {
+            live.foreign.insert(address, owner);
+        }
+    };
+    let projects: Vec<(String, String, bool, i64, String)> =
+        sqlx::query_as("SELECT name, fields::text, protect, version, source FROM projects")
             .fetch_all(&mut *conn)
             .await?;
-    for (name, fields, protect, version) in projects {
+    for (name, fields, protect, version, owner) in projects {
         let address = Address::project(&name);
         let entry = entry(&address, &fields, protect, version)?;
-        state.insert(address, entry);
+        keep(address, owner, entry);
     }
     for (kind, query) in [
         (
             Kind::VariableGroup,
-            "SELECT project, name, fields::text, protect, version FROM variable_groups",
+            "SELECT project, name, fields::text, protect, version, source FROM variable_groups",
         ),
         (
             Kind::Service,
-            "SELECT project, name, fields::text, protect, version FROM services",
+            "SELECT project, name, fields::text, protect, version, source FROM services",
         ),
         (
             Kind::Route,
-            "SELECT project, name, fields::text, protect, version FROM routes",
+            "SELECT project, name, fields::text, protect, version, source FROM routes",
         ),
     ] {
-        let rows: Vec<(String, String, String, bool, i64)> =
+        let rows: Vec<(String, String, String, bool, i64, String)> =
             sqlx::query_as(query).fetch_all(&mut *conn).await?;
-        for (project, name, fields, protect, version) in rows {
+        for (project, name, fields, protect, version, owner) in rows {
             let address = Address::new(kind, &project, &name);
             let entry = entry(&address, &fields, protect, version)?;
-            state.insert(address, entry);
+            keep(address, owner, entry);
         }
     }
     for (project, group, name, digest) in secret_digests(conn).await? {
         let address = Address::new(Kind::VariableGroup, &project, &group);
-        if let Some(entry) = state.get_mut(&address) {
+        if let Some(entry) = live.state.get_mut(&address) {
             entry
                 .fields
                 .insert(format!("secrets.{name}"), Value::Sensitive(digest));
         }
     }
-    Ok(state)
+    Ok(live)
 }
 
 fn entry(address: &Address, fields: &str, protect: bool, version: i64) -> Result<Entry, Error> {
@@ -287,26 +303,32 @@ pub struct Stored {
     pub version: i64,
     pub revision: i64,
     pub source: String,
+    /// The git commit of the revision that last wrote it, if it came from git.
+    pub commit: Option<String>,
 }
 
 pub async fn stored_resources(pool: &PgPool) -> Result<Vec<Stored>, Error> {
-    let rows: Vec<(String, String, String, i64, i64, String)> = sqlx::query_as(
-        "SELECT 'project', name, name, version, revision_id, source FROM projects \
-         UNION ALL SELECT 'variablegroup', project, name, version, revision_id, source FROM variable_groups \
-         UNION ALL SELECT 'service', project, name, version, revision_id, source FROM services \
-         UNION ALL SELECT 'route', project, name, version, revision_id, source FROM routes",
+    type Row = (String, String, String, i64, i64, String, Option<String>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT r.kind, r.project, r.name, r.version, r.revision_id, r.source, v.commit_id \
+         FROM (SELECT 'project' AS kind, name AS project, name, version, revision_id, source FROM projects \
+               UNION ALL SELECT 'variablegroup', project, name, version, revision_id, source FROM variable_groups \
+               UNION ALL SELECT 'service', project, name, version, revision_id, source FROM services \
+               UNION ALL SELECT 'route', project, name, version, revision_id, source FROM routes) r \
+         JOIN revisions v ON v.id = r.revision_id",
     )
     .fetch_all(pool)
     .await?;
     let mut stored: Vec<Stored> = rows
         .into_iter()
-        .filter_map(|(kind, project, name, version, revision, source)| {
+        .filter_map(|(kind, project, name, version, revision, source, commit)| {
             let kind = Kind::ALL.into_iter().find(|k| k.slug() == kind)?;
             Some(Stored {
                 address: Address::new(kind, &project, &name),
                 version,
                 revision,
                 source,
+                commit,
             })
         })
         .collect();
@@ -620,4 +642,198 @@ async fn upsert_routes(
 /// One column of a batch, for binding as an array.
 fn column<'a, T, U>(rows: &'a [T], value: impl Fn(&'a T) -> U) -> Vec<U> {
     rows.iter().map(value).collect()
+}
+
+/// The channel that asks the active reconciler to sync one source now; the payload is
+/// `{"source": NAME, "trigger": TRIGGER}`.
+pub const SYNC_CHANNEL: &str = "meshploy_sync";
+
+/// A tracked source as registered by `meshploy serve`.
+#[derive(Clone, Debug)]
+pub struct SourceRow<'a> {
+    pub name: &'a str,
+    pub url: &'a str,
+    pub branch: &'a str,
+    pub path: &'a str,
+    pub policy: &'a str,
+}
+
+/// Registers a source, or updates where it points; its sync history is kept.
+pub async fn upsert_source(pool: &PgPool, source: &SourceRow<'_>) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO sources (name, url, branch, path, policy) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (name) DO UPDATE SET url = $2, branch = $3, path = $4, policy = $5, \
+             updated_at = now() \
+         WHERE (sources.url, sources.branch, sources.path, sources.policy) \
+               IS DISTINCT FROM ($2, $3, $4, $5)",
+    )
+    .bind(source.name)
+    .bind(source.url)
+    .bind(source.branch)
+    .bind(source.path)
+    .bind(source.policy)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Where a source stands, as `meshploy status` shows it.
+#[derive(Clone, Debug, sqlx::FromRow, serde::Serialize)]
+pub struct SourceStatus {
+    pub name: String,
+    pub url: String,
+    pub branch: String,
+    pub path: String,
+    pub policy: String,
+    pub state: String,
+    pub last_seen_commit: Option<String>,
+    pub last_applied_commit: Option<String>,
+    pub last_revision: Option<i64>,
+    pub message: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub checked_at: Option<time::OffsetDateTime>,
+    /// The newest attempt, if any.
+    pub attempt_id: Option<i64>,
+    pub trigger: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<time::OffsetDateTime>,
+    pub rewritten_from: Option<String>,
+    pub fetch_ms: Option<i32>,
+    pub total_ms: Option<i32>,
+}
+
+/// Every registered source with its newest attempt, by name.
+pub async fn source_statuses(pool: &PgPool) -> Result<Vec<SourceStatus>, Error> {
+    Ok(sqlx::query_as(
+        "SELECT s.name, s.url, s.branch, s.path, s.policy, s.state, s.last_seen_commit, \
+                s.last_applied_commit, s.last_revision, s.message, s.checked_at, \
+                a.id AS attempt_id, a.trigger, a.finished_at, a.rewritten_from, \
+                a.fetch_ms, a.total_ms \
+         FROM sources s LEFT JOIN LATERAL \
+             (SELECT * FROM sync_attempts WHERE source = s.name ORDER BY id DESC LIMIT 1) a \
+             ON true \
+         ORDER BY s.name",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The state and last applied commit of one source.
+pub async fn source_position(
+    pool: &PgPool,
+    name: &str,
+) -> Result<Option<(String, Option<String>)>, Error> {
+    Ok(
+        sqlx::query_as("SELECT state, last_applied_commit FROM sources WHERE name = $1")
+            .bind(name)
+            .fetch_optional(pool)
+            .await?,
+    )
+}
+
+/// Records that a source was checked and found unchanged (no attempt row: polls every
+/// minute would bury the attempts that did something).
+pub async fn touch_source(pool: &PgPool, name: &str) -> Result<(), Error> {
+    sqlx::query("UPDATE sources SET checked_at = now() WHERE name = $1")
+        .bind(name)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Marks a source as applying `commit`.
+pub async fn mark_applying(pool: &PgPool, name: &str, commit: &str) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE sources SET state = 'applying', last_seen_commit = $2, checked_at = now(), \
+             updated_at = now() WHERE name = $1",
+    )
+    .bind(name)
+    .bind(commit)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// One finished sync attempt.
+#[derive(Clone, Debug)]
+pub struct Attempt<'a> {
+    pub source: &'a str,
+    pub trigger: &'a str,
+    pub started_at: time::OffsetDateTime,
+    pub commit: Option<&'a str>,
+    pub rewritten_from: Option<&'a str>,
+    /// `synced`, `out-of-sync` or `failed`.
+    pub outcome: &'a str,
+    pub message: Option<&'a str>,
+    pub revision: Option<i64>,
+    pub fetch_ms: i32,
+    pub total_ms: i32,
+}
+
+/// Records an attempt and moves the source to its outcome, in one statement. The last
+/// applied commit moves only when the attempt synced.
+pub async fn record_attempt(pool: &PgPool, attempt: &Attempt<'_>) -> Result<i64, Error> {
+    Ok(sqlx::query_scalar(
+        "WITH a AS ( \
+             INSERT INTO sync_attempts (source, trigger, started_at, commit_id, rewritten_from, \
+                 outcome, message, revision_id, fetch_ms, total_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id), \
+         s AS ( \
+             UPDATE sources SET state = $6, message = $7, checked_at = now(), updated_at = now(), \
+                 last_seen_commit = coalesce($4, last_seen_commit), \
+                 last_applied_commit = CASE WHEN $6 = 'synced' THEN $4 ELSE last_applied_commit END, \
+                 last_revision = coalesce($8, last_revision) \
+             WHERE name = $1) \
+         SELECT id FROM a",
+    )
+    .bind(attempt.source)
+    .bind(attempt.trigger)
+    .bind(attempt.started_at)
+    .bind(attempt.commit)
+    .bind(attempt.rewritten_from)
+    .bind(attempt.outcome)
+    .bind(attempt.message)
+    .bind(attempt.revision)
+    .bind(attempt.fetch_ms)
+    .bind(attempt.total_ms)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// The newest attempt of a source: id, outcome and message.
+pub async fn latest_attempt(
+    pool: &PgPool,
+    source: &str,
+) -> Result<Option<(i64, String, Option<String>)>, Error> {
+    Ok(sqlx::query_as(
+        "SELECT id, outcome, message FROM sync_attempts WHERE source = $1 ORDER BY id DESC LIMIT 1",
+    )
+    .bind(source)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// Asks the active reconciler, whichever process it is, to sync `source` now.
+pub async fn request_sync(pool: &PgPool, source: &str, trigger: &str) -> Result<(), Error> {
+    let payload = serde_json::json!({ "source": source, "trigger": trigger }).to_string();
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(SYNC_CHANNEL)
+        .bind(payload)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Remembers a webhook delivery id; false when it was seen before (a replay). Deliveries
+/// older than 30 days are forgotten, as GitHub redelivers only recent ones.
+pub async fn remember_delivery(pool: &PgPool, id: &str) -> Result<bool, Error> {
+    sqlx::query("DELETE FROM webhook_deliveries WHERE received_at < now() - interval '30 days'")
+        .execute(pool)
+        .await?;
+    let inserted =
+        sqlx::query("INSERT INTO webhook_deliveries (id) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(id)
+            .execute(pool)
+            .await?;
+    Ok(inserted.rows_affected() == 1)
 }

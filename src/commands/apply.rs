@@ -7,30 +7,30 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use reconciler::apply::{self as core, SavedPlan};
 use reconciler::plan::{self, Plan};
-use reconciler::store::{self, RevisionMeta};
+use reconciler::store::RevisionMeta;
 
-use super::plan::{print, source};
-use super::{guard, keyring, prepare, validate};
+use super::plan::print;
+use super::{guard, keyring, validate};
 use crate::cli::{ApplyArgs, PlanFormat};
-use crate::database;
+use crate::{database, manifests};
 
 pub async fn run(args: ApplyArgs) -> Result<ExitCode> {
-    if args.target.is_file() {
+    if args.from.repo.is_none() && args.target.is_file() {
         return apply_saved(args).await;
     }
-    let state = validate::load(&args.target)?;
+    let home = database::home(args.db.home.clone())?;
+    let manifests = manifests::read(&args.target, &args.from, &home).await?;
+    let state = validate::load(&manifests)?;
     let pool = database::connect(&args.db, "apply").await?;
     let keys = keyring(&args.keys)?;
-    let desired = prepare(&pool, &state, keys.as_ref()).await?;
-    let lock_ms = millis(&args);
-    let mut tx = core::begin_locked(&pool, lock_ms).await?;
-    let actual = store::load_state(&mut tx).await?;
-    let plan = plan::diff(&desired.entries, &actual);
+    let desired = core::prepare_for(&pool, &state, keys.as_ref()).await?;
+    let locked = core::lock(&pool, &manifests.source, millis(&args)).await?;
+    let plan = locked.plan(&desired)?;
     print(&plan, PlanFormat::Text, "");
     if plan.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
-    let refusals = guard(&args.guard).check(&plan, &actual);
+    let refusals = locked.refusals(&guard(&args.guard), &plan);
     if !refusals.is_empty() {
         return Err(reconciler::Error::Refused(refusals).into());
     }
@@ -38,11 +38,11 @@ pub async fn run(args: ApplyArgs) -> Result<ExitCode> {
         eprintln!("Apply cancelled; nothing was changed.");
         return Ok(ExitCode::FAILURE);
     }
-    let meta = meta(&args, source(&args.target)?);
-    let revision = core::apply(&mut tx, &plan, &desired, &actual, keys.as_ref(), &meta).await?;
-    tx.commit()
+    let meta = meta(&args, manifests.source, manifests.commit);
+    let revision = locked
+        .apply(&plan, &desired, keys.as_ref(), &meta)
         .await
-        .context("commit failed; nothing was applied")?;
+        .context("nothing was applied")?;
     done(&plan, revision);
     Ok(ExitCode::SUCCESS)
 }
@@ -68,13 +68,13 @@ async fn apply_saved(args: ApplyArgs) -> Result<ExitCode> {
     }
     let pool = database::connect(&args.db, "apply").await?;
     let keys = keyring(&args.keys)?;
-    let mut tx = core::begin_locked(&pool, millis(&args)).await?;
-    let actual = store::load_state(&mut tx).await?;
-    let stale = plan::stale(&saved.plan, &actual);
+    let locked = core::lock(&pool, &saved.source, millis(&args)).await?;
+    let stale = plan::stale(&saved.plan, &locked.live.state);
     if !stale.is_empty() {
         return Err(reconciler::Error::Stale(stale).into());
     }
-    let refusals = guard(&args.guard).check(&saved.plan, &actual);
+    core::check_ownership(&locked.live, &saved.source, &saved.desired.entries)?;
+    let refusals = locked.refusals(&guard(&args.guard), &saved.plan);
     if !refusals.is_empty() {
         return Err(reconciler::Error::Refused(refusals).into());
     }
@@ -82,19 +82,11 @@ async fn apply_saved(args: ApplyArgs) -> Result<ExitCode> {
     if saved.plan.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
-    let meta = meta(&args, saved.source.clone());
-    let revision = core::apply(
-        &mut tx,
-        &saved.plan,
-        &saved.desired,
-        &actual,
-        keys.as_ref(),
-        &meta,
-    )
-    .await?;
-    tx.commit()
+    let meta = meta(&args, saved.source.clone(), saved.commit.clone());
+    let revision = locked
+        .apply(&saved.plan, &saved.desired, keys.as_ref(), &meta)
         .await
-        .context("commit failed; nothing was applied")?;
+        .context("nothing was applied")?;
     done(&saved.plan, revision);
     Ok(ExitCode::SUCCESS)
 }
@@ -103,11 +95,11 @@ fn millis(args: &ApplyArgs) -> u64 {
     u64::try_from(args.lock_timeout.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn meta(args: &ApplyArgs, source: String) -> RevisionMeta {
+fn meta(args: &ApplyArgs, source: String, commit: Option<String>) -> RevisionMeta {
     RevisionMeta {
         actor: args.actor.clone().unwrap_or_else(actor),
         source,
-        commit: None,
+        commit,
     }
 }
 

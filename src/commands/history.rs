@@ -9,7 +9,7 @@ use reconciler::store;
 
 use super::plan::print;
 use crate::cli::{DbArgs, Format, PlanFormat, StateCommand};
-use crate::database;
+use crate::{database, manifests};
 
 pub async fn list(db: &DbArgs, limit: i64, format: Format) -> Result<ExitCode> {
     let pool = database::connect(db, "history").await?;
@@ -78,8 +78,13 @@ pub async fn state(command: StateCommand) -> Result<ExitCode> {
                 .max()
                 .unwrap_or(0);
             for r in &resources {
+                let commit = r
+                    .commit
+                    .as_deref()
+                    .map(|c| format!("  commit {}", manifests::short(c)))
+                    .unwrap_or_default();
                 println!(
-                    "{:<width$}  version {:<6} revision {:<5} {}",
+                    "{:<width$}  version {:<6} revision {:<5} {}{commit}",
                     r.address.to_string(),
                     r.version,
                     r.revision,
@@ -91,7 +96,7 @@ pub async fn state(command: StateCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn timestamp(t: time::OffsetDateTime) -> String {
+pub fn timestamp(t: time::OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.to_string())
 }

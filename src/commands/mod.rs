@@ -5,16 +5,15 @@ mod db;
 mod history;
 mod plan;
 mod secret;
+mod serve;
+mod status;
 mod validate;
 
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use reconciler::apply::{self as core, Desired};
 use reconciler::plan::Guard;
-use reconciler::secrets::{Keyring, SecretError};
-use schema::DesiredState;
-use sqlx::PgPool;
+use reconciler::secrets::Keyring;
 
 use crate::cli::{Cli, Command, GuardArgs, KeyArgs};
 
@@ -33,6 +32,14 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Migrate { db } => db::migrate(&db).await,
         Command::Db { command, home } => db::run(command, home),
         Command::Secret(command) => secret::run(command).await,
+        Command::Serve(args) => serve::run(args).await,
+        Command::Status { format, db } => status::status(&db, format).await,
+        Command::Sync {
+            source,
+            wait,
+            no_wait,
+            db,
+        } => status::sync(&db, &source, wait, no_wait).await,
         Command::Schema => {
             println!("{:#}", schema::json_schema::document_schema());
             Ok(ExitCode::SUCCESS)
@@ -56,16 +63,6 @@ fn guard(args: &GuardArgs) -> Guard {
         max_destroy_fraction: f64::from(args.max_destroy_percent) / 100.0,
         allow_destroy: args.allow_destroy,
     }
-}
-
-/// Flattens the desired state against this database's digest key.
-async fn prepare(pool: &PgPool, state: &DesiredState, keys: Option<&Keyring>) -> Result<Desired> {
-    if !core::has_secrets(state) {
-        return Ok(core::prepare(state, None)?);
-    }
-    let keys = keys.ok_or(SecretError::NoKeys)?;
-    let digester = core::digester(pool, keys).await?;
-    Ok(core::prepare(state, Some((keys, &digester)))?)
 }
 
 /// Whether standard output is a terminal that takes colour.

@@ -1,31 +1,32 @@
 //! `meshploy plan`: the difference between the manifests and PostgreSQL, rendered, and
 //! optionally saved for `meshploy apply FILE`.
 
-use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use reconciler::apply::SavedPlan;
-use reconciler::plan::{self, Plan, render};
-use reconciler::store;
+use reconciler::apply::{self as core, SavedPlan};
+use reconciler::plan::{Plan, render};
 
-use super::{color, guard, keyring, prepare, validate};
+use super::{color, guard, keyring, validate};
 use crate::cli::{PlanArgs, PlanFormat};
-use crate::database;
+use crate::{database, manifests};
 
 pub async fn run(args: PlanArgs) -> Result<ExitCode> {
-    let state = validate::load(&args.dir)?;
+    let home = database::home(args.db.home.clone())?;
+    let manifests = manifests::read(&args.dir, &args.from, &home).await?;
+    let state = validate::load(&manifests)?;
     let pool = database::connect(&args.db, "plan").await?;
     let keys = keyring(&args.keys)?;
-    let desired = prepare(&pool, &state, keys.as_ref()).await?;
-    let actual = {
-        let mut conn = pool.acquire().await?;
-        store::load_state(&mut conn).await?
+    let desired = core::prepare_for(&pool, &state, keys.as_ref()).await?;
+    // Planning takes no lock: the plan is a preview, and `apply FILE` checks it for
+    // staleness. The transaction only gives one consistent snapshot.
+    let live = {
+        let mut tx = pool.begin().await?;
+        reconciler::store::load_state(&mut tx, &manifests.source).await?
     };
-    let plan = plan::diff(&desired.entries, &actual);
-    let source = source(&args.dir)?;
-    print(&plan, args.format, &source);
-    let refusals = guard(&args.guard).check(&plan, &actual);
+    let plan = core::plan_for(&live, &manifests.source, &desired)?;
+    print(&plan, args.format, &manifests.origin);
+    let refusals = guard(&args.guard).check(&plan, &live.state);
     if !refusals.is_empty() {
         for refusal in &refusals {
             eprintln!("error: {refusal}");
@@ -35,8 +36,9 @@ pub async fn run(args: PlanArgs) -> Result<ExitCode> {
     if let Some(out) = &args.out {
         let saved = SavedPlan {
             format: SavedPlan::FORMAT.into(),
-            source,
-            desired: desired.for_plan(&plan),
+            source: manifests.source,
+            commit: manifests.commit,
+            desired: core::Desired::for_plan(desired, &plan),
             plan: plan.clone(),
         };
         let json = serde_json::to_vec(&saved)?;
@@ -63,11 +65,4 @@ pub fn print(plan: &Plan, format: PlanFormat, title: &str) {
             render::markdown(plan, &format!("Meshploy plan for `{title}`"))
         ),
     }
-}
-
-/// How a revision names a directory of manifests.
-pub fn source(dir: &Path) -> Result<String> {
-    let dir =
-        std::fs::canonicalize(dir).with_context(|| format!("cannot read {}", dir.display()))?;
-    Ok(format!("local:{}", dir.display()))
 }

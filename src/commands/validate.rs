@@ -9,7 +9,7 @@ use schema::{DesiredState, Diagnostic, Limits, SourceFile};
 use serde_json::json;
 
 use crate::cli::Format;
-use crate::manifests;
+use crate::manifests::{self, Manifests};
 
 pub fn run(dir: &Path, format: Format) -> Result<ExitCode> {
     let limits = Limits::default();
@@ -26,19 +26,18 @@ pub fn run(dir: &Path, format: Format) -> Result<ExitCode> {
     })
 }
 
-/// Loads the manifests under `dir` for `plan` and `apply`: every problem is printed as
-/// `validate` prints it, and any problem is an error.
-pub fn load(dir: &Path) -> Result<DesiredState> {
-    let limits = Limits::default();
-    let files = manifests::read_dir(dir, &limits)?;
-    let result = schema::load(&files, &limits);
+/// Loads manifests for `plan` and `apply`: every problem is printed as `validate` prints
+/// it, and any problem is an error.
+pub fn load(manifests: &Manifests) -> Result<DesiredState> {
+    let files = &manifests.files;
+    let result = schema::load(files, &Limits::default());
     if result.is_err() {
-        print_text(&files, &result);
+        print_text(files, &result);
     }
     result.map_err(|diagnostics| {
         anyhow::anyhow!(
             "the manifests in {} are invalid ({} {}); nothing was planned",
-            dir.display(),
+            manifests.origin,
             diagnostics.len(),
             plural("problem", diagnostics.len())
         )

@@ -1,6 +1,6 @@
 //! Guards that refuse dangerous plans: protected resources and mass destruction.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use schema::Kind;
 use serde::Serialize;
@@ -150,6 +150,38 @@ pub fn stale(plan: &Plan, actual: &State) -> Vec<Stale> {
                 address: change.address.clone(),
                 planned: change.version,
                 current,
+            })
+        })
+        .collect()
+}
+
+/// An address one source declares that another source owns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Conflict {
+    pub address: String,
+    pub owner: String,
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(
+            f,
+            "{} is owned by source `{}`; remove it from one of the two sources",
+            self.address, self.owner
+        )
+    }
+}
+
+/// Every desired address that another source owns. A source never changes or deletes what
+/// another owns, so any conflict refuses the whole plan.
+pub fn conflicts(desired: &State, foreign: &BTreeMap<Address, String>) -> Vec<Conflict> {
+    desired
+        .keys()
+        .filter_map(|address| {
+            foreign.get(address).map(|owner| Conflict {
+                address: address.to_string(),
+                owner: owner.clone(),
             })
         })
         .collect()

@@ -1,0 +1,143 @@
+//! The HTTP API: health, push webhooks and sync requests.
+//!
+//! Every replica serves it; none syncs directly. A verified webhook or sync request is
+//! turned into a NOTIFY that the leading reconciler acts on, so it works whichever replica a
+//! load balancer picks. Errors answer with a short plain message and never with a database
+//! error's text.
+
+mod webhook;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use reconciler::sync::Source;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use subtle::ConstantTimeEq;
+
+pub use webhook::MAX_BODY_BYTES;
+
+/// What the handlers share.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub pool: PgPool,
+    /// The sources this process tracks (webhooks are matched against them).
+    pub sources: Arc<Vec<Source>>,
+    /// The secret GitHub signs push webhooks with; without one, webhooks are refused.
+    pub webhook_secret: Option<Arc<[u8]>>,
+    /// SHA-256 of the bearer token the sync API accepts; without one, it is refused.
+    pub api_token_sha256: Option<[u8; 32]>,
+    /// Whether this process leads the reconcilers.
+    pub leading: Arc<AtomicBool>,
+}
+
+impl AppState {
+    /// Keeps only a digest of `token`, which is all a comparison needs.
+    pub fn token_digest(token: &str) -> [u8; 32] {
+        Sha256::digest(token.as_bytes()).into()
+    }
+}
+
+/// The router, given its state.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route(
+            "/api/v1/webhooks/github",
+            post(webhook::github).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
+        )
+        .route("/api/v1/sources/{name}/sync", post(sync))
+        .with_state(state)
+}
+
+/// Alive: answers as long as the process runs.
+async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok", "role": role(&state) }))
+}
+
+/// Ready: the database answers.
+async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    sqlx::query("SELECT 1")
+        .execute(&state.pool)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    Ok(Json(json!({ "status": "ready", "role": role(&state) })))
+}
+
+fn role(state: &AppState) -> &'static str {
+    if state.leading.load(Ordering::SeqCst) {
+        "leader"
+    } else {
+        "standby"
+    }
+}
+
+/// `POST /api/v1/sources/{name}/sync` with `Authorization: Bearer TOKEN`: asks for a full
+/// sync now, for forges other than GitHub and for CI.
+async fn sync(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Some(expected) = state.api_token_sha256 else {
+        return Err(ApiError::Unauthorized(
+            "no API token is configured on this server (--api-token)",
+        ));
+    };
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(ApiError::Unauthorized("a bearer token is required"))?;
+    // Digests of equal length, compared in constant time: neither the token nor its length
+    // leaks through timing.
+    if !bool::from(AppState::token_digest(presented).ct_eq(&expected)) {
+        return Err(ApiError::Unauthorized("the token is not valid"));
+    }
+    if !state.sources.iter().any(|s| s.name == name) {
+        return Err(ApiError::NotFound(format!("no source named `{name}`")));
+    }
+    reconciler::store::request_sync(&state.pool, &name, "request")
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "source": name, "sync": "requested" })),
+    )
+        .into_response())
+}
+
+/// The one error type of the API. Database details are logged, never sent.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("the database is unavailable")]
+    Unavailable(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unavailable(detail) => {
+                tracing::error!(%detail, "database error while serving a request");
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        };
+        (status, Json(json!({ "error": self.to_string() }))).into_response()
+    }
+}

@@ -1,0 +1,394 @@
+//! Git sources: manifests read straight from a commit's tree with gix, without a checkout.
+//!
+//! A local repository (a path, bare or not) is read in place. A remote (`file://`, `git://`,
+//! `https://`, `ssh://`) is fetched into a bare cache repository first; its branches and tags
+//! are mirrored with forced refspecs, so a force-push upstream is followed (git is the
+//! truth). Everything here blocks: async callers run it in `spawn_blocking`.
+//!
+//! Credentials come from the URL or the user's git configuration (credential helpers). They
+//! never leave this module: every URL shown to a user goes through [`redact`], and error
+//! texts from gix are scrubbed of the URL's user information.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use gix::bstr::ByteSlice;
+use gix::objs::tree::EntryKind;
+use schema::{Limits, SourceFile};
+use sha2::{Digest, Sha256};
+
+/// What went wrong reading a source. Every variant names the (redacted) URL.
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    #[error("cannot read git repository {url}: {detail}")]
+    Open { url: String, detail: String },
+    #[error("cannot fetch {url}: {detail}")]
+    Fetch { url: String, detail: String },
+    #[error("`{reference}` is not a branch, tag or commit in {url}")]
+    MissingRef { url: String, reference: String },
+    #[error("`{path}` does not exist in commit {commit} of {url}")]
+    MissingPath {
+        url: String,
+        commit: String,
+        path: String,
+    },
+    #[error("`{path}` in commit {commit} of {url} is not a directory")]
+    NotADirectory {
+        url: String,
+        commit: String,
+        path: String,
+    },
+    #[error("`{path}` in commit {commit} of {url} is a {what}; manifests must be regular files")]
+    NotAFile {
+        url: String,
+        commit: String,
+        path: String,
+        what: &'static str,
+    },
+    #[error("cannot read {what} in {url}: {detail}")]
+    Object {
+        url: String,
+        what: String,
+        detail: String,
+    },
+}
+
+/// Where a source lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// A repository on this machine, read in place.
+    Local(PathBuf),
+    /// A URL fetched into a cache.
+    Remote(String),
+}
+
+impl Location {
+    /// A URL with a scheme (or scp-like `user@host:path`) is remote; anything else is a path.
+    pub fn parse(url: &str) -> Location {
+        let scp_like = url
+            .split_once(':')
+            .is_some_and(|(before, _)| before.contains('@') && !before.contains('/'));
+        if url.contains("://") || scp_like {
+            Location::Remote(url.to_owned())
+        } else {
+            Location::Local(PathBuf::from(url))
+        }
+    }
+}
+
+/// `url` without its user information (user names, passwords and tokens).
+pub fn redact(url: &str) -> String {
+    match userinfo(url) {
+        Some(info) => url.replacen(&format!("{info}@"), "***@", 1),
+        None => url.to_owned(),
+    }
+}
+
+/// The `user:password` part of `scheme://user:password@host/...`, if any.
+fn userinfo(url: &str) -> Option<&str> {
+    let (_, rest) = url.split_once("://")?;
+    let authority = rest.split('/').next()?;
+    let (info, _) = authority.rsplit_once('@')?;
+    Some(info)
+}
+
+/// An error text with the URL's credentials removed.
+fn scrub(url: &str, text: impl std::fmt::Display) -> String {
+    let text = text.to_string();
+    match userinfo(url) {
+        Some(info) if !info.is_empty() => text.replace(info, "***"),
+        _ => text,
+    }
+}
+
+/// A repository ready to read, and the name it is shown under.
+#[derive(Debug)]
+pub struct Repo {
+    repo: gix::Repository,
+    url: String,
+}
+
+/// One commit's manifests.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub commit: String,
+    pub files: Vec<SourceFile>,
+}
+
+/// Opens a local repository, or fetches a remote one into its cache under `cache_root`.
+pub fn open(url: &str, cache_root: &Path) -> Result<Repo, GitError> {
+    let shown = redact(url);
+    match Location::parse(url) {
+        Location::Local(path) => {
+            let repo = gix::open_opts(&path, options()).map_err(|e| GitError::Open {
+                url: shown.clone(),
+                detail: e.to_string(),
+            })?;
+            Ok(Repo { repo, url: shown })
+        }
+        Location::Remote(url) => fetch(&url, cache_root),
+    }
+}
+
+/// Opening options that honour the user's and the system's git configuration, which is
+/// where credential helpers are configured.
+fn options() -> gix::open::Options {
+    use gix::sec::trust::DefaultForLevel;
+    let mut options = gix::open::Options::default_for_level(gix::sec::Trust::Full);
+    options.permissions.config.git_binary = true;
+    options
+}
+
+fn fetch(url: &str, cache_root: &Path) -> Result<Repo, GitError> {
+    let shown = redact(url);
+    let failed = |e: &dyn std::fmt::Display| GitError::Fetch {
+        url: shown.clone(),
+        detail: scrub(url, e),
+    };
+    // One cache per URL (credentials excluded, so rotating a token keeps the cache).
+    let digest = Sha256::digest(shown.as_bytes());
+    let dir = cache_root.join(
+        digest[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
+    );
+    let repo = if dir.join("HEAD").exists() {
+        gix::open_opts(&dir, options()).map_err(|e| failed(&e))?
+    } else {
+        std::fs::create_dir_all(&dir).map_err(|e| failed(&e))?;
+        gix::ThreadSafeRepository::init_opts(
+            &dir,
+            gix::create::Kind::Bare,
+            gix::create::Options::default(),
+            options(),
+        )
+        .map_err(|e| failed(&e))?
+        .to_thread_local()
+    };
+    let remote = repo
+        .remote_at(url)
+        .map_err(|e| failed(&e))?
+        .with_refspecs(
+            ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
+            gix::remote::Direction::Fetch,
+        )
+        .map_err(|e| failed(&e))?;
+    let interrupt = AtomicBool::new(false);
+    remote
+        .connect(gix::remote::Direction::Fetch)
+        .map_err(|e| failed(&e))?
+        .prepare_fetch(gix::progress::Discard, Default::default())
+        .map_err(|e| failed(&e))?
+        .receive(gix::progress::Discard, &interrupt)
+        .map_err(|e| failed(&e))?;
+    Ok(Repo { repo, url: shown })
+}
+
+impl Repo {
+    /// The commit `reference` names: a branch, a tag, a commit id or any revision that
+    /// `git rev-parse` understands (`main~1`).
+    pub fn resolve(&self, reference: &str) -> Result<String, GitError> {
+        let missing = || GitError::MissingRef {
+            url: self.url.clone(),
+            reference: reference.to_owned(),
+        };
+        // A branch name is tried as a branch first, so a same-named file or tag never wins.
+        let branch = format!("refs/heads/{reference}");
+        let id = match self.repo.try_find_reference(branch.as_str()) {
+            Ok(Some(mut r)) => r.peel_to_id().map_err(|_| missing())?.detach(),
+            _ => self
+                .repo
+                .rev_parse_single(reference)
+                .map_err(|_| missing())?
+                .detach(),
+        };
+        let object = self.repo.find_object(id).map_err(|_| missing())?;
+        let commit = object.peel_to_commit().map_err(|_| missing())?;
+        Ok(commit.id.to_string())
+    }
+
+    /// The commit at the tip of `branch`, and nothing else: a missing branch is an error,
+    /// never a tag or commit of the same name.
+    pub fn branch(&self, branch: &str) -> Result<String, GitError> {
+        let missing = || GitError::MissingRef {
+            url: self.url.clone(),
+            reference: format!("refs/heads/{branch}"),
+        };
+        let mut reference = self
+            .repo
+            .try_find_reference(format!("refs/heads/{branch}").as_str())
+            .map_err(|_| missing())?
+            .ok_or_else(missing)?;
+        let id = reference.peel_to_id().map_err(|_| missing())?.detach();
+        Ok(id.to_string())
+    }
+
+    /// The git directory of a local repository, whose refs a watcher can follow.
+    pub fn git_dir(&self) -> &Path {
+        self.repo.git_dir()
+    }
+
+    /// Whether `ancestor` is `commit` or one of its ancestors. An ancestor that the
+    /// repository no longer holds (history rewritten and collected) is not one.
+    pub fn descends(&self, commit: &str, ancestor: &str) -> Result<bool, GitError> {
+        let (Ok(commit), Ok(ancestor)) = (
+            gix::ObjectId::from_hex(commit.as_bytes()),
+            gix::ObjectId::from_hex(ancestor.as_bytes()),
+        ) else {
+            return Ok(false);
+        };
+        if commit == ancestor {
+            return Ok(true);
+        }
+        if self.repo.find_object(ancestor).is_err() {
+            return Ok(false);
+        }
+        match self.repo.merge_base(commit, ancestor) {
+            Ok(base) => Ok(base.is_some_and(|b| b.detach() == ancestor)),
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// Every manifest (`*.yaml`, `*.yml`, not hidden) under `path` in `commit`'s tree,
+    /// sorted by path. Files are named by their path in the repository.
+    pub fn read(&self, commit: &str, path: &str, limits: &Limits) -> Result<Snapshot, GitError> {
+        let object_error = |what: String, e: &dyn std::fmt::Display| GitError::Object {
+            url: self.url.clone(),
+            what,
+            detail: e.to_string(),
+        };
+        let id = gix::ObjectId::from_hex(commit.as_bytes())
+            .map_err(|e| object_error(format!("commit {commit}"), &e))?;
+        let tree = self
+            .repo
+            .find_commit(id)
+            .and_then(|c| c.tree())
+            .map_err(|e| object_error(format!("the tree of commit {commit}"), &e))?;
+        let path = path.trim_matches('/');
+        let root = if path.is_empty() || path == "." {
+            tree
+        } else {
+            let located = |e: &dyn std::fmt::Display| object_error(format!("`{path}`"), e);
+            let entry = tree
+                .lookup_entry_by_path(path)
+                .map_err(|e| located(&e))?
+                .ok_or_else(|| GitError::MissingPath {
+                    url: self.url.clone(),
+                    commit: commit.to_owned(),
+                    path: path.to_owned(),
+                })?;
+            if !entry.mode().is_tree() {
+                return Err(GitError::NotADirectory {
+                    url: self.url.clone(),
+                    commit: commit.to_owned(),
+                    path: path.to_owned(),
+                });
+            }
+            entry
+                .object()
+                .map_err(|e| located(&e))?
+                .peel_to_tree()
+                .map_err(|e| located(&e))?
+        };
+        let mut recorder = gix::traverse::tree::Recorder::default();
+        root.traverse()
+            .breadthfirst(&mut recorder)
+            .map_err(|e| object_error(format!("the tree of commit {commit}"), &e))?;
+        let mut files = Vec::new();
+        for entry in recorder.records {
+            let relative = entry.filepath.to_str_lossy();
+            let hidden = relative.split('/').any(|part| part.starts_with('.'));
+            let is_manifest = relative.ends_with(".yaml") || relative.ends_with(".yml");
+            if hidden {
+                continue;
+            }
+            let full = if path.is_empty() || path == "." {
+                relative.to_string()
+            } else {
+                format!("{path}/{relative}")
+            };
+            let not_a_file = |what| GitError::NotAFile {
+                url: self.url.clone(),
+                commit: commit.to_owned(),
+                path: full.clone(),
+                what,
+            };
+            match entry.mode.kind() {
+                EntryKind::Blob | EntryKind::BlobExecutable if is_manifest => {
+                    let blob = self
+                        .repo
+                        .find_object(entry.oid)
+                        .map_err(|e| object_error(format!("`{full}`"), &e))?;
+                    // Oversized files are cut one byte past the limit, so the loader reports
+                    // them as too large rather than parsing them.
+                    let cut = blob.data.len().min(limits.max_file_bytes + 1);
+                    files.push(SourceFile {
+                        path: full,
+                        bytes: blob.data[..cut].to_vec(),
+                    });
+                }
+                EntryKind::Link if is_manifest => return Err(not_a_file("symbolic link")),
+                // A submodule's manifests would silently vanish from the plan.
+                EntryKind::Commit => return Err(not_a_file("submodule")),
+                _ => {}
+            }
+        }
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(Snapshot {
+            commit: commit.to_owned(),
+            files,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_told_apart_from_paths() {
+        for remote in [
+            "https://github.com/acme/deploy.git",
+            "file:///srv/git/deploy.git",
+            "git://localhost:9418/deploy.git",
+            "git@github.com:acme/deploy.git",
+        ] {
+            assert_eq!(
+                Location::parse(remote),
+                Location::Remote(remote.into()),
+                "{remote}"
+            );
+        }
+        for local in ["/srv/git/deploy.git", "deploy", "./a:b/repo", "C"] {
+            assert_eq!(
+                Location::parse(local),
+                Location::Local(local.into()),
+                "{local}"
+            );
+        }
+    }
+
+    #[test]
+    fn credentials_never_leave_a_url() {
+        assert_eq!(
+            redact("https://bot:s3cr3t-t0ken@github.com/acme/deploy.git"),
+            "https://***@github.com/acme/deploy.git"
+        );
+        assert_eq!(
+            redact("https://ghp_abcdef@github.com/a/b"),
+            "https://***@github.com/a/b"
+        );
+        assert_eq!(
+            redact("https://github.com/a/b@c"),
+            "https://github.com/a/b@c"
+        );
+        assert_eq!(
+            scrub(
+                "https://bot:s3cr3t@host/r",
+                "failed for https://bot:s3cr3t@host/r"
+            ),
+            "failed for https://***@host/r"
+        );
+    }
+}

@@ -1,0 +1,129 @@
+//! `meshploy status` and `meshploy sync`: where each git source stands, and a sync on
+//! demand through the running reconciler.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use reconciler::store::{self, SourceStatus};
+
+use crate::cli::{DbArgs, Format};
+use crate::database;
+use crate::manifests::short;
+
+pub async fn status(db: &DbArgs, format: Format) -> Result<ExitCode> {
+    let pool = database::connect(db, "status").await?;
+    let sources = store::source_statuses(&pool).await?;
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&sources)?),
+        Format::Text if sources.is_empty() => {
+            println!("No sources yet: `meshploy serve` registers the sources it tracks.");
+        }
+        Format::Text => {
+            for source in &sources {
+                print!("{}", text(source));
+            }
+        }
+    }
+    let failed = sources.iter().any(|s| s.state == "failed");
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// One source as a block of lines.
+fn text(s: &SourceStatus) -> String {
+    let commit = |c: &Option<String>| {
+        c.as_deref()
+            .map_or("none".to_owned(), |c| short(c).to_owned())
+    };
+    let mut out = format!(
+        "{}: {} (policy {})\n  repository    {}  branch {}{}\n  last seen     {}\n  last applied  {}{}\n",
+        s.name,
+        s.state,
+        s.policy,
+        s.url,
+        s.branch,
+        if s.path.is_empty() {
+            String::new()
+        } else {
+            format!("  path {}", s.path)
+        },
+        commit(&s.last_seen_commit),
+        commit(&s.last_applied_commit),
+        s.last_revision
+            .map(|r| format!(" (revision {r})"))
+            .unwrap_or_default(),
+    );
+    if let (Some(trigger), Some(finished), Some(total)) = (&s.trigger, s.finished_at, s.total_ms) {
+        out.push_str(&format!(
+            "  last attempt  {} by {trigger}, {total} ms (fetch {} ms)\n",
+            super::history::timestamp(finished),
+            s.fetch_ms.unwrap_or_default()
+        ));
+    }
+    if let Some(from) = &s.rewritten_from {
+        out.push_str(&format!(
+            "  history rewritten: followed a force-push from {}\n",
+            short(from)
+        ));
+    }
+    if let Some(message) = &s.message {
+        for (i, line) in message.lines().enumerate() {
+            let label = if i == 0 {
+                "  message       "
+            } else {
+                "                "
+            };
+            out.push_str(&format!("{label}{line}\n"));
+        }
+    }
+    out
+}
+
+pub async fn sync(db: &DbArgs, source: &str, wait: Duration, no_wait: bool) -> Result<ExitCode> {
+    let pool = database::connect(db, "sync").await?;
+    let known = store::source_statuses(&pool).await?;
+    if !known.iter().any(|s| s.name == source) {
+        let names: Vec<&str> = known.iter().map(|s| s.name.as_str()).collect();
+        bail!(
+            "no source named `{source}`; known sources: {}",
+            if names.is_empty() {
+                "none (`meshploy serve` registers them)".to_owned()
+            } else {
+                names.join(", ")
+            }
+        );
+    }
+    let before = store::latest_attempt(&pool, source).await?.map(|a| a.0);
+    store::request_sync(&pool, source, "request").await?;
+    if no_wait {
+        println!("Sync of `{source}` requested.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let started = Instant::now();
+    while started.elapsed() < wait {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let Some((id, outcome, message)) = store::latest_attempt(&pool, source).await? else {
+            continue;
+        };
+        if Some(id) == before {
+            continue;
+        }
+        println!("{source}: {outcome}");
+        if let Some(message) = message {
+            println!("{message}");
+        }
+        return Ok(if outcome == "failed" {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        });
+    }
+    bail!(
+        "no reconciler synced `{source}` within {} s; is `meshploy serve` running against this database?",
+        wait.as_secs()
+    )
+}

@@ -1,0 +1,292 @@
+//! `meshploy plan` and `apply` reading a commit's tree (`--repo`), from a local repository,
+//! file:// and a real `git daemon`; and ownership between sources.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::plan_apply::{PROJECT, route, service};
+use crate::util::{Db, Dir, Remote, free_port, git, wait_for};
+
+/// A remote whose `deploy/` holds a project, services `a`..`c` and a route: five resources.
+fn shop_remote() -> (Remote, String) {
+    let remote = Remote::new();
+    remote.write("deploy/project.yaml", PROJECT);
+    for name in ["a", "b", "c"] {
+        remote.write(&format!("deploy/{name}.yaml"), &service(name, 1));
+    }
+    remote.write("deploy/route.yaml", &route("main", "/", "a"));
+    remote.write("README.md", "not a manifest\n");
+    let commit = remote.push("shop");
+    (remote, commit)
+}
+
+#[test]
+fn apply_reads_the_commit_not_the_working_tree_and_records_it() {
+    let (remote, first) = shop_remote();
+    let db = Db::new();
+    let work = remote.work();
+    let repo = work.to_str().expect("utf-8 path");
+    remote.write("deploy/b.yaml", &service("b", 2));
+    let second = remote.commit("b to 2 replicas");
+    // Uncommitted: never read.
+    remote.write("deploy/c.yaml", &service("c", 9));
+    let dir = Dir::new();
+    let older = db.meshploy(
+        &dir,
+        &[
+            "apply",
+            "--auto-approve",
+            "--repo",
+            repo,
+            "--ref",
+            "HEAD~1",
+            "--path",
+            "deploy",
+        ],
+    );
+    assert_eq!(older.code, 0, "{}", older.stderr);
+    assert!(older.stdout.contains("Plan: 5 to add"), "{}", older.stdout);
+    let plan = db.meshploy(
+        &dir,
+        &[
+            "plan", "--repo", repo, "--path", "deploy", "--format", "json",
+        ],
+    );
+    assert_eq!(plan.code, 0, "{}", plan.stderr);
+    let changes = plan.json()["changes"].clone();
+    assert_eq!(changes.as_array().map(Vec::len), Some(1), "{changes}");
+    assert_eq!(changes[0]["address"], "service/shop/b");
+    assert_eq!(changes[0]["fields"][0]["after"], 2);
+    let applied = db.meshploy(
+        &dir,
+        &[
+            "apply",
+            "--auto-approve",
+            "--repo",
+            repo,
+            "--ref",
+            "main",
+            "--path",
+            "deploy/",
+        ],
+    );
+    assert_eq!(applied.code, 0, "{}", applied.stderr);
+    assert_eq!(
+        db.psql("SELECT string_agg(commit_id, ',' ORDER BY id) FROM revisions"),
+        format!("{first},{second}")
+    );
+    assert_eq!(
+        db.psql("SELECT replicas FROM services WHERE name = 'c'"),
+        "1"
+    );
+    let state = db.meshploy(&dir, &["state", "list"]);
+    let line = state
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("service/shop/b "))
+        .expect("service b listed");
+    assert!(
+        line.contains(&format!("commit {}", &second[..12])),
+        "{line}"
+    );
+    assert!(line.contains(&format!("{repo}//deploy")), "{line}");
+}
+
+/// A `git daemon` serving the parent of `bare` on a free loopback port; killed on drop.
+struct Daemon {
+    child: Child,
+    port: u16,
+}
+
+impl Daemon {
+    fn start(remote: &Remote) -> Daemon {
+        let port = free_port();
+        let base = remote.bare().parent().expect("a parent").to_path_buf();
+        let child = Command::new("git")
+            .args([
+                "daemon",
+                "--reuseaddr",
+                "--export-all",
+                "--listen=127.0.0.1",
+            ])
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", base.display()))
+            .arg(&base)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start git daemon");
+        wait_for(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        })
+        .expect("git daemon listening");
+        Daemon { child, port }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn remote_repositories_are_fetched_over_file_and_git_protocols() {
+    let (remote, first) = shop_remote();
+    let daemon = Daemon::start(&remote);
+    let file_url = format!("file://{}", remote.bare().display());
+    let git_url = format!("git://127.0.0.1:{}/bare.git", daemon.port);
+    let dir = Dir::new();
+    for url in [&file_url, &git_url] {
+        let db = Db::new();
+        let run = db.meshploy(
+            &dir,
+            &[
+                "apply",
+                "--auto-approve",
+                "--repo",
+                url,
+                "--ref",
+                "main",
+                "--path",
+                "deploy",
+            ],
+        );
+        assert_eq!(run.code, 0, "{url}: {}", run.stderr);
+        assert_eq!(db.psql("SELECT commit_id FROM revisions"), first, "{url}");
+    }
+    // A push (here a force-push that rewrites history) is fetched on the next run.
+    let db = Db::new();
+    remote.write("deploy/c.yaml", &service("c", 4));
+    git(
+        &remote.work(),
+        &["commit", "-q", "--amend", "-a", "-m", "rewritten"],
+    );
+    git(&remote.work(), &["push", "-q", "-f", "origin", "HEAD:main"]);
+    let rewritten = git(&remote.work(), &["rev-parse", "HEAD"]);
+    for url in [&git_url, &file_url] {
+        let run = db.meshploy(
+            &dir,
+            &[
+                "apply",
+                "--auto-approve",
+                "--repo",
+                url,
+                "--ref",
+                "main",
+                "--path",
+                "deploy",
+                "--source",
+                "shop",
+            ],
+        );
+        assert_eq!(run.code, 0, "{url}: {}", run.stderr);
+    }
+    assert_eq!(
+        db.psql("SELECT string_agg(commit_id, ',') FROM revisions"),
+        rewritten
+    );
+    assert_eq!(
+        db.psql("SELECT replicas FROM services WHERE name = 'c'"),
+        "4"
+    );
+}
+
+#[test]
+fn unreadable_sources_fail_with_what_and_where() {
+    let (remote, commit) = shop_remote();
+    let db = Db::new();
+    let dir = Dir::new();
+    let bare = remote.bare();
+    let repo = bare.to_str().expect("utf-8 path");
+    let plan = |extra: &[&str]| {
+        let mut args = vec!["plan", "--repo", repo];
+        args.extend_from_slice(extra);
+        db.meshploy(&dir, &args)
+    };
+    plan(&["--ref", "nope", "--path", "deploy"])
+        .assert_fails_with(&format!("`nope` is not a branch, tag or commit in {repo}"));
+    plan(&["--path", "missing"]).assert_fails_with(&format!(
+        "`missing` does not exist in commit {commit} of {repo}"
+    ));
+    plan(&["--path", "README.md"]).assert_fails_with("`README.md` in commit");
+    plan(&["--path", "README.md"]).assert_fails_with("is not a directory");
+    db.meshploy(&dir, &["plan", "--repo", "/nonexistent/repo.git"])
+        .assert_fails_with("cannot read git repository /nonexistent/repo.git");
+    db.meshploy(&dir, &["plan", "--repo", "file:///nonexistent/repo.git"])
+        .assert_fails_with("--ref is required with a repository URL");
+    // Credentials in a URL never reach an error message.
+    let port = free_port();
+    let url = format!("git://deploy-bot:hunter2-token@127.0.0.1:{port}/bare.git");
+    let refused = db.meshploy(&dir, &["plan", "--repo", &url, "--ref", "main"]);
+    refused.assert_fails_with(&format!("cannot fetch git://***@127.0.0.1:{port}/bare.git"));
+    assert!(!refused.stderr.contains("hunter2"), "{}", refused.stderr);
+    // A manifest that does not validate is reported at its path in the repository.
+    remote.write(
+        "deploy/broken.yaml",
+        &service("d", 1).replace("replicas: 1", "replica: 1"),
+    );
+    let broken = remote.push("broken");
+    let invalid = plan(&["--path", "deploy"]);
+    invalid.assert_fails_with("deploy/broken.yaml:9:3");
+    invalid.assert_fails_with(&format!(
+        "the manifests in {repo}@{} are invalid (1 problem)",
+        &broken[..12]
+    ));
+    // A manifest that is a symbolic link is refused rather than skipped.
+    remote.remove("deploy/broken.yaml");
+    std::os::unix::fs::symlink("a.yaml", remote.work().join("deploy/link.yaml")).expect("symlink");
+    remote.push("a link");
+    plan(&["--path", "deploy"]).assert_fails_with("deploy/link.yaml` in commit");
+    plan(&["--path", "deploy"]).assert_fails_with("is a symbolic link");
+}
+
+#[test]
+fn a_source_never_touches_what_another_owns() {
+    let db = Db::new();
+    let (first, second) = (Dir::new(), Dir::new());
+    first.write("project.yaml", PROJECT);
+    first.write("a.yaml", service("a", 1));
+    assert_eq!(db.meshploy(&first, &["apply", "--auto-approve"]).code, 0);
+    // The same project declared by a second source: refused, both named, nothing written.
+    second.write("project.yaml", PROJECT);
+    second.write("b.yaml", service("b", 1));
+    let conflict = db.meshploy(&second, &["apply", "--auto-approve"]);
+    let owner = format!(
+        "local:{}",
+        first.path().canonicalize().expect("canonical").display()
+    );
+    let claimant = format!(
+        "local:{}",
+        second.path().canonicalize().expect("canonical").display()
+    );
+    conflict.assert_fails_with(&format!(
+        "source `{claimant}` declares resources that another source owns"
+    ));
+    conflict.assert_fails_with(&format!("project/shop is owned by source `{owner}`"));
+    db.meshploy(&second, &["plan"])
+        .assert_fails_with("project/shop is owned by source");
+    assert_eq!(db.psql("SELECT count(*) FROM revisions"), "1");
+    assert_eq!(db.psql("SELECT string_agg(name, ',') FROM services"), "a");
+    // A project of its own is fine, and neither source's applies touch the other's.
+    second.write("project.yaml", PROJECT.replace("shop", "blog"));
+    second.write(
+        "b.yaml",
+        service("b", 1).replace("project: shop", "project: blog"),
+    );
+    assert_eq!(db.meshploy(&second, &["apply", "--auto-approve"]).code, 0);
+    first.write("a.yaml", service("a", 2));
+    let again = db.meshploy(&first, &["apply", "--auto-approve"]);
+    assert!(
+        again
+            .stdout
+            .contains("Plan: 0 to add, 1 to change, 0 to destroy."),
+        "{}",
+        again.stdout
+    );
+    assert_eq!(
+        db.psql("SELECT string_agg(project || '/' || name, ',' ORDER BY name) FROM services"),
+        "shop/a,blog/b"
+    );
+}

@@ -1,0 +1,466 @@
+//! `meshploy serve` end to end: pushes to real repositories applied, failures closed, force
+//! pushes followed, webhooks verified, and a standby taking over from a killed leader.
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+use crate::plan_apply::{PROJECT, route, service};
+use crate::util::{Db, Dir, Remote, free_port, git, http, wait_for};
+
+/// A running `meshploy serve`, killed (SIGKILL) when dropped.
+struct Serve {
+    child: Child,
+    port: u16,
+    /// The working directory, which must outlive the process.
+    _cwd: Dir,
+}
+
+impl Serve {
+    fn start(db: &Db, args: &[&str]) -> Serve {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut all = vec!["serve", "--listen", &listen];
+        all.extend_from_slice(args);
+        let cwd = Dir::new();
+        let child = db
+            .command(&cwd, &all)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start meshploy serve");
+        let serve = Serve {
+            child,
+            port,
+            _cwd: cwd,
+        };
+        wait_for(Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        })
+        .expect("meshploy serve listening");
+        serve
+    }
+
+    /// `leader` or `standby`, from the health endpoint.
+    fn role(&self) -> String {
+        let (status, body) = http(self.port, "GET", "/healthz", &[], b"");
+        assert_eq!(status, 200, "{body}");
+        let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        json["role"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The status of the one registered source, as `meshploy status --format json` shows it.
+fn status(db: &Db) -> serde_json::Value {
+    let run = db.meshploy(&Dir::new(), &["status", "--format", "json"]);
+    run.json()[0].clone()
+}
+
+/// Waits until the source's status satisfies `check`; panics with the last status if not.
+fn wait_status(
+    db: &Db,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    wait_for(Duration::from_secs(15), || {
+        last = status(db);
+        check(&last).then(|| last.clone())
+    })
+    .unwrap_or_else(|| panic!("no status with {what}; last: {last:#}"))
+}
+
+fn applied(db: &Db, commit: &str) -> serde_json::Value {
+    wait_status(db, &format!("{commit} applied"), |s| {
+        s["last_applied_commit"] == commit && s["state"] == "synced"
+    })
+}
+
+/// A remote whose `deploy/` holds a project, services `a`..`c`, a route and a README: five
+/// resources. The README keeps `deploy/` in git when every manifest is deleted.
+fn shop_remote() -> (Remote, String) {
+    let remote = Remote::new();
+    remote.write("deploy/project.yaml", PROJECT);
+    for name in ["a", "b", "c"] {
+        remote.write(&format!("deploy/{name}.yaml"), &service(name, 1));
+    }
+    remote.write("deploy/route.yaml", &route("main", "/", "a"));
+    remote.write("deploy/README.md", "The shop's manifests.\n");
+    let commit = remote.push("shop");
+    (remote, commit)
+}
+
+#[test]
+fn pushes_are_applied_failures_leave_the_state_and_force_pushes_are_followed() {
+    let db = Db::new();
+    let (remote, first) = shop_remote();
+    let bare = remote.bare();
+    let repo = bare.to_str().expect("utf-8 path");
+    // Only the watch on the repository's refs can trigger these syncs: polling is hourly.
+    let _serve = Serve::start(
+        &db,
+        &["--repo", repo, "--path", "deploy", "--poll-interval", "1h"],
+    );
+    applied(&db, &first);
+
+    remote.write("deploy/d.yaml", &service("d", 1));
+    let second = remote.push("add d");
+    let status = applied(&db, &second);
+    assert_eq!(status["name"], "bare");
+    assert_eq!(status["trigger"], "watch");
+    let state = db.meshploy(&Dir::new(), &["state", "list"]);
+    let line = state
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("service/shop/d "))
+        .unwrap_or_else(|| panic!("service d in:\n{}", state.stdout));
+    assert!(
+        line.contains(&format!("commit {}", &second[..12])),
+        "{line}"
+    );
+
+    // A broken manifest: the state stays, the source says why and where.
+    remote.write(
+        "deploy/e.yaml",
+        &service("e", 1).replace("replicas: 1", "replica: 1"),
+    );
+    let broken = remote.push("broken e");
+    let failed = wait_status(&db, "the broken commit failed", |s| {
+        s["last_seen_commit"] == broken.as_str() && s["state"] == "failed"
+    });
+    let message = failed["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("deploy/e.yaml:9:3: unknown field `replica`"),
+        "{message}"
+    );
+    assert_eq!(failed["last_applied_commit"], second.as_str());
+    assert_eq!(db.psql("SELECT count(*) FROM services"), "4");
+
+    // Every manifest deleted: refused by the guard, nothing deleted.
+    for name in ["project", "a", "b", "c", "d", "e", "route"] {
+        remote.remove(&format!("deploy/{name}.yaml"));
+    }
+    let emptied = remote.push("delete every manifest");
+    let refused = wait_status(&db, "the emptied commit refused", |s| {
+        s["last_seen_commit"] == emptied.as_str() && s["state"] == "failed"
+    });
+    let message = refused["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("this plan destroys project/shop and everything in it"),
+        "{message}"
+    );
+    assert_eq!(db.psql("SELECT count(*) FROM services"), "4");
+    let text = db.meshploy(&Dir::new(), &["status"]);
+    assert_eq!(text.code, 1, "a failed source fails `status`");
+    assert!(
+        text.stdout.contains("bare: failed (policy auto)"),
+        "{}",
+        text.stdout
+    );
+
+    // A force-push back to the first commit: followed, applied and recorded as a rewrite.
+    git(
+        &remote.work(),
+        &["push", "-q", "-f", "origin", &format!("{first}:main")],
+    );
+    let rewound = applied(&db, &first);
+    assert_eq!(rewound["rewritten_from"], second.as_str());
+    assert_eq!(db.psql("SELECT count(*) FROM services"), "3");
+    assert_eq!(
+        db.psql("SELECT commit_id || ' -' || destroyed FROM revisions ORDER BY id DESC LIMIT 1"),
+        format!("{first} -1")
+    );
+    let text = db.meshploy(&Dir::new(), &["status"]);
+    assert!(
+        text.stdout.contains(&format!(
+            "history rewritten: followed a force-push from {}",
+            &second[..12]
+        )),
+        "{}",
+        text.stdout
+    );
+    // Failed commits never became revisions.
+    assert_eq!(
+        db.psql(&format!(
+            "SELECT count(*) FROM revisions WHERE commit_id IN ('{broken}', '{emptied}')"
+        )),
+        "0"
+    );
+}
+
+const SECRET: &str = "webhook-s3cret";
+const TOKEN: &str = "ci-token-4a1f";
+
+fn signature(body: &[u8]) -> String {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(SECRET.as_bytes()).expect("key");
+    mac.update(body);
+    let bytes = mac.finalize().into_bytes();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
+
+fn push_event(url: &str, branch: &str) -> Vec<u8> {
+    serde_json::json!({
+        "ref": format!("refs/heads/{branch}"),
+        "after": "0000000000000000000000000000000000000000",
+        "repository": { "full_name": "acme/shop", "clone_url": url },
+    })
+    .to_string()
+    .into_bytes()
+}
+
+#[test]
+fn webhooks_sync_only_when_signed_fresh_and_for_the_tracked_branch() {
+    let db = Db::new();
+    let (remote, first) = shop_remote();
+    // A file:// URL is fetched into a cache, so no file watch sees pushes: only webhooks,
+    // sync requests and the (hourly) poll can.
+    let url = format!("file://{}", remote.bare().display());
+    let serve = Serve::start(
+        &db,
+        &[
+            "--repo",
+            &url,
+            "--name",
+            "shop",
+            "--path",
+            "deploy",
+            "--poll-interval",
+            "1h",
+            "--webhook-secret",
+            SECRET,
+            "--api-token",
+            TOKEN,
+        ],
+    );
+    applied(&db, &first);
+    remote.write("deploy/d.yaml", &service("d", 1));
+    let second = remote.push("add d");
+    let body = push_event(&url, "main");
+    let post = |headers: &[(&str, &str)], body: &[u8]| {
+        http(serve.port, "POST", "/api/v1/webhooks/github", headers, body)
+    };
+    let good = signature(&body);
+    let forged = signature(b"another body");
+    for headers in [
+        vec![
+            ("X-GitHub-Event", "push"),
+            ("X-GitHub-Delivery", "d-1"),
+            ("X-Hub-Signature-256", forged.as_str()),
+        ],
+        vec![("X-GitHub-Event", "push"), ("X-GitHub-Delivery", "d-1")],
+        vec![
+            ("X-GitHub-Event", "push"),
+            ("X-GitHub-Delivery", "d-1"),
+            ("X-Hub-Signature-256", "sha256=00"),
+        ],
+    ] {
+        let (code, answer) = post(&headers, &body);
+        assert_eq!(code, 401, "{headers:?}: {answer}");
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        status(&db)["last_applied_commit"],
+        first.as_str(),
+        "a refused webhook did something"
+    );
+
+    let signed = [
+        ("X-GitHub-Event", "push"),
+        ("X-GitHub-Delivery", "d-1"),
+        ("X-Hub-Signature-256", good.as_str()),
+    ];
+    let (code, answer) = post(&signed, &body);
+    assert_eq!(code, 202, "{answer}");
+    assert!(answer.contains("shop"), "{answer}");
+    assert_eq!(applied(&db, &second)["trigger"], "webhook");
+
+    // The same delivery again (a replay, validly signed): acknowledged, nothing done.
+    remote.write("deploy/e.yaml", &service("e", 1));
+    let third = remote.push("add e");
+    let (code, answer) = post(&signed, &body);
+    assert_eq!(code, 200, "{answer}");
+    assert!(answer.contains("delivery already processed"), "{answer}");
+    // Another branch and another repository: acknowledged, nothing done.
+    for (id, event) in [
+        ("d-2", push_event(&url, "feature")),
+        (
+            "d-3",
+            push_event("https://github.com/acme/other.git", "main"),
+        ),
+    ] {
+        let signature = signature(&event);
+        let headers = [
+            ("X-GitHub-Event", "push"),
+            ("X-GitHub-Delivery", id),
+            ("X-Hub-Signature-256", signature.as_str()),
+        ];
+        let (code, answer) = post(&headers, &event);
+        assert_eq!(code, 200, "{answer}");
+        assert!(answer.contains("no tracked source"), "{answer}");
+    }
+    let ping = signature(b"{}");
+    let (code, _) = post(
+        &[
+            ("X-GitHub-Event", "ping"),
+            ("X-GitHub-Delivery", "d-4"),
+            ("X-Hub-Signature-256", ping.as_str()),
+        ],
+        b"{}",
+    );
+    assert_eq!(code, 200);
+    // A body over the cap is refused before it is read whole.
+    let huge = vec![b' '; api::MAX_BODY_BYTES + 1];
+    let huge_signature = signature(&huge);
+    let (code, _) = post(
+        &[
+            ("X-GitHub-Event", "push"),
+            ("X-GitHub-Delivery", "d-5"),
+            ("X-Hub-Signature-256", huge_signature.as_str()),
+        ],
+        &huge,
+    );
+    assert_eq!(code, 413);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        status(&db)["last_applied_commit"],
+        second.as_str(),
+        "an ignored webhook did something"
+    );
+
+    // The generic sync API for other forges and CI: bearer token only.
+    let sync = |headers: &[(&str, &str)], name: &str| {
+        http(
+            serve.port,
+            "POST",
+            &format!("/api/v1/sources/{name}/sync"),
+            headers,
+            b"",
+        )
+    };
+    assert_eq!(sync(&[], "shop").0, 401);
+    assert_eq!(sync(&[("Authorization", "Bearer wrong")], "shop").0, 401);
+    let bearer = format!("Bearer {TOKEN}");
+    assert_eq!(sync(&[("Authorization", bearer.as_str())], "nope").0, 404);
+    assert_eq!(sync(&[("Authorization", bearer.as_str())], "shop").0, 202);
+    assert_eq!(applied(&db, &third)["trigger"], "request");
+    // And the CLI, which waits for the outcome.
+    let run = db.meshploy(&Dir::new(), &["sync", "shop"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout.trim(), "shop: synced");
+}
+
+#[test]
+fn a_standby_takes_over_within_ten_seconds_when_the_leader_is_killed() {
+    let db = Db::new();
+    let (remote, first) = shop_remote();
+    let bare = remote.bare();
+    let args = [
+        "--repo",
+        bare.to_str().expect("utf-8 path"),
+        "--path",
+        "deploy",
+        "--poll-interval",
+        "1h",
+    ];
+    let mut replicas = vec![Serve::start(&db, &args), Serve::start(&db, &args)];
+    applied(&db, &first);
+    let roles: Vec<String> = replicas.iter().map(Serve::role).collect();
+    let leader = roles
+        .iter()
+        .position(|r| r == "leader")
+        .expect("one leader");
+    assert_eq!(
+        roles.iter().filter(|r| *r == "standby").count(),
+        1,
+        "{roles:?}"
+    );
+    drop(replicas.remove(leader)); // SIGKILL: no graceful shutdown, no unlock.
+    remote.write("deploy/d.yaml", &service("d", 1));
+    let second = remote.push("add d");
+    let pushed = Instant::now();
+    applied(&db, &second);
+    let took = pushed.elapsed();
+    assert!(took < Duration::from_secs(10), "took over in {took:?}");
+    assert_eq!(replicas[0].role(), "leader");
+    assert_eq!(
+        db.psql("SELECT count(*) || ' ' || count(DISTINCT commit_id) FROM revisions"),
+        "2 2",
+        "a commit was applied twice"
+    );
+}
+
+#[test]
+fn status_sync_and_configuration_errors_say_what_is_wrong() {
+    let db = Db::new();
+    let dir = Dir::new();
+    let empty = db.meshploy(&dir, &["status"]);
+    assert!(empty.stdout.contains("No sources yet"), "{}", empty.stdout);
+    db.meshploy(&dir, &["sync", "shop"])
+        .assert_fails_with("no source named `shop`; known sources: none");
+    let (remote, _) = shop_remote();
+    let bare = remote.bare().display().to_string();
+    for (config, error) in [
+        (
+            format!("sources:\n  - name: shop\n    url: {bare}\n    brnch: main\n"),
+            "unknown field `brnch`",
+        ),
+        ("sources: []\n".to_owned(), "`sources` is empty"),
+        (
+            format!("sources:\n  - name: a\n    url: {bare}\n  - name: a\n    url: {bare}\n"),
+            "two sources are named `a`",
+        ),
+        (
+            format!("sources:\n  - name: a\n    url: {bare}\n    pollInterval: soon\n"),
+            "source `a`: pollInterval: `soon` is not a duration",
+        ),
+        (
+            format!("sources:\n  - name: a\n    url: {bare}\n    policy: sometimes\n"),
+            "sometimes",
+        ),
+    ] {
+        let path = dir.write("meshploy.yaml", &config);
+        let run = db.meshploy(&dir, &["serve", "--config", path.to_str().expect("utf-8")]);
+        run.assert_fails_with(error);
+        run.assert_fails_with("meshploy.yaml");
+    }
+    let run = db.meshploy(&dir, &["serve"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("--config"), "{}", run.stderr);
+
+    // A manual source plans and reports, and applies nothing.
+    let path = dir.write(
+        "meshploy.yaml",
+        format!(
+            "sources:\n  - name: shop\n    url: {bare}\n    path: deploy\n    policy: manual\n"
+        ),
+    );
+    let serve = Serve::start(&db, &["--config", path.to_str().expect("utf-8")]);
+    let pending = wait_status(&db, "out-of-sync", |s| s["state"] == "out-of-sync");
+    let message = pending["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("Plan: 5 to add, 0 to change, 0 to destroy"),
+        "{message}"
+    );
+    let run = db.meshploy(&dir, &["sync", "shop"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.starts_with("shop: out-of-sync"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(db.psql("SELECT count(*) FROM revisions"), "0");
+    drop(serve);
+    db.meshploy(&dir, &["sync", "shop", "--wait", "1s"])
+        .assert_fails_with("no reconciler synced `shop` within 1 s");
+}
