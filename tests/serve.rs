@@ -139,9 +139,10 @@ fn pushes_are_applied_failures_leave_the_state_and_force_pushes_are_followed() {
         s["last_seen_commit"] == broken.as_str() && s["state"] == "failed"
     });
     let message = failed["message"].as_str().unwrap_or_default();
-    assert!(
-        message.contains("deploy/e.yaml:9:3: unknown field `replica`"),
-        "{message}"
+    assert_eq!(
+        message,
+        "the manifests are invalid (1 problem); nothing was applied:\n\
+         deploy/e.yaml:9:3: unknown field `replica` [unknown-field] (help: did you mean `replicas`?)"
     );
     assert_eq!(failed["last_applied_commit"], second.as_str());
     assert_eq!(db.psql("SELECT count(*) FROM services"), "4");

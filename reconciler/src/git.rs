@@ -101,6 +101,22 @@ fn scrub(url: &str, text: impl std::fmt::Display) -> String {
     }
 }
 
+/// An error and its causes, joined as `outer: inner`, since transport errors such as
+/// "handshake failed" only say why (refused, TLS, DNS) in their sources.
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        next = cause.source();
+    }
+    text
+}
+
 /// A repository ready to read, and the name it is shown under.
 #[derive(Debug)]
 pub struct Repo {
@@ -141,9 +157,9 @@ fn options() -> gix::open::Options {
 
 fn fetch(url: &str, cache_root: &Path) -> Result<Repo, GitError> {
     let shown = redact(url);
-    let failed = |e: &dyn std::fmt::Display| GitError::Fetch {
+    let failed = |e: &dyn std::error::Error| GitError::Fetch {
         url: shown.clone(),
-        detail: scrub(url, e),
+        detail: scrub(url, causes(e)),
     };
     // One cache per URL (credentials excluded, so rotating a token keeps the cache).
     let digest = Sha256::digest(shown.as_bytes());
@@ -390,5 +406,34 @@ mod tests {
             ),
             "failed for https://***@host/r"
         );
+    }
+
+    #[test]
+    fn fetch_errors_say_why_and_hide_credentials_in_every_cause() {
+        let refused = std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "connect to https://bot:s3cr3t@host/r: connection refused",
+        );
+        let outer = std::io::Error::other(Wrapped(refused));
+        let text = scrub("https://bot:s3cr3t@host/r", causes(&outer));
+        assert_eq!(
+            text,
+            "handshake failed: connect to https://***@host/r: connection refused"
+        );
+    }
+
+    #[derive(Debug)]
+    struct Wrapped(std::io::Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("handshake failed")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
     }
 }

@@ -232,16 +232,26 @@ pub async fn sync(
 
 async fn record(pool: &PgPool, attempt: &Attempt<'_>) -> Result<Outcome, Error> {
     store::record_attempt(pool, attempt).await?;
-    tracing::info!(
-        source = attempt.source,
-        trigger = attempt.trigger,
-        commit = attempt.commit,
-        outcome = attempt.outcome,
-        revision = attempt.revision,
-        total_ms = attempt.total_ms,
-        message = attempt.message,
-        "sync attempt"
-    );
+    // A failed sync is what an operator must notice, so it is logged a level higher.
+    macro_rules! log_attempt {
+        ($level:ident) => {
+            tracing::$level!(
+                source = attempt.source,
+                trigger = attempt.trigger,
+                commit = attempt.commit,
+                outcome = attempt.outcome,
+                revision = attempt.revision,
+                total_ms = attempt.total_ms,
+                message = attempt.message,
+                "sync attempt"
+            )
+        };
+    }
+    if attempt.outcome == "failed" {
+        log_attempt!(warn);
+    } else {
+        log_attempt!(info);
+    }
     Ok(Outcome::Attempted {
         outcome: attempt.outcome.to_owned(),
         revision: attempt.revision,
@@ -305,8 +315,13 @@ async fn plan_and_apply(
             .iter()
             .take(SHOWN_DIAGNOSTICS)
             .map(|d| {
+                let hint = match &d.hint {
+                    // A hint next to a redacted line could echo what was pasted there.
+                    Some(hint) if !d.redact_source => format!(" (help: {hint})"),
+                    _ => String::new(),
+                };
                 format!(
-                    "{}:{}:{}: {} [{}]",
+                    "{}:{}:{}: {} [{}]{hint}",
                     d.file, d.line, d.column, d.message, d.code
                 )
             })
@@ -317,9 +332,12 @@ async fn plan_and_apply(
                 diagnostics.len() - SHOWN_DIAGNOSTICS
             ));
         }
+        let count = match diagnostics.len() {
+            1 => "1 problem".to_owned(),
+            n => format!("{n} problems"),
+        };
         format!(
-            "the manifests are invalid ({} problems); nothing was applied:\n{}",
-            diagnostics.len(),
+            "the manifests are invalid ({count}); nothing was applied:\n{}",
             lines.join("\n")
         )
     })?;
