@@ -71,6 +71,9 @@ pub enum Command {
     /// Run the reconciler: follow git sources and apply each new commit, with the HTTP API
     /// (health, push webhooks, sync requests). Several may run against one database; one leads.
     Serve(ServeArgs),
+    /// Run the reverse proxy: route requests by host and path to services' endpoints or
+    /// upstream URLs, with the route table kept in memory and followed from PostgreSQL.
+    Proxy(ProxyArgs),
     /// Show each git source's sync status: last seen and applied commits, state, errors.
     Status {
         #[arg(long, value_enum, default_value_t = Format::Text)]
@@ -255,6 +258,46 @@ pub struct ServeArgs {
     pub db: DbArgs,
     #[command(flatten)]
     pub keys: KeyArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// Address for traffic (HTTP/1.1 and h2c).
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    pub listen: std::net::SocketAddr,
+    /// Address for `/metrics` (Prometheus) and `/healthz`, apart from traffic.
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    pub admin_listen: std::net::SocketAddr,
+    /// Reload the whole route table this often, even without change notifications.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub resync_interval: Duration,
+    /// How long connecting to an upstream or endpoint may take.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// How long an upstream may take to send its response headers (then 504).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub upstream_timeout: Duration,
+    /// How long a client may take to send a request's headers, and to start the next
+    /// request on a kept-alive connection.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+    /// Close a connection after this long without a byte either way.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// On SIGTERM, how long open requests may take to finish.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// How long an endpoint that refused a connection or timed out is skipped.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub eject_for: Duration,
+    /// Largest request head (request line and headers), in bytes; larger gets 431.
+    #[arg(long, default_value_t = 32 * 1024, value_parser = clap::value_parser!(u32).range(8192..=1_048_576))]
+    pub max_header_size: u32,
+    /// Log every request (method, URI, status, duration, request id) at info level.
+    #[arg(long)]
+    pub access_log: bool,
+    #[command(flatten)]
+    pub db: DbArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -44,14 +44,7 @@ pub async fn connect(args: &DbArgs, purpose: &str) -> Result<PgPool> {
 
 /// Like [`connect`], with up to `connections` connections.
 pub async fn pool(args: &DbArgs, purpose: &str, connections: u32) -> Result<PgPool> {
-    let options = match &args.database_url {
-        Some(url) => {
-            PgConnectOptions::from_str(url).context("--database-url is not a PostgreSQL URL")?
-        }
-        None => embedded(args.home.clone()).await?,
-    };
-    let name = format!("meshploy {purpose} (pid {})", std::process::id());
-    let options = options.application_name(&name);
+    let options = options(args, purpose).await?;
     let pool = PgPoolOptions::new()
         .max_connections(connections)
         .connect_with(options)
@@ -62,6 +55,19 @@ pub async fn pool(args: &DbArgs, purpose: &str, connections: u32) -> Result<PgPo
         .await
         .map_err(reconciler::Error::from)?;
     Ok(pool)
+}
+
+/// Where to connect, without connecting: the embedded cluster is started if it is the one.
+/// For processes that must not migrate, such as the proxy with its read-only role.
+pub async fn options(args: &DbArgs, purpose: &str) -> Result<PgConnectOptions> {
+    let options = match &args.database_url {
+        Some(url) => {
+            PgConnectOptions::from_str(url).context("--database-url is not a PostgreSQL URL")?
+        }
+        None => embedded(args.home.clone()).await?,
+    };
+    let name = format!("meshploy {purpose} (pid {})", std::process::id());
+    Ok(options.application_name(&name))
 }
 
 async fn embedded(home_dir: Option<PathBuf>) -> Result<PgConnectOptions> {

@@ -17,7 +17,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     // The daemon reports what it does; one-shot commands only warn.
-    let default_level = if matches!(cli.command, cli::Command::Serve(_)) {
+    let default_level = if matches!(cli.command, cli::Command::Serve(_) | cli::Command::Proxy(_)) {
         "info,sqlx=warn"
     } else {
         "warn"
@@ -26,10 +26,15 @@ fn main() -> ExitCode {
     // sqlx's TLS uses rustls with aws-lc-rs; installing it explicitly keeps a second provider
     // pulled in by another crate from making the choice ambiguous at run time.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // The proxy serves traffic on every core; every other command is one task at a time.
+    let runtime = if matches!(cli.command, cli::Command::Proxy(_)) {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    }
+    .enable_all()
+    .build();
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");

@@ -3,6 +3,7 @@
 mod embedded_db;
 mod git_source;
 mod plan_apply;
+mod proxy;
 mod schema_export;
 mod secret;
 mod secrets_db;

@@ -116,6 +116,11 @@ impl Db {
         )
     }
 
+    /// The URL of this database for another role of the cluster.
+    pub fn url_as(&self, role: &str) -> String {
+        self.url().replacen("postgres@", &format!("{role}@"), 1)
+    }
+
     /// Runs `meshploy ARGS` in `dir` against this database.
     pub fn meshploy(&self, dir: &Dir, args: &[&str]) -> Run {
         self.meshploy_with(dir, args, &[])
@@ -165,10 +170,16 @@ impl Db {
 
     /// A `psql` command for this database, for a session kept open by the test.
     pub fn psql_command(&self) -> Command {
+        self.psql_command_as("postgres")
+    }
+
+    /// `psql` connected to this database as `role`.
+    pub fn psql_command_as(&self, role: &str) -> Command {
         let mut command = Command::new(cluster().program("psql"));
         command
             .args(["-X", "-q", "-A", "-t"])
-            .arg(cluster().conninfo(&self.name));
+            // In a connection string the last `user` wins.
+            .arg(format!("{} user={role}", cluster().conninfo(&self.name)));
         command
     }
 

@@ -4,6 +4,7 @@ mod apply;
 mod db;
 mod history;
 mod plan;
+mod proxy;
 mod secret;
 mod serve;
 mod status;
@@ -33,6 +34,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Db { command, home } => db::run(command, home),
         Command::Secret(command) => secret::run(command).await,
         Command::Serve(args) => serve::run(args).await,
+        Command::Proxy(args) => proxy::run(args).await,
         Command::Status { format, db } => status::status(&db, format).await,
         Command::Sync {
             source,

@@ -1,0 +1,462 @@
+//! One request through the proxy: find the route, pick the target, rewrite the headers,
+//! forward with a timeout, turn failures into 502/503/504, and splice upgraded connections.
+
+use std::collections::hash_map::RandomState;
+use std::convert::Infallible;
+use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Body as _, Incoming};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::TokioIo;
+
+use crate::Shared;
+use crate::db;
+use crate::table::{Found, Route, Target, normalize_host};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), besides those the
+/// `Connection` header names.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// Request ids for requests that come without one: a random per-process prefix and a counter,
+/// unique across replicas without coordination.
+#[derive(Debug)]
+pub struct RequestIds {
+    prefix: u64,
+    next: AtomicU64,
+}
+
+impl Default for RequestIds {
+    fn default() -> RequestIds {
+        RequestIds {
+            prefix: RandomState::new().build_hasher().finish(),
+            next: AtomicU64::new(0),
+        }
+    }
+}
+
+impl RequestIds {
+    fn keep_or_make(&self, headers: &HeaderMap) -> HeaderValue {
+        let given = headers.get(&X_REQUEST_ID).filter(|v| {
+            !v.is_empty() && v.len() <= 200 && v.as_bytes().iter().all(u8::is_ascii_graphic)
+        });
+        match given {
+            Some(value) => value.clone(),
+            None => {
+                let n = self.next.fetch_add(1, Ordering::Relaxed);
+                HeaderValue::try_from(format!("{:016x}{n:016x}", self.prefix))
+                    .unwrap_or(HeaderValue::from_static("0"))
+            }
+        }
+    }
+}
+
+/// The hyper service: every request gets an answer, so the error type is `Infallible`.
+pub async fn handle(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let request_id = shared.ids.keep_or_make(request.headers());
+    let logged = shared
+        .config
+        .access_log
+        .then(|| (request.method().clone(), request.uri().clone()));
+    let mut response = proxy(&shared, peer, request, &request_id).await;
+    let status = response.status();
+    response
+        .headers_mut()
+        .insert(X_REQUEST_ID, request_id.clone());
+    shared.metrics.response(status.as_u16());
+    if let Some((method, uri)) = logged {
+        tracing::info!(
+            target: "meshploy::access",
+            client = %peer.ip(),
+            %method,
+            uri = %uri,
+            status = status.as_u16(),
+            ms = started.elapsed().as_millis() as u64,
+            request_id = request_id.to_str().unwrap_or_default(),
+            "request"
+        );
+    }
+    Ok(response)
+}
+
+async fn proxy(
+    shared: &Shared,
+    peer: SocketAddr,
+    mut request: Request<Incoming>,
+    request_id: &HeaderValue,
+) -> Response<Body> {
+    let raw_host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+        .map(str::to_owned);
+    let Some(host) = raw_host.as_deref().and_then(normalize_host) else {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "bad request: no valid Host header\n",
+        );
+    };
+    let Some(route) = find(shared, &host, request.uri().path()).await else {
+        return plain(
+            StatusCode::NOT_FOUND,
+            "not found: no route for this host and path\n",
+        );
+    };
+    let path = route.forward_path(request.uri().path(), request.uri().query());
+    let upgrade = request.headers().get(header::UPGRADE).cloned().filter(|_| {
+        request
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| has_token(v, "upgrade"))
+    });
+    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
+    let (parts, body) = request.into_parts();
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+    if let Some(protocol) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
+    }
+    forwarded(&mut headers, peer, raw_host.as_deref(), request_id);
+    let outgoing = Outgoing {
+        method: parts.method,
+        headers,
+        path,
+    };
+    let response = match &route.target {
+        Target::Upstream { origin, .. } => {
+            let mut outgoing = outgoing;
+            if let Some(authority) = origin.authority()
+                && let Ok(host) = HeaderValue::from_str(authority.as_str())
+            {
+                outgoing.headers.insert(header::HOST, host);
+            }
+            let scheme = origin.scheme_str().unwrap_or("http");
+            let authority = origin.authority().map_or("", |a| a.as_str());
+            match send(shared, &outgoing, scheme, authority, boxed(body)).await {
+                Ok(response) => response,
+                Err(failure) => return failure.response(&route),
+            }
+        }
+        Target::Service(backends) => {
+            let now = shared.metrics.now_ms();
+            // Without a body the request can go to another endpoint when one refuses it.
+            let retriable = body.is_end_stream();
+            let mut body = Some(boxed(body));
+            let mut tries = 0;
+            loop {
+                let Some(endpoint) = backends.pick(now) else {
+                    return plain(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "service unavailable: no healthy endpoint\n",
+                    );
+                };
+                tries += 1;
+                let body = body.take().unwrap_or_else(empty);
+                match send(shared, &outgoing, "http", &endpoint.address, body).await {
+                    Ok(response) => break response,
+                    Err(failure) => {
+                        if matches!(failure, Failure::Connect(_) | Failure::Timeout) {
+                            let eject_for = shared.config.eject_for.as_millis() as u64;
+                            endpoint.eject(shared.metrics.now_ms() + eject_for);
+                            tracing::warn!(endpoint = &*endpoint.address, route = route.address, reason = %failure, "endpoint ejected");
+                        }
+                        let again = matches!(failure, Failure::Connect(_))
+                            && retriable
+                            && tries < backends.len();
+                        if !again {
+                            return failure.response(&route);
+                        }
+                    }
+                }
+            }
+        }
+    };
+    respond(response, client_upgrade)
+}
+
+/// The route for a request; a host missing from the table is looked up (guarded) in case
+/// the table is mid-refresh.
+async fn find(shared: &Shared, host: &str, path: &str) -> Option<Arc<Route>> {
+    let table = shared.table.load();
+    match table.find(host, path) {
+        Found::Route(route) => return Some(Arc::clone(route)),
+        Found::NoPath => return None,
+        Found::UnknownHost => {}
+    }
+    drop(table);
+    if !db::lookup(shared, host).await {
+        return None;
+    }
+    match shared.table.load().find(host, path) {
+        Found::Route(route) => Some(Arc::clone(route)),
+        Found::NoPath | Found::UnknownHost => None,
+    }
+}
+
+struct Outgoing {
+    method: Method,
+    headers: HeaderMap,
+    path: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("no response headers within the upstream timeout")]
+    Timeout,
+    #[error("the upstream failed: {0}")]
+    Upstream(String),
+}
+
+impl Failure {
+    fn response(&self, route: &Route) -> Response<Body> {
+        tracing::warn!(route = route.address, reason = %self, "upstream request failed");
+        match self {
+            Failure::Timeout => plain(
+                StatusCode::GATEWAY_TIMEOUT,
+                "gateway timeout: the upstream did not answer in time\n",
+            ),
+            Failure::Connect(_) | Failure::Upstream(_) => plain(
+                StatusCode::BAD_GATEWAY,
+                "bad gateway: the upstream failed\n",
+            ),
+        }
+    }
+}
+
+async fn send(
+    shared: &Shared,
+    outgoing: &Outgoing,
+    scheme: &str,
+    authority: &str,
+    body: Body,
+) -> Result<Response<Incoming>, Failure> {
+    let uri = Uri::builder()
+        .scheme(scheme)
+        .authority(authority)
+        .path_and_query(outgoing.path.as_str())
+        .build()
+        .map_err(|e| Failure::Upstream(e.to_string()))?;
+    let mut request = Request::new(body);
+    *request.method_mut() = outgoing.method.clone();
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = outgoing.headers.clone();
+    let started = Instant::now();
+    let result = tokio::time::timeout(
+        shared.config.upstream_timeout,
+        shared.client.request(request),
+    )
+    .await;
+    match result {
+        Err(_) => Err(Failure::Timeout),
+        Ok(Err(e)) if e.is_connect() => Err(Failure::Connect(causes(&e))),
+        Ok(Err(e)) => Err(Failure::Upstream(causes(&e))),
+        Ok(Ok(response)) => {
+            shared.metrics.upstream_latency(started.elapsed());
+            Ok(response)
+        }
+    }
+}
+
+/// The upstream's response for the client: hop-by-hop headers removed, the body streamed,
+/// and for `101 Switching Protocols` both connections spliced once upgraded.
+fn respond(
+    mut response: Response<Incoming>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<Body> {
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let protocol = response.headers().get(header::UPGRADE).cloned();
+    if switching && let Some(client) = client_upgrade {
+        let upstream = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            match tokio::try_join!(client, upstream) {
+                Ok((client, upstream)) => {
+                    let _ = tokio::io::copy_bidirectional(
+                        &mut TokioIo::new(client),
+                        &mut TokioIo::new(upstream),
+                    )
+                    .await;
+                }
+                Err(error) => tracing::debug!(%error, "upgrade failed"),
+            }
+        });
+    }
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    if switching && let Some(protocol) = protocol {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, protocol);
+    }
+    Response::from_parts(parts, boxed(body))
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(&HOP_BY_HOP) {
+        headers.remove(name);
+    }
+}
+
+/// X-Forwarded-For (the client appended), -Proto and -Host, and the request id.
+fn forwarded(
+    headers: &mut HeaderMap,
+    peer: SocketAddr,
+    host: Option<&str>,
+    request_id: &HeaderValue,
+) {
+    let client = peer.ip().to_string();
+    let chain = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(earlier) if !earlier.trim().is_empty() => format!("{earlier}, {client}"),
+        _ => client,
+    };
+    if let Ok(chain) = HeaderValue::try_from(chain) {
+        headers.insert(X_FORWARDED_FOR, chain);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    if let Some(host) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        headers.insert(X_FORWARDED_HOST, host);
+    }
+    headers.insert(X_REQUEST_ID, request_id.clone());
+}
+
+fn has_token(value: &HeaderValue, token: &str) -> bool {
+    value
+        .to_str()
+        .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+}
+
+fn boxed<B>(body: B) -> Body
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}
+
+fn empty() -> Body {
+    boxed(Empty::<Bytes>::new())
+}
+
+/// A short plain-text answer of the proxy's own, with no internal detail.
+pub fn plain(status: StatusCode, text: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(boxed(Full::new(text.into())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// An error and its causes as one line, for logs.
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, x-secret-hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret-hop", "1"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-authorization", "Basic abc"),
+            ("accept", "text/html"),
+        ] {
+            headers.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        strip_hop_by_hop(&mut headers);
+        let left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["accept"]);
+    }
+
+    #[test]
+    fn forwarded_headers_append_the_client_and_keep_the_host() {
+        let mut headers = HeaderMap::new();
+        headers.insert(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.7"));
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        let peer: SocketAddr = "198.51.100.2:5555"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        forwarded(
+            &mut headers,
+            peer,
+            Some("Shop.example.com:8080"),
+            &HeaderValue::from_static("abc"),
+        );
+        assert_eq!(headers[&X_FORWARDED_FOR], "203.0.113.7, 198.51.100.2");
+        assert_eq!(headers[&X_FORWARDED_PROTO], "http");
+        assert_eq!(headers[&X_FORWARDED_HOST], "Shop.example.com:8080");
+        assert_eq!(headers[&X_REQUEST_ID], "abc");
+    }
+
+    #[test]
+    fn request_ids_are_kept_when_sane_and_made_otherwise() {
+        let ids = RequestIds::default();
+        let mut headers = HeaderMap::new();
+        headers.insert(X_REQUEST_ID, HeaderValue::from_static("req-42"));
+        assert_eq!(ids.keep_or_make(&headers), "req-42");
+        headers.insert(X_REQUEST_ID, HeaderValue::from_static("has space"));
+        let made = ids.keep_or_make(&headers);
+        assert_eq!(made.len(), 32);
+        assert_ne!(made, ids.keep_or_make(&HeaderMap::new()));
+    }
+}

@@ -1,0 +1,48 @@
+//! `meshploy proxy`: the reverse proxy, until SIGTERM or SIGINT, then a graceful drain.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Result;
+
+use super::serve::shutdown_signal;
+use crate::cli::ProxyArgs;
+use crate::database;
+
+pub async fn run(args: ProxyArgs) -> Result<ExitCode> {
+    // The proxy only reads, so it does not migrate: it may run as the read-only role.
+    let database = database::options(&args.db, "proxy").await?;
+    let config = proxy::Config {
+        listen: args.listen,
+        admin: Some(args.admin_listen),
+        resync: args.resync_interval,
+        connect_timeout: args.connect_timeout,
+        upstream_timeout: args.upstream_timeout,
+        header_timeout: args.header_timeout,
+        idle_timeout: args.idle_timeout,
+        drain_timeout: args.drain_timeout,
+        eject_for: args.eject_for,
+        max_header_bytes: args.max_header_size as usize,
+        access_log: args.access_log,
+    };
+    let started = Instant::now();
+    let proxy = proxy::Proxy::start(config, database).await?;
+    let show = |a: Option<std::net::SocketAddr>| a.map_or("?".to_owned(), |a| a.to_string());
+    let routes = match proxy.routes() {
+        1 => "1 route".to_owned(),
+        n => format!("{n} routes"),
+    };
+    eprintln!(
+        "meshploy proxy: listening on http://{}, admin on http://{}; {routes} loaded in {} ms",
+        show(proxy.local_addr()),
+        show(proxy.admin_addr()),
+        started.elapsed().as_millis()
+    );
+    proxy
+        .serve(async {
+            shutdown_signal().await;
+            eprintln!("meshploy proxy: draining open requests");
+        })
+        .await;
+    Ok(ExitCode::SUCCESS)
+}
