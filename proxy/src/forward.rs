@@ -165,7 +165,7 @@ async fn proxy(
             }
             let scheme = origin.scheme_str().unwrap_or("http");
             let authority = origin.authority().map_or("", |a| a.as_str());
-            match send(shared, &outgoing, scheme, authority, boxed(body)).await {
+            match send(shared, outgoing, scheme, authority, boxed(body)).await {
                 Ok(response) => response,
                 Err(failure) => return failure.response(&route),
             }
@@ -175,6 +175,7 @@ async fn proxy(
             // Without a body the request can go to another endpoint when one refuses it.
             let retriable = body.is_end_stream();
             let mut body = Some(boxed(body));
+            let mut outgoing = Some(outgoing);
             let mut tries = 0;
             loop {
                 let Some(endpoint) = backends.pick(now) else {
@@ -184,8 +185,20 @@ async fn proxy(
                     );
                 };
                 tries += 1;
-                let body = body.take().unwrap_or_else(empty);
-                match send(shared, &outgoing, "http", &endpoint.address, body).await {
+                let may_retry = retriable && tries < backends.len();
+                // Only a request that may go out again keeps a copy of its headers.
+                let this = if may_retry {
+                    outgoing.clone()
+                } else {
+                    outgoing.take()
+                };
+                let (Some(this), body) = (this, body.take().unwrap_or_else(empty)) else {
+                    return plain(
+                        StatusCode::BAD_GATEWAY,
+                        "bad gateway: the upstream failed\n",
+                    );
+                };
+                match send(shared, this, "http", &endpoint.address, body).await {
                     Ok(response) => break response,
                     Err(failure) => {
                         if matches!(failure, Failure::Connect(_) | Failure::Timeout) {
@@ -193,9 +206,7 @@ async fn proxy(
                             endpoint.eject(shared.metrics.now_ms() + eject_for);
                             tracing::warn!(endpoint = &*endpoint.address, route = route.address, reason = %failure, "endpoint ejected");
                         }
-                        let again = matches!(failure, Failure::Connect(_))
-                            && retriable
-                            && tries < backends.len();
+                        let again = matches!(failure, Failure::Connect(_)) && may_retry;
                         if !again {
                             return failure.response(&route);
                         }
@@ -226,6 +237,7 @@ async fn find(shared: &Shared, host: &str, path: &str) -> Option<Arc<Route>> {
     }
 }
 
+#[derive(Clone)]
 struct Outgoing {
     method: Method,
     headers: HeaderMap,
@@ -260,7 +272,7 @@ impl Failure {
 
 async fn send(
     shared: &Shared,
-    outgoing: &Outgoing,
+    outgoing: Outgoing,
     scheme: &str,
     authority: &str,
     body: Body,
@@ -268,14 +280,14 @@ async fn send(
     let uri = Uri::builder()
         .scheme(scheme)
         .authority(authority)
-        .path_and_query(outgoing.path.as_str())
+        .path_and_query(outgoing.path)
         .build()
         .map_err(|e| Failure::Upstream(e.to_string()))?;
     let mut request = Request::new(body);
-    *request.method_mut() = outgoing.method.clone();
+    *request.method_mut() = outgoing.method;
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
-    *request.headers_mut() = outgoing.headers.clone();
+    *request.headers_mut() = outgoing.headers;
     let started = Instant::now();
     let result = tokio::time::timeout(
         shared.config.upstream_timeout,
