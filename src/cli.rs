@@ -296,6 +296,9 @@ pub struct ProxyArgs {
     /// Log every request (method, URI, status, duration, request id) at info level.
     #[arg(long)]
     pub access_log: bool,
+    /// Threads serving traffic (default: one per core).
+    #[arg(long)]
+    pub workers: Option<std::num::NonZeroUsize>,
     #[command(flatten)]
     pub db: DbArgs,
 }

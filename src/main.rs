@@ -26,14 +26,10 @@ fn main() -> ExitCode {
     // sqlx's TLS uses rustls with aws-lc-rs; installing it explicitly keeps a second provider
     // pulled in by another crate from making the choice ambiguous at run time.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    // The proxy serves traffic on every core; every other command is one task at a time.
-    let runtime = if matches!(cli.command, cli::Command::Proxy(_)) {
-        tokio::runtime::Builder::new_multi_thread()
-    } else {
-        tokio::runtime::Builder::new_current_thread()
-    }
-    .enable_all()
-    .build();
+    // Every command is one task at a time; the proxy starts its own worker threads.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
     let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(error) => {

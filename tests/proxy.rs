@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -759,6 +761,119 @@ fn an_applied_route_is_live_within_100_ms_and_known_routes_outlive_postgresql() 
     );
     drop(proxy);
     cluster.stop().expect("stop the cluster");
+}
+
+/// An HTTP/1.1 upstream that counts the connections it accepts, answers every request on a
+/// connection with `ok`, and closes a connection once it has been idle for `idle_close`.
+fn counting_upstream(rt: &Runtime, idle_close: Duration) -> (u16, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind an upstream");
+    let port = listener.local_addr().expect("upstream address").port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    rt.spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let read = tokio::time::timeout(idle_close, stream.read(&mut buf)).await;
+                    let Ok(Ok(n @ 1..)) = read else { return };
+                    head.extend_from_slice(&buf[..n]);
+                    // Requests here have no body: each blank line ends one.
+                    while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        head.drain(..end + 4);
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (port, accepted)
+}
+
+/// A GET on a kept-alive connection: the status and the body (read by its content-length).
+fn get_on(stream: &mut TcpStream, host: &str) -> (u16, String) {
+    write!(stream, "GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").expect("send");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).expect("response head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("content-length");
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).expect("response body");
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[test]
+fn upstream_connections_are_reused_replaced_when_closed_and_idle_clients_are_cut_off() {
+    let rt = runtime();
+    let (pooled, accepted) = counting_upstream(&rt, Duration::from_millis(300));
+    // An upstream that reads a whole request body before it answers.
+    let upload = serve(
+        &rt,
+        Router::new().route("/", post(|body: String| async move { body })),
+    );
+    let db = Db::new();
+    let dir = Dir::new();
+    dir.write("project.yaml", PROJECT);
+    for (name, port) in [("pool", pooled), ("upload", upload)] {
+        let target = format!("upstream: http://127.0.0.1:{port}");
+        let manifest = route(name, &format!("{name}.test"), "/", &target, false);
+        dir.write(&format!("{name}.yaml"), manifest);
+    }
+    apply(&db, &dir);
+    let proxy = Proxy::start(&db.url(), &["--idle-timeout=1s"]);
+
+    // Requests one after another on one client connection share one upstream connection.
+    let mut client = TcpStream::connect(("127.0.0.1", proxy.port)).expect("connect");
+    for _ in 0..20 {
+        assert_eq!(get_on(&mut client, "pool.test"), (200, "ok".to_owned()));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    // The upstream closes it while idle; the next requests go out on a new one.
+    std::thread::sleep(Duration::from_millis(600));
+    for _ in 0..5 {
+        assert_eq!(get_on(&mut client, "pool.test"), (200, "ok".to_owned()));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+
+    // A client that sends its headers and part of its body, then nothing, is disconnected
+    // after the idle timeout (1 s, checked every quarter of it) without an answer.
+    let mut stalled = TcpStream::connect(("127.0.0.1", proxy.port)).expect("connect");
+    stalled
+        .write_all(b"POST / HTTP/1.1\r\nHost: upload.test\r\nContent-Length: 100\r\n\r\npart")
+        .expect("part of a request");
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = stalled.read_to_end(&mut rest);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+        "closed after {waited:?}"
+    );
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
 }
 
 /// Polls `check` every 2 ms until it holds or `timeout` passes.

@@ -3,11 +3,17 @@
 # proxy's load time and memory with 100,000 routes. Prints the figures; changes nothing
 # outside a temporary directory (it installs nginx and wrk from Debian's packages if missing).
 #
-#   proxy/bench/run.sh [DURATION (default 10s)] [CONNECTIONS (default 64)]
+#   proxy/bench/run.sh [DURATION (default 10s)] [CONNECTIONS (default 64)] [ROUNDS (default 5)]
+#
+# The two proxies are measured in turn, ROUNDS times, and the medians are compared: on a
+# machine where wrk, the upstream and the proxy share two cores, one 10-second run of the same
+# proxy varies by about 10%. MESHPLOY_PROXY_ARGS adds arguments to `meshploy proxy` (for
+# example `--workers 1`); SKIP_100K=1 skips the 100,000-route part.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 duration=${1:-10s}
 connections=${2:-64}
+rounds=${3:-5}
 threads=2
 
 if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
@@ -87,8 +93,9 @@ spec:
   upstream: http://127.0.0.1:$upstream
 YAML
 "$meshploy" apply "$work/manifests" --auto-approve >/dev/null
+# shellcheck disable=SC2086 # MESHPLOY_PROXY_ARGS is a list of arguments.
 "$meshploy" proxy --listen "127.0.0.1:$via_meshploy" --admin-listen "127.0.0.1:$admin" \
-    2>"$work/proxy.log" &
+    ${MESHPLOY_PROXY_ARGS:-} 2>"$work/proxy.log" &
 pids+=($!)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$admin/healthz" >/dev/null && break; sleep 0.1; done
 
@@ -112,17 +119,33 @@ to_ms() {
 
 curl -sf -H "Host: bench.local" "http://127.0.0.1:$via_nginx/" >/dev/null
 curl -sf -H "Host: bench.local" "http://127.0.0.1:$via_meshploy/" >/dev/null
-echo "wrk -t$threads -c$connections -d$duration, one upstream (its own nginx worker, static 24-byte body), $(nproc) cores"
-# A short warm-up each, then the measured runs in turn.
+echo "wrk -t$threads -c$connections -d$duration, $rounds rounds, one upstream (its own nginx worker, static 24-byte body), $(nproc) cores"
+# A short warm-up each, then the measured runs in turn, round after round.
 wrk -t"$threads" -c"$connections" -d2s -H "Host: bench.local" "http://127.0.0.1:$via_nginx/" >/dev/null
-read -r n_rps n_p50 n_p99 < <(measure "$via_nginx" nginx)
 wrk -t"$threads" -c"$connections" -d2s -H "Host: bench.local" "http://127.0.0.1:$via_meshploy/" >/dev/null
-read -r m_rps m_p50 m_p99 < <(measure "$via_meshploy" meshploy)
-printf '%-9s %12s %10s %10s\n' proxy requests/s "p50 ms" "p99 ms"
-printf '%-9s %12.0f %10.3f %10.3f\n' nginx "$n_rps" "$n_p50" "$n_p99"
-printf '%-9s %12.0f %10.3f %10.3f\n' meshploy "$m_rps" "$m_p50" "$m_p99"
+printf '%-6s %-9s %12s %10s %10s\n' round proxy requests/s "p50 ms" "p99 ms"
+: >"$work/nginx.runs"; : >"$work/meshploy.runs"
+for round in $(seq "$rounds"); do
+    for proxy in nginx meshploy; do
+        port=$via_nginx; [ "$proxy" = meshploy ] && port=$via_meshploy
+        read -r rps p50 p99 < <(measure "$port" "$proxy")
+        echo "$rps $p50 $p99" >>"$work/$proxy.runs"
+        printf '%-6s %-9s %12.0f %10.3f %10.3f\n' "$round" "$proxy" "$rps" "$p50" "$p99"
+    done
+done
+# The median of each column over the rounds.
+median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+for proxy in nginx meshploy; do
+    for column in 1 2 3; do
+        cut -d' ' -f"$column" "$work/$proxy.runs" | median
+    done | paste -sd' ' >"$work/$proxy.median"
+done
+read -r n_rps n_p50 n_p99 <"$work/nginx.median"
+read -r m_rps m_p50 m_p99 <"$work/meshploy.median"
+printf '%-6s %-9s %12.0f %10.3f %10.3f\n' median nginx "$n_rps" "$n_p50" "$n_p99"
+printf '%-6s %-9s %12.0f %10.3f %10.3f\n' median meshploy "$m_rps" "$m_p50" "$m_p99"
 awk -v a="$m_rps" -v b="$n_rps" -v c="$m_p99" -v d="$n_p99" \
-    'BEGIN { printf "meshploy/nginx: requests/s x%.2f (target >= 1), p99 x%.2f (target <= 1)\n", a / b, c / d }'
+    'BEGIN { printf "meshploy/nginx (medians): requests/s x%.2f (target >= 1), p99 x%.2f (target <= 1)\n", a / b, c / d }'
 kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true
 
 [ "${SKIP_100K:-}" ] && exit 0

@@ -6,17 +6,20 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::{Stream, TryStreamExt};
 use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Row};
 use tokio::sync::{Notify, OnceCell};
 
-use crate::table::{EndpointRow, RouteRow, Table};
+use crate::table::{Builder, EndpointRow, RouteRow};
 use crate::{ProxyError, Shared};
 
 /// Channels whose notifications may change the table: applies, and endpoint writes.
 const CHANNELS: [&str; 2] = ["meshploy_revisions", "meshploy_endpoints"];
 
-pub async fn routes(pool: &PgPool) -> Result<Vec<RouteRow>, sqlx::Error> {
+/// Every route row, as a stream: a table of 100,000 routes is built without holding all its
+/// rows at once.
+fn routes(pool: &PgPool) -> impl Stream<Item = Result<RouteRow, sqlx::Error>> + '_ {
     sqlx::query(
         "SELECT project, name, host, path, service, service_port, upstream, strip_prefix FROM routes",
     )
@@ -32,11 +35,10 @@ pub async fn routes(pool: &PgPool) -> Result<Vec<RouteRow>, sqlx::Error> {
             strip_prefix: row.try_get(7)?,
         })
     })
-    .fetch_all(pool)
-    .await
+    .fetch(pool)
 }
 
-pub async fn endpoints(pool: &PgPool) -> Result<Vec<EndpointRow>, sqlx::Error> {
+async fn endpoints(pool: &PgPool) -> Result<Vec<EndpointRow>, sqlx::Error> {
     sqlx::query("SELECT project, service, port, address FROM endpoints")
         .try_map(|row: sqlx::postgres::PgRow| {
             Ok(EndpointRow {
@@ -62,18 +64,17 @@ async fn host_routed(pool: &PgPool, host: &str) -> Result<bool, sqlx::Error> {
         .await
 }
 
-/// Loads the table and swaps it in. The build runs off the async threads: 100,000 routes take
-/// long enough to stall requests otherwise.
+/// Loads the table and swaps it in. It is built as the route rows stream in; this runs on
+/// the control thread, which serves no requests, so a large table delays no one.
 pub async fn reload(shared: &Arc<Shared>) -> Result<usize, ProxyError> {
     let started = Instant::now();
-    let (routes, endpoints) = tokio::try_join!(routes(&shared.pool), endpoints(&shared.pool))
-        .map_err(ProxyError::Load)?;
-    let building = Arc::clone(shared);
-    let (table, skipped) = tokio::task::spawn_blocking(move || {
-        Table::build(routes, endpoints, &building.table.load())
-    })
-    .await
-    .map_err(|e| ProxyError::Build(e.to_string()))?;
+    let endpoints = endpoints(&shared.pool).await.map_err(ProxyError::Load)?;
+    let mut builder = Builder::new(endpoints, &shared.table.load_full());
+    let mut rows = std::pin::pin!(routes(&shared.pool));
+    while let Some(row) = rows.try_next().await.map_err(ProxyError::Load)? {
+        builder.add(row);
+    }
+    let (table, skipped) = builder.finish();
     for reason in skipped {
         tracing::warn!(%reason, "route skipped");
     }
@@ -240,12 +241,22 @@ pub async fn lookup(shared: &Shared, host: &str) -> bool {
     let routed = *cell
         .get_or_init(|| async {
             shared.metrics.lookup();
-            let routed = host_routed(&shared.pool, host)
-                .await
-                .unwrap_or_else(|error| {
+            // The query runs on the control runtime, which owns the pool's connections.
+            let (pool, asked) = (shared.pool.clone(), host.to_owned());
+            let query = shared
+                .control
+                .spawn(async move { host_routed(&pool, &asked).await });
+            let routed = match query.await {
+                Ok(Ok(routed)) => routed,
+                Ok(Err(error)) => {
                     tracing::debug!(%error, "host lookup failed");
                     false
-                });
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "host lookup did not finish");
+                    false
+                }
+            };
             if !routed {
                 let mut misses = lock(&lookups.misses);
                 if misses.len() >= MAX_MISSES {

@@ -17,9 +17,9 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 
-use crate::Shared;
 use crate::db;
 use crate::table::{Found, Route, Target, normalize_host};
+use crate::{Shared, Worker};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
@@ -76,28 +76,44 @@ impl RequestIds {
     }
 }
 
+/// The client connection a request came on: its address, and its IP as it goes into
+/// X-Forwarded-For, made once per connection rather than once per request.
+#[derive(Debug)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    ip: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Peer {
+        let ip = HeaderValue::try_from(addr.ip().to_string())
+            .unwrap_or(HeaderValue::from_static("unknown"));
+        Peer { addr, ip }
+    }
+}
+
 /// The hyper service: every request gets an answer, so the error type is `Infallible`.
 pub async fn handle(
-    shared: Arc<Shared>,
-    peer: SocketAddr,
+    worker: Arc<Worker>,
+    peer: Arc<Peer>,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let started = Instant::now();
+    let shared = &*worker.shared;
     let request_id = shared.ids.keep_or_make(request.headers());
-    let logged = shared
-        .config
-        .access_log
-        .then(|| (request.method().clone(), request.uri().clone()));
-    let mut response = proxy(&shared, peer, request, &request_id).await;
+    let logged = shared.config.access_log.then(|| {
+        (
+            request.method().clone(),
+            request.uri().clone(),
+            Instant::now(),
+        )
+    });
+    let mut response = proxy(&worker, &peer, request, &request_id).await;
     let status = response.status();
-    response
-        .headers_mut()
-        .insert(X_REQUEST_ID, request_id.clone());
     shared.metrics.response(status.as_u16());
-    if let Some((method, uri)) = logged {
+    if let Some((method, uri, started)) = logged {
         tracing::info!(
             target: "meshploy::access",
-            client = %peer.ip(),
+            client = %peer.addr.ip(),
             %method,
             uri = %uri,
             status = status.as_u16(),
@@ -106,15 +122,17 @@ pub async fn handle(
             "request"
         );
     }
+    response.headers_mut().insert(X_REQUEST_ID, request_id);
     Ok(response)
 }
 
 async fn proxy(
-    shared: &Shared,
-    peer: SocketAddr,
+    worker: &Worker,
+    peer: &Peer,
     mut request: Request<Incoming>,
     request_id: &HeaderValue,
 ) -> Response<Body> {
+    let shared = &*worker.shared;
     let raw_host = request
         .headers()
         .get(header::HOST)
@@ -133,7 +151,10 @@ async fn proxy(
             "not found: no route for this host and path\n",
         );
     };
-    let path = route.forward_path(request.uri().path(), request.uri().query());
+    let Ok(uri) = Uri::try_from(route.forward_path(request.uri().path(), request.uri().query()))
+    else {
+        return plain(StatusCode::BAD_REQUEST, "bad request: invalid path\n");
+    };
     let upgrade = request.headers().get(header::UPGRADE).cloned().filter(|_| {
         request
             .headers()
@@ -150,27 +171,29 @@ async fn proxy(
         headers.insert(header::UPGRADE, protocol);
     }
     forwarded(&mut headers, peer, raw_host.as_deref(), request_id);
-    let outgoing = Outgoing {
+    let mut outgoing = Outgoing {
         method: parts.method,
+        uri,
         headers,
-        path,
     };
     let response = match &route.target {
-        Target::Upstream { origin, .. } => {
-            let mut outgoing = outgoing;
-            if let Some(authority) = origin.authority()
-                && let Ok(host) = HeaderValue::from_str(authority.as_str())
-            {
-                outgoing.headers.insert(header::HOST, host);
-            }
-            let scheme = origin.scheme_str().unwrap_or("http");
-            let authority = origin.authority().map_or("", |a| a.as_str());
-            match send(shared, outgoing, scheme, authority, boxed(body)).await {
+        Target::Upstream { origin, host, .. } => {
+            outgoing.headers.insert(header::HOST, host.clone());
+            match send(worker, origin, outgoing, boxed(body)).await {
                 Ok(response) => response,
                 Err(failure) => return failure.response(&route),
             }
         }
         Target::Service(backends) => {
+            // A service sees the Host the client asked for (HTTP/2 clients send it as the
+            // :authority, which HTTP/1.1 carries as Host).
+            if !outgoing.headers.contains_key(header::HOST)
+                && let Some(raw) = raw_host
+                    .as_deref()
+                    .and_then(|h| HeaderValue::from_str(h).ok())
+            {
+                outgoing.headers.insert(header::HOST, raw);
+            }
             let now = shared.metrics.now_ms();
             // Without a body the request can go to another endpoint when one refuses it.
             let retriable = body.is_end_stream();
@@ -186,7 +209,7 @@ async fn proxy(
                 };
                 tries += 1;
                 let may_retry = retriable && tries < backends.len();
-                // Only a request that may go out again keeps a copy of its headers.
+                // Only a request that may go out again keeps a copy of its head.
                 let this = if may_retry {
                     outgoing.clone()
                 } else {
@@ -198,7 +221,7 @@ async fn proxy(
                         "bad gateway: the upstream failed\n",
                     );
                 };
-                match send(shared, this, "http", &endpoint.address, body).await {
+                match send(worker, &endpoint.origin, this, body).await {
                     Ok(response) => break response,
                     Err(failure) => {
                         if matches!(failure, Failure::Connect(_) | Failure::Timeout) {
@@ -237,15 +260,8 @@ async fn find(shared: &Shared, host: &str, path: &str) -> Option<Arc<Route>> {
     }
 }
 
-#[derive(Clone)]
-struct Outgoing {
-    method: Method,
-    headers: HeaderMap,
-    path: String,
-}
-
 #[derive(Debug, thiserror::Error)]
-enum Failure {
+pub enum Failure {
     #[error("cannot connect: {0}")]
     Connect(String),
     #[error("no response headers within the upstream timeout")]
@@ -270,34 +286,33 @@ impl Failure {
     }
 }
 
+/// A request's head as it goes upstream: the URI in origin form, the headers rewritten.
+#[derive(Clone)]
+struct Outgoing {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+/// Sends a request to `origin` on the worker's pooled connections, within the upstream
+/// timeout (connecting included).
 async fn send(
-    shared: &Shared,
+    worker: &Worker,
+    origin: &str,
     outgoing: Outgoing,
-    scheme: &str,
-    authority: &str,
     body: Body,
-) -> Result<Response<Incoming>, Failure> {
-    let uri = Uri::builder()
-        .scheme(scheme)
-        .authority(authority)
-        .path_and_query(outgoing.path)
-        .build()
-        .map_err(|e| Failure::Upstream(e.to_string()))?;
+) -> Result<Response<Body>, Failure> {
     let mut request = Request::new(body);
     *request.method_mut() = outgoing.method;
-    *request.uri_mut() = uri;
+    *request.uri_mut() = outgoing.uri;
     *request.version_mut() = Version::HTTP_11;
     *request.headers_mut() = outgoing.headers;
     let started = Instant::now();
-    let result = tokio::time::timeout(
-        shared.config.upstream_timeout,
-        shared.client.request(request),
-    )
-    .await;
-    match result {
+    let shared = &worker.shared;
+    let sent = worker.upstreams.send(origin, request);
+    match tokio::time::timeout(shared.config.upstream_timeout, sent).await {
         Err(_) => Err(Failure::Timeout),
-        Ok(Err(e)) if e.is_connect() => Err(Failure::Connect(causes(&e))),
-        Ok(Err(e)) => Err(Failure::Upstream(causes(&e))),
+        Ok(Err(failure)) => Err(failure),
         Ok(Ok(response)) => {
             shared.metrics.upstream_latency(started.elapsed());
             Ok(response)
@@ -308,7 +323,7 @@ async fn send(
 /// The upstream's response for the client: hop-by-hop headers removed, the body streamed,
 /// and for `101 Switching Protocols` both connections spliced once upgraded.
 fn respond(
-    mut response: Response<Incoming>,
+    mut response: Response<Body>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<Body> {
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -328,15 +343,13 @@ fn respond(
             }
         });
     }
-    let (mut parts, body) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
+    let headers = response.headers_mut();
+    strip_hop_by_hop(headers);
     if switching && let Some(protocol) = protocol {
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        parts.headers.insert(header::UPGRADE, protocol);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
     }
-    Response::from_parts(parts, boxed(body))
+    response
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -353,18 +366,14 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// X-Forwarded-For (the client appended), -Proto and -Host, and the request id.
-fn forwarded(
-    headers: &mut HeaderMap,
-    peer: SocketAddr,
-    host: Option<&str>,
-    request_id: &HeaderValue,
-) {
-    let client = peer.ip().to_string();
+fn forwarded(headers: &mut HeaderMap, peer: &Peer, host: Option<&str>, request_id: &HeaderValue) {
     let chain = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(earlier) if !earlier.trim().is_empty() => format!("{earlier}, {client}"),
-        _ => client,
+        Some(earlier) if !earlier.trim().is_empty() => {
+            HeaderValue::try_from(format!("{earlier}, {}", peer.addr.ip())).ok()
+        }
+        _ => Some(peer.ip.clone()),
     };
-    if let Ok(chain) = HeaderValue::try_from(chain) {
+    if let Some(chain) = chain {
         headers.insert(X_FORWARDED_FOR, chain);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
@@ -380,7 +389,7 @@ fn has_token(value: &HeaderValue, token: &str) -> bool {
         .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
-fn boxed<B>(body: B) -> Body
+pub fn boxed<B>(body: B) -> Body
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -404,7 +413,7 @@ pub fn plain(status: StatusCode, text: impl Into<Bytes>) -> Response<Body> {
 }
 
 /// An error and its causes as one line, for logs.
-fn causes(error: &dyn std::error::Error) -> String {
+pub fn causes(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut next = error.source();
     while let Some(cause) = next {
@@ -450,7 +459,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         forwarded(
             &mut headers,
-            peer,
+            &Peer::new(peer),
             Some("Shop.example.com:8080"),
             &HeaderValue::from_static("abc"),
         );

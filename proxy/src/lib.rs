@@ -10,10 +10,12 @@ mod db;
 mod forward;
 mod metrics;
 mod table;
+mod upstream;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,8 +25,6 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -34,9 +34,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 use db::Lookups;
-use forward::{Body, RequestIds};
+use forward::{Peer, RequestIds};
 use metrics::Metrics;
 use table::Table;
+use upstream::Upstreams;
 
 /// How the proxy listens and how patient it is.
 #[derive(Clone, Debug)]
@@ -60,6 +61,8 @@ pub struct Config {
     /// Largest request head (request line and headers) accepted; larger gets 431.
     pub max_header_bytes: usize,
     pub access_log: bool,
+    /// Threads serving connections; one per core is usual.
+    pub workers: NonZeroUsize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,8 +75,8 @@ pub enum ProxyError {
     NoSchema,
     #[error("cannot load the route table: {0}")]
     Load(#[source] sqlx::Error),
-    #[error("building the route table failed: {0}")]
-    Build(String),
+    #[error("cannot start a worker thread: {0}")]
+    Worker(#[source] std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -81,16 +84,27 @@ pub enum ProxyError {
     },
 }
 
-/// What every connection shares.
+/// What every worker and connection shares.
 #[derive(Debug)]
 struct Shared {
     config: Config,
     table: ArcSwap<Table>,
     pool: PgPool,
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>,
+    /// The runtime of the control thread, where every database query runs: the connections
+    /// of the pool belong to its IO driver, which outlives the workers.
+    control: tokio::runtime::Handle,
     metrics: Metrics,
     lookups: Lookups,
     ids: RequestIds,
+}
+
+/// One worker thread's state. Each worker has its own upstream pool, so a client connection,
+/// the requests on it and the upstream connections they use are all driven by one thread:
+/// no request ever waits for a wakeup from another core.
+#[derive(Debug)]
+struct Worker {
+    shared: Arc<Shared>,
+    upstreams: Upstreams,
 }
 
 /// A proxy that has loaded its table and bound its listeners, ready to [`Proxy::serve`].
@@ -110,19 +124,6 @@ impl Proxy {
             .connect_with(database)
             .await
             .map_err(ProxyError::Connect)?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.connect_timeout));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_timer(TokioTimer::new())
-            .build(connector);
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
@@ -137,7 +138,7 @@ impl Proxy {
             config,
             table: ArcSwap::default(),
             pool,
-            client,
+            control: tokio::runtime::Handle::current(),
             metrics: Metrics::default(),
             lookups: Lookups::default(),
             ids: RequestIds::default(),
@@ -169,12 +170,85 @@ impl Proxy {
 
     /// Serves until `shutdown` completes, then stops accepting, lets open requests finish for
     /// up to the drain timeout, and returns.
-    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+    ///
+    /// The calling task is the control thread: it accepts connections and hands them round
+    /// robin to the worker threads (one per core, each with a single-threaded runtime), and it
+    /// runs the refresher and the admin listener.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ProxyError> {
         let shared = self.shared;
+        let mut workers = Vec::new();
+        let mut queues = Vec::new();
+        for n in 0..shared.config.workers.get() {
+            let (queue, incoming) = tokio::sync::mpsc::unbounded_channel();
+            let shared = Arc::clone(&shared);
+            let thread = std::thread::Builder::new()
+                .name(format!("proxy-worker-{n}"))
+                .spawn(move || work(shared, incoming))
+                .map_err(ProxyError::Worker)?;
+            workers.push(thread);
+            queues.push(queue);
+        }
         let refresher = tokio::spawn(db::refresh(Arc::clone(&shared), shared.config.resync));
         let admin = self
             .admin
             .map(|listener| tokio::spawn(admin(listener, Arc::clone(&shared))));
+        let mut shutdown = std::pin::pin!(shutdown);
+        for queue in queues.iter().cycle() {
+            let accepted = tokio::select! {
+                accepted = self.listener.accept() => accepted,
+                () = &mut shutdown => break,
+            };
+            match accepted.and_then(|(stream, peer)| Ok((stream.into_std()?, peer))) {
+                Ok(connection) => {
+                    // A worker only stops early if it could not start its runtime (logged).
+                    if queue.send(connection).is_err() {
+                        tracing::error!("a worker thread has stopped; connection closed");
+                    }
+                }
+                Err(error) => {
+                    // Out of file descriptors, usually: wait instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        drop(self.listener);
+        // Closing the queues tells the workers to drain.
+        drop(queues);
+        let drained = tokio::task::spawn_blocking(move || {
+            for worker in workers {
+                let _ = worker.join();
+            }
+        });
+        let _ = drained.await;
+        refresher.abort();
+        if let Some(admin) = admin {
+            admin.abort();
+        }
+        Ok(())
+    }
+}
+
+/// A worker thread: serves the connections it is handed until its queue closes, then drains.
+fn work(
+    shared: Arc<Shared>,
+    mut incoming: tokio::sync::mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "cannot start a worker runtime");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let worker = Arc::new(Worker {
+            upstreams: Upstreams::new(&shared.config),
+            shared: Arc::clone(&shared),
+        });
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -188,86 +262,90 @@ impl Proxy {
                 u32::try_from(shared.config.max_header_bytes).unwrap_or(u32::MAX),
             );
         let graceful = GracefulShutdown::new();
-        let mut shutdown = std::pin::pin!(shutdown);
-        loop {
-            let (stream, peer) = tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        // Out of file descriptors, usually: wait instead of spinning.
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = &mut shutdown => break,
+        while let Some((stream, peer)) = incoming.recv().await {
+            let Ok(stream) = TcpStream::from_std(stream) else {
+                continue;
             };
             let _ = stream.set_nodelay(true);
-            let activity = Arc::new(AtomicU64::new(shared.metrics.now_ms()));
+            let activity = Arc::new(AtomicU64::new(0));
             let io = TokioIo::new(Tracked {
                 stream,
                 activity: Arc::clone(&activity),
-                shared: Arc::clone(&shared),
             });
-            let service_shared = Arc::clone(&shared);
+            let service_worker = Arc::clone(&worker);
+            let peer = Arc::new(Peer::new(peer));
             let service = hyper::service::service_fn(move |request| {
-                forward::handle(Arc::clone(&service_shared), peer, request)
+                forward::handle(Arc::clone(&service_worker), Arc::clone(&peer), request)
             });
             let builder = builder.clone();
             let watcher = graceful.watcher();
-            let shared = Arc::clone(&shared);
+            let connection = tokio::spawn(async move {
+                let served = builder.serve_connection_with_upgrades(io, service);
+                if let Err(error) = watcher.watch(served).await {
+                    tracing::debug!(%error, "connection ended with an error");
+                }
+            });
+            // The idle watchdog is a task of its own, so waking the connection for its
+            // requests never polls the watchdog's timer too.
+            let idle_timeout = shared.config.idle_timeout;
+            let connection = connection.abort_handle();
             tokio::spawn(async move {
-                let connection = watcher.watch(builder.serve_connection_with_upgrades(io, service));
-                tokio::select! {
-                    result = connection => if let Err(error) = result {
-                        tracing::debug!(%error, %peer, "connection ended with an error");
-                    },
-                    () = idle(&shared, &activity) => tracing::debug!(%peer, "idle connection closed"),
+                if idle(idle_timeout, &activity, &connection).await {
+                    tracing::debug!("idle connection closed");
+                    connection.abort();
                 }
             });
         }
-        drop(self.listener);
         let open = graceful.count();
-        tracing::info!(open, "draining");
+        tracing::debug!(open, "draining");
         if tokio::time::timeout(shared.config.drain_timeout, graceful.shutdown())
             .await
             .is_err()
         {
-            tracing::warn!("drain timeout reached; closing the remaining connections");
+            tracing::warn!(
+                open,
+                "drain timeout reached; closing the remaining connections"
+            );
         }
-        refresher.abort();
-        if let Some(admin) = admin {
-            admin.abort();
-        }
-    }
+    });
 }
 
-/// Completes once a connection has been idle (no bytes either way) for the idle timeout.
-async fn idle(shared: &Shared, activity: &AtomicU64) {
-    let timeout = shared.config.idle_timeout.as_millis() as u64;
-    loop {
-        let quiet = shared
-            .metrics
-            .now_ms()
-            .saturating_sub(activity.load(Ordering::Relaxed));
-        if quiet >= timeout {
-            return;
+/// Waits until a connection has been idle (no bytes either way) for the idle timeout, give
+/// or take a quarter, and returns true; returns false as soon as it sees the connection has
+/// ended. It looks at the connection's activity count four times per timeout, which costs
+/// the request path one counter increment instead of a clock reading per read.
+async fn idle(
+    timeout: Duration,
+    activity: &AtomicU64,
+    connection: &tokio::task::AbortHandle,
+) -> bool {
+    const LOOKS: u32 = 4;
+    let mut seen = activity.load(Ordering::Relaxed);
+    let mut quiet = 0;
+    while quiet < LOOKS {
+        tokio::time::sleep(timeout / LOOKS).await;
+        if connection.is_finished() {
+            return false;
         }
-        tokio::time::sleep(Duration::from_millis(timeout - quiet)).await;
+        let now = activity.load(Ordering::Relaxed);
+        quiet = if now == seen { quiet + 1 } else { 0 };
+        seen = now;
     }
+    true
 }
 
-/// A client connection that records when bytes last moved, for the idle timeout.
+/// A client connection that counts its reads and writes, for the idle timeout.
 struct Tracked {
     stream: TcpStream,
     activity: Arc<AtomicU64>,
-    shared: Arc<Shared>,
 }
 
 impl Tracked {
     fn touch(&self) {
+        // Only this connection's task writes the count, so a plain load and store will do.
+        let count = self.activity.load(Ordering::Relaxed);
         self.activity
-            .store(self.shared.metrics.now_ms(), Ordering::Relaxed);
+            .store(count.wrapping_add(1), Ordering::Relaxed);
     }
 }
 

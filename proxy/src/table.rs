@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use hyper::Uri;
+use hyper::header::HeaderValue;
 
 /// A row of the `routes` table, as the proxy reads it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,13 +46,18 @@ pub struct Route {
 
 #[derive(Debug)]
 pub enum Target {
-    /// An external URL: scheme and authority, and a base path prepended to the request's.
-    Upstream { origin: Uri, base: Box<str> },
+    /// An external URL: its origin (`scheme://authority`), the authority as the `Host` the
+    /// upstream expects, and a base path prepended to the request's.
+    Upstream {
+        origin: Arc<str>,
+        host: HeaderValue,
+        base: Box<str>,
+    },
     /// A service's live endpoints.
     Service(Arc<Backends>),
 }
 
-/// The endpoints of one service port, picked round robin, skipping ejected ones.
+/// The endpoints of one service port, picked round robin among the healthy ones.
 #[derive(Debug, Default)]
 pub struct Backends {
     endpoints: Vec<Arc<Endpoint>>,
@@ -64,6 +70,8 @@ pub struct Backends {
 #[derive(Debug)]
 pub struct Endpoint {
     pub address: Box<str>,
+    /// `http://` and the address: where its connections are pooled.
+    pub origin: Box<str>,
     ejected_until_ms: AtomicU64,
 }
 
@@ -78,13 +86,19 @@ impl Endpoint {
 }
 
 impl Backends {
-    /// The next healthy endpoint after the last one picked, or `None` when there are none.
+    /// The next endpoint in turn among the healthy ones, or `None` when there are none.
+    /// Turns go round the healthy endpoints only, so an ejected one's share is spread evenly
+    /// rather than handed to its neighbour.
     pub fn pick(&self, now_ms: u64) -> Option<&Arc<Endpoint>> {
-        let count = self.endpoints.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..count)
-            .map(|i| &self.endpoints[(start + i) % count])
-            .find(|e| e.healthy(now_ms))
+        let healthy = self.endpoints.iter().filter(|e| e.healthy(now_ms)).count();
+        if healthy == 0 {
+            return None;
+        }
+        let turn = self.next.fetch_add(1, Ordering::Relaxed) % healthy;
+        self.endpoints
+            .iter()
+            .filter(|e| e.healthy(now_ms))
+            .nth(turn)
     }
 
     pub fn len(&self) -> usize {
@@ -109,15 +123,21 @@ pub struct Table {
     routes: usize,
 }
 
-impl Table {
-    /// Builds a table from rows. `previous` lends its endpoints, so their health carries
-    /// over. A row the proxy cannot use (an upstream that is not an absolute http(s) URL,
-    /// which validation already refuses) is skipped and returned, to be logged.
-    pub fn build(
-        routes: Vec<RouteRow>,
-        endpoints: Vec<EndpointRow>,
-        previous: &Table,
-    ) -> (Table, Vec<String>) {
+/// Builds a [`Table`] one route row at a time, so rows can stream in from the database
+/// without all of them being held at once.
+#[derive(Debug)]
+pub struct Builder {
+    table: Table,
+    backends: HashMap<(String, String, i32), Arc<Backends>>,
+    /// Upstream URLs already split, so routes to one upstream share its origin and `Host`.
+    upstreams: HashMap<String, Option<SplitUpstream>>,
+    skipped: Vec<String>,
+}
+
+impl Builder {
+    /// Starts a table with the services' endpoints. `previous` lends its endpoints, so their
+    /// health carries over.
+    pub fn new(endpoints: impl IntoIterator<Item = EndpointRow>, previous: &Table) -> Builder {
         let mut table = Table::default();
         let mut backends: HashMap<(String, String, i32), Vec<Arc<Endpoint>>> = HashMap::new();
         for row in endpoints {
@@ -127,6 +147,7 @@ impl Table {
                 .cloned()
                 .unwrap_or_else(|| {
                     Arc::new(Endpoint {
+                        origin: format!("http://{}", row.address).into(),
                         address: row.address.clone().into(),
                         ejected_until_ms: AtomicU64::new(0),
                     })
@@ -139,7 +160,7 @@ impl Table {
                 .or_default()
                 .push(endpoint);
         }
-        let backends: HashMap<_, Arc<Backends>> = backends
+        let backends = backends
             .into_iter()
             .map(|(key, endpoints)| {
                 let backends = Backends {
@@ -149,50 +170,77 @@ impl Table {
                 (key, Arc::new(backends))
             })
             .collect();
-        let mut skipped = Vec::new();
-        for row in routes {
-            let address = format!("route/{}/{}", row.project, row.name);
-            let target = match (&row.upstream, &row.service, row.service_port) {
-                (Some(url), _, _) => match upstream(url) {
-                    Some((origin, base)) => Target::Upstream { origin, base },
-                    None => {
-                        skipped.push(format!("{address}: `{url}` is not an http(s) URL"));
-                        continue;
-                    }
-                },
-                (None, Some(service), Some(port)) => Target::Service(
-                    backends
-                        .get(&(row.project.clone(), service.clone(), port))
-                        .cloned()
-                        .unwrap_or_default(),
-                ),
-                _ => {
-                    skipped.push(format!("{address}: no service port and no upstream"));
-                    continue;
-                }
-            };
-            let route = Arc::new(Route {
-                address,
-                prefix: row.path.trim_end_matches('/').into(),
-                strip_prefix: row.strip_prefix,
-                target,
-            });
-            let (map, host) = match row.host.strip_prefix("*.") {
-                Some(suffix) => (&mut table.wildcard, suffix),
-                None => (&mut table.exact, row.host.as_str()),
-            };
-            map.entry(host.to_ascii_lowercase().into())
-                .or_default()
-                .push(route);
-            table.routes += 1;
+        Builder {
+            table,
+            backends,
+            upstreams: HashMap::new(),
+            skipped: Vec::new(),
         }
+    }
+
+    /// Adds one route. A row the proxy cannot use (an upstream that is not an absolute
+    /// http(s) URL, which validation already refuses) is skipped and noted.
+    pub fn add(&mut self, row: RouteRow) {
+        let address = format!("route/{}/{}", row.project, row.name);
+        let target = match (row.upstream, &row.service, row.service_port) {
+            (Some(url), _, _) => {
+                let split = match self.upstreams.get(url.as_str()) {
+                    Some(split) => split.clone(),
+                    None => {
+                        let split = upstream(&url);
+                        self.upstreams.insert(url.clone(), split.clone());
+                        split
+                    }
+                };
+                match split {
+                    Some((origin, host, base)) => Target::Upstream { origin, host, base },
+                    None => {
+                        self.skipped
+                            .push(format!("{address}: `{url}` is not an http(s) URL"));
+                        return;
+                    }
+                }
+            }
+            (None, Some(service), Some(port)) => Target::Service(
+                self.backends
+                    .get(&(row.project, service.clone(), port))
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
+            _ => {
+                self.skipped
+                    .push(format!("{address}: no service port and no upstream"));
+                return;
+            }
+        };
+        let route = Arc::new(Route {
+            address,
+            prefix: row.path.trim_end_matches('/').into(),
+            strip_prefix: row.strip_prefix,
+            target,
+        });
+        let (map, host) = match row.host.strip_prefix("*.") {
+            Some(suffix) => (&mut self.table.wildcard, suffix),
+            None => (&mut self.table.exact, row.host.as_str()),
+        };
+        map.entry(host.to_ascii_lowercase().into())
+            .or_default()
+            .push(route);
+        self.table.routes += 1;
+    }
+
+    /// The finished table, and the reasons rows were skipped.
+    pub fn finish(mut self) -> (Table, Vec<String>) {
+        let table = &mut self.table;
         for routes in table.exact.values_mut().chain(table.wildcard.values_mut()) {
             routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
             routes.shrink_to_fit();
         }
-        (table, skipped)
+        (self.table, self.skipped)
     }
+}
 
+impl Table {
     /// The route for a normalised host (see [`normalize_host`]) and a request path.
     pub fn find(&self, host: &str, path: &str) -> Found<'_> {
         let routes = self.exact.get(host).or_else(|| {
@@ -247,21 +295,23 @@ fn covers(prefix: &str, path: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || prefix.is_empty())
 }
 
-/// An upstream URL split into its origin and its path without a trailing `/`.
-fn upstream(url: &str) -> Option<(Uri, Box<str>)> {
+/// An upstream URL's origin, its authority as a `Host` value, and its path without a
+/// trailing `/`.
+type SplitUpstream = (Arc<str>, HeaderValue, Box<str>);
+
+fn upstream(url: &str) -> Option<SplitUpstream> {
     let uri: Uri = url.parse().ok()?;
     let scheme = uri.scheme_str()?;
     if scheme != "http" && scheme != "https" {
         return None;
     }
-    let authority = uri.authority()?.clone();
-    let origin = Uri::builder()
-        .scheme(scheme)
-        .authority(authority)
-        .path_and_query("/")
-        .build()
-        .ok()?;
-    Some((origin, uri.path().trim_end_matches('/').into()))
+    let authority = uri.authority()?;
+    let host = HeaderValue::from_str(authority.as_str()).ok()?;
+    Some((
+        Arc::from(format!("{scheme}://{authority}")),
+        host,
+        uri.path().trim_end_matches('/').into(),
+    ))
 }
 
 /// The host of a `Host` header or URI authority as the table keys it: lowercase, without the
@@ -289,6 +339,18 @@ pub fn normalize_host(raw: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    fn build(
+        routes: Vec<RouteRow>,
+        endpoints: Vec<EndpointRow>,
+        previous: &Table,
+    ) -> (Table, Vec<String>) {
+        let mut builder = Builder::new(endpoints, previous);
+        for row in routes {
+            builder.add(row);
+        }
+        builder.finish()
+    }
+
     fn route(host: &str, path: &str, target: &str, strip: bool) -> RouteRow {
         let (service, upstream) = match target.strip_prefix("svc:") {
             Some(service) => (Some(service.to_owned()), None),
@@ -307,7 +369,7 @@ mod tests {
     }
 
     fn table(rows: Vec<RouteRow>) -> Table {
-        let (table, skipped) = Table::build(rows, Vec::new(), &Table::default());
+        let (table, skipped) = build(rows, Vec::new(), &Table::default());
         assert_eq!(skipped, Vec::<String>::new());
         table
     }
@@ -402,7 +464,7 @@ mod tests {
     }
 
     #[test]
-    fn round_robin_skips_ejected_endpoints_and_health_survives_reloads() {
+    fn round_robin_goes_round_the_healthy_endpoints_and_health_survives_reloads() {
         let endpoints: Vec<EndpointRow> = ["a:1", "b:1", "c:1"]
             .iter()
             .map(|address| EndpointRow {
@@ -413,7 +475,7 @@ mod tests {
             })
             .collect();
         let rows = vec![route("h", "/", "svc:web", false)];
-        let (t, _) = Table::build(rows.clone(), endpoints.clone(), &Table::default());
+        let (t, _) = build(rows.clone(), endpoints.clone(), &Table::default());
         let backends = |t: &Table| match t.find("h", "/") {
             Found::Route(r) => match &r.target {
                 Target::Service(b) => Arc::clone(b),
@@ -429,8 +491,9 @@ mod tests {
         let b = backends(&t);
         assert_eq!(picks(&b, 6, 0), ["a:1", "b:1", "c:1", "a:1", "b:1", "c:1"]);
         t.endpoints["a:1"].eject(1_000);
-        assert_eq!(picks(&b, 4, 500), ["b:1", "b:1", "c:1", "b:1"]);
-        let (reloaded, _) = Table::build(rows, endpoints, &t);
+        // The ejected endpoint's turns are shared evenly, not all given to its neighbour.
+        assert_eq!(picks(&b, 4, 500), ["b:1", "c:1", "b:1", "c:1"]);
+        let (reloaded, _) = build(rows, endpoints, &t);
         let b = backends(&reloaded);
         assert!(!picks(&b, 4, 500).contains(&"a:1".to_owned()));
         assert_eq!(b.pick(1_000).map(|_| ()), Some(()));
@@ -442,7 +505,7 @@ mod tests {
 
     #[test]
     fn unusable_rows_are_skipped_and_named() {
-        let (t, skipped) = Table::build(
+        let (t, skipped) = build(
             vec![
                 route("h", "/", "ftp://x", false),
                 route("g", "/", "http://ok", false),

@@ -24,6 +24,10 @@ pub async fn run(args: ProxyArgs) -> Result<ExitCode> {
         eject_for: args.eject_for,
         max_header_bytes: args.max_header_size as usize,
         access_log: args.access_log,
+        workers: args
+            .workers
+            .or_else(|| std::thread::available_parallelism().ok())
+            .unwrap_or(std::num::NonZeroUsize::MIN),
     };
     let started = Instant::now();
     let proxy = proxy::Proxy::start(config, database).await?;
@@ -43,6 +47,6 @@ pub async fn run(args: ProxyArgs) -> Result<ExitCode> {
             shutdown_signal().await;
             eprintln!("meshploy proxy: draining open requests");
         })
-        .await;
+        .await?;
     Ok(ExitCode::SUCCESS)
 }
