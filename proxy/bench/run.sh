@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Benchmarks `meshploy proxy` against nginx as reverse proxies to the same upstream, then the
-# proxy's load time and memory with 100,000 routes. Prints the figures; changes nothing
+# Benchmarks `meshploy proxy` against nginx as reverse proxies to the same upstream, with a
+# bare hyper proxy (proxy/examples/bare_hyper.rs: hyper on both sides and nothing else) as a
+# baseline for what hyper itself costs here; then the proxy's load time and memory with
+# 100,000 routes. Prints the figures; changes nothing
 # outside a temporary directory (it installs nginx and wrk from Debian's packages if missing).
 #
 #   proxy/bench/run.sh [DURATION (default 10s)] [CONNECTIONS (default 64)] [ROUNDS (default 5)]
@@ -23,7 +25,9 @@ if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nginx-light wrk >/dev/null
 fi
 cargo build --release --quiet
+cargo build --release --quiet -p meshploy-proxy --example bare_hyper
 meshploy=$PWD/target/release/meshploy
+bare_hyper=$PWD/target/release/examples/bare_hyper
 
 work=$(mktemp -d)
 chmod 755 "$work"   # the embedded PostgreSQL runs as an unprivileged user when this is root
@@ -41,6 +45,7 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 upstream=$(free_port); via_nginx=$(free_port); via_meshploy=$(free_port); admin=$(free_port)
+via_bare=$(free_port)
 
 # The upstream is a process of its own (one nginx worker returning a small static body), so
 # both proxies reach it over loopback alike. nginx as the proxy is configured as people run it
@@ -98,6 +103,8 @@ YAML
     ${MESHPLOY_PROXY_ARGS:-} 2>"$work/proxy.log" &
 pids+=($!)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$admin/healthz" >/dev/null && break; sleep 0.1; done
+"$bare_hyper" "127.0.0.1:$via_bare" "127.0.0.1:$upstream" &
+pids+=($!)
 
 # wrk's figures in common units: requests/s, p50 and p99 in milliseconds.
 measure() {
@@ -117,36 +124,44 @@ to_ms() {
         else { sub(/s$/, "", v); printf "%.3f", v * 1000 } }'
 }
 
-curl -sf -H "Host: bench.local" "http://127.0.0.1:$via_nginx/" >/dev/null
-curl -sf -H "Host: bench.local" "http://127.0.0.1:$via_meshploy/" >/dev/null
+declare -A port=([nginx]=$via_nginx [meshploy]=$via_meshploy [bare-hyper]=$via_bare)
+proxies=(nginx meshploy bare-hyper)
+for proxy in "${proxies[@]}"; do
+    curl -sf --retry 20 --retry-connrefused --retry-delay 0 -H "Host: bench.local" \
+        "http://127.0.0.1:${port[$proxy]}/" >/dev/null
+done
 echo "wrk -t$threads -c$connections -d$duration, $rounds rounds, one upstream (its own nginx worker, static 24-byte body), $(nproc) cores"
 # A short warm-up each, then the measured runs in turn, round after round.
-wrk -t"$threads" -c"$connections" -d2s -H "Host: bench.local" "http://127.0.0.1:$via_nginx/" >/dev/null
-wrk -t"$threads" -c"$connections" -d2s -H "Host: bench.local" "http://127.0.0.1:$via_meshploy/" >/dev/null
-printf '%-6s %-9s %12s %10s %10s\n' round proxy requests/s "p50 ms" "p99 ms"
-: >"$work/nginx.runs"; : >"$work/meshploy.runs"
+for proxy in "${proxies[@]}"; do
+    wrk -t"$threads" -c"$connections" -d2s -H "Host: bench.local" "http://127.0.0.1:${port[$proxy]}/" >/dev/null
+    : >"$work/$proxy.runs"
+done
+printf '%-6s %-10s %12s %10s %10s\n' round proxy requests/s "p50 ms" "p99 ms"
 for round in $(seq "$rounds"); do
-    for proxy in nginx meshploy; do
-        port=$via_nginx; [ "$proxy" = meshploy ] && port=$via_meshploy
-        read -r rps p50 p99 < <(measure "$port" "$proxy")
+    for proxy in "${proxies[@]}"; do
+        figures=$(measure "${port[$proxy]}" "$proxy") || exit 1
+        read -r rps p50 p99 <<<"$figures"
         echo "$rps $p50 $p99" >>"$work/$proxy.runs"
-        printf '%-6s %-9s %12.0f %10.3f %10.3f\n' "$round" "$proxy" "$rps" "$p50" "$p99"
+        printf '%-6s %-10s %12.0f %10.3f %10.3f\n' "$round" "$proxy" "$rps" "$p50" "$p99"
     done
 done
 # The median of each column over the rounds.
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-for proxy in nginx meshploy; do
+for proxy in "${proxies[@]}"; do
     for column in 1 2 3; do
         cut -d' ' -f"$column" "$work/$proxy.runs" | median
     done | paste -sd' ' >"$work/$proxy.median"
+    read -r rps p50 p99 <"$work/$proxy.median"
+    printf '%-6s %-10s %12.0f %10.3f %10.3f\n' median "$proxy" "$rps" "$p50" "$p99"
 done
-read -r n_rps n_p50 n_p99 <"$work/nginx.median"
-read -r m_rps m_p50 m_p99 <"$work/meshploy.median"
-printf '%-6s %-9s %12.0f %10.3f %10.3f\n' median nginx "$n_rps" "$n_p50" "$n_p99"
-printf '%-6s %-9s %12.0f %10.3f %10.3f\n' median meshploy "$m_rps" "$m_p50" "$m_p99"
-awk -v a="$m_rps" -v b="$n_rps" -v c="$m_p99" -v d="$n_p99" \
-    'BEGIN { printf "meshploy/nginx (medians): requests/s x%.2f (target >= 1), p99 x%.2f (target <= 1)\n", a / b, c / d }'
-kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true
+read -r n_rps _ n_p99 <"$work/nginx.median"
+for proxy in meshploy bare-hyper; do
+    read -r rps _ p99 <"$work/$proxy.median"
+    awk -v who="$proxy" -v a="$rps" -v b="$n_rps" -v c="$p99" -v d="$n_p99" \
+        'BEGIN { printf "%s/nginx (medians): requests/s x%.2f, p99 x%.2f\n", who, a / b, c / d }'
+done
+echo "target for meshploy: requests/s x1.00 or more, p99 x1.00 or less"
+for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
 
 [ "${SKIP_100K:-}" ] && exit 0
 # 100,000 routes, applied through the real plan/apply path: 100 files of 1,000 routes.
