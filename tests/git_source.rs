@@ -243,6 +243,48 @@ fn unreadable_sources_fail_with_what_and_where() {
 }
 
 #[test]
+fn a_route_may_not_serve_the_host_and_path_of_another_sources_route() {
+    let db = Db::new();
+    let (first, second) = (Dir::new(), Dir::new());
+    first.write("project.yaml", PROJECT);
+    first.write("a.yaml", service("a", 1));
+    first.write("route.yaml", route("web", "/api", "a"));
+    assert_eq!(db.meshploy(&first, &["apply", "--auto-approve"]).code, 0);
+    // Project `blog` routes the same host and path: refused before anything is written, with
+    // both routes named (not as a database error).
+    let blog = |text: String| {
+        text.replace("shop", "blog")
+            .replace("blog.example", "shop.example")
+    };
+    second.write("project.yaml", blog(PROJECT.to_owned()));
+    second.write("a.yaml", blog(service("a", 1)));
+    second.write("route.yaml", blog(route("web", "/api", "a")));
+    let owner = format!(
+        "local:{}",
+        first.path().canonicalize().expect("canonical").display()
+    );
+    let expected = format!(
+        "route/blog/web routes host `shop.example.com` path `/api`, which route/shop/web of source `{owner}` already routes"
+    );
+    let refused = db.meshploy(&second, &["apply", "--auto-approve"]);
+    refused.assert_fails_with(&expected);
+    assert!(!refused.stderr.contains("database"), "{}", refused.stderr);
+    db.meshploy(&second, &["plan"]).assert_fails_with(&expected);
+    assert_eq!(db.psql("SELECT count(*) FROM revisions"), "1");
+    assert_eq!(
+        db.psql("SELECT string_agg(project, ',') FROM routes"),
+        "shop"
+    );
+    // Another path on the same host is the blog's to take.
+    second.write("route.yaml", blog(route("web", "/blog", "a")));
+    assert_eq!(db.meshploy(&second, &["apply", "--auto-approve"]).code, 0);
+    assert_eq!(
+        db.psql("SELECT string_agg(project || path, ',' ORDER BY path) FROM routes"),
+        "shop/api,blog/blog"
+    );
+}
+
+#[test]
 fn a_source_never_touches_what_another_owns() {
     let db = Db::new();
     let (first, second) = (Dir::new(), Dir::new());

@@ -6,12 +6,14 @@ use crate::plan::{Conflict, Refusal, Stale};
 use crate::postgres::ClusterError;
 use crate::secrets::SecretError;
 
+// The database errors carry their cause in their message rather than as a `source`: a report
+// that prints the chain (`{:#}`) would otherwise say it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     #[error("database migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(sqlx::migrate::MigrateError),
     #[error(transparent)]
     Cluster(#[from] ClusterError),
     #[error(transparent)]
@@ -43,6 +45,18 @@ pub enum Error {
     },
     #[error(transparent)]
     Git(#[from] GitError),
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(error: sqlx::Error) -> Error {
+        Error::Database(error)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for Error {
+    fn from(error: sqlx::migrate::MigrateError) -> Error {
+        Error::Migrate(error)
+    }
 }
 
 fn lines<T: std::fmt::Display>(items: &[T]) -> String {

@@ -9,7 +9,7 @@ use sqlx::migrate::Migrator;
 use sqlx::{PgConnection, PgPool};
 
 use crate::Error;
-use crate::plan::{Entry, State, Value};
+use crate::plan::{Entry, Foreign, State, Value};
 
 /// The versioned SQL under `migrations/`.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
@@ -73,8 +73,9 @@ pub async fn apply_lock_holder(pool: &PgPool) -> Result<Option<String>, Error> {
 pub struct Live {
     /// The resources `source` owns, which its plans may change and delete.
     pub state: State,
-    /// Every other resource, with the source that owns it. A plan never touches these.
-    pub foreign: BTreeMap<Address, String>,
+    /// Every other resource's owner, and the other sources' routes by host and path. A plan
+    /// never touches these.
+    pub foreign: Foreign,
 }
 
 /// Everything PostgreSQL holds, as `source` sees it.
@@ -84,7 +85,7 @@ pub async fn load_state(conn: &mut PgConnection, source: &str) -> Result<Live, E
         if owner == source {
             live.state.insert(address, entry);
         } else {
-            live.foreign.insert(address, owner);
+            live.foreign.insert(address, owner, &entry);
         }
     };
     let projects: Vec<(String, String, bool, i64, String)> =

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use schema::Address;
 
-use super::{Action, Plan, State};
+use super::{Action, Entry, Plan, State, Value};
 
 /// Limits on what one plan may destroy without `--allow-destroy`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -155,33 +155,98 @@ pub fn stale(plan: &Plan, actual: &State) -> Vec<Stale> {
         .collect()
 }
 
-/// An address one source declares that another source owns.
+/// Something one source declares that another source already has: an address it owns, or
+/// for a route, the host and path one of its routes serves.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Conflict {
     pub address: String,
     pub owner: String,
+    /// Set when the clash is a route's host and path rather than its address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<RouteClaim>,
+}
+
+/// A host and path that a route of another source serves already.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteClaim {
+    pub host: String,
+    pub path: String,
+    /// The other source's route.
+    pub serving: String,
 }
 
 impl std::fmt::Display for Conflict {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        write!(
-            f,
-            "{} is owned by source `{}`; remove it from one of the two sources",
-            self.address, self.owner
-        )
+        match &self.route {
+            None => write!(
+                f,
+                "{} is owned by source `{}`; remove it from one of the two sources",
+                self.address, self.owner
+            ),
+            Some(claim) => write!(
+                f,
+                "{} routes host `{}` path `{}`, which {} of source `{}` already routes; remove one of the two routes",
+                self.address, claim.host, claim.path, claim.serving, self.owner
+            ),
+        }
     }
 }
 
-/// Every desired address that another source owns. A source never changes or deletes what
-/// another owns, so any conflict refuses the whole plan.
-pub fn conflicts(desired: &State, foreign: &BTreeMap<Address, String>) -> Vec<Conflict> {
+/// What other sources own, as one source sees it.
+#[derive(Clone, Debug, Default)]
+pub struct Foreign {
+    /// Every address another source owns, with that source.
+    pub owners: BTreeMap<Address, String>,
+    /// Their routes by host and path: one host and path has one route across all sources.
+    pub routes: BTreeMap<(String, String), Address>,
+}
+
+impl Foreign {
+    pub fn insert(&mut self, address: Address, owner: String, entry: &Entry) {
+        if let Some(key) = route_key(&address, entry) {
+            self.routes.insert(key, address.clone());
+        }
+        self.owners.insert(address, owner);
+    }
+}
+
+/// A route's host and path, as stored; `None` for any other resource.
+fn route_key(address: &Address, entry: &Entry) -> Option<(String, String)> {
+    if address.kind != Kind::Route {
+        return None;
+    }
+    match (entry.fields.get("host"), entry.fields.get("path")) {
+        (Some(Value::Text(host)), Some(Value::Text(path))) => Some((host.clone(), path.clone())),
+        _ => None,
+    }
+}
+
+/// Everything `desired` declares that another source has: addresses it owns, and routes whose
+/// host and path its routes serve. A source never changes or deletes what another owns, so
+/// any conflict refuses the whole plan.
+pub fn conflicts(desired: &State, foreign: &Foreign) -> Vec<Conflict> {
     desired
-        .keys()
-        .filter_map(|address| {
-            foreign.get(address).map(|owner| Conflict {
+        .iter()
+        .filter_map(|(address, entry)| {
+            if let Some(owner) = foreign.owners.get(address) {
+                return Some(Conflict {
+                    address: address.to_string(),
+                    owner: owner.clone(),
+                    route: None,
+                });
+            }
+            let (host, path) = route_key(address, entry)?;
+            let serving = foreign.routes.get(&(host.clone(), path.clone()))?;
+            Some(Conflict {
                 address: address.to_string(),
-                owner: owner.clone(),
+                owner: foreign.owners.get(serving).cloned().unwrap_or_default(),
+                route: Some(RouteClaim {
+                    host,
+                    path,
+                    serving: serving.to_string(),
+                }),
             })
         })
         .collect()

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub use diff::diff;
 pub use flatten::flatten;
-pub use guard::{Conflict, Guard, Refusal, Stale, conflicts, stale};
+pub use guard::{Conflict, Foreign, Guard, Refusal, RouteClaim, Stale, conflicts, stale};
 
 /// One field's value.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -406,6 +406,38 @@ fn destroying_a_project_or_over_a_quarter_of_resources_is_refused() {
     );
 }
 
+#[test]
+fn another_sources_addresses_and_route_hosts_and_paths_are_conflicts() {
+    let mut foreign = Foreign::default();
+    for (address, entry) in state(BEFORE, Some(1)) {
+        foreign.insert(address, "git:other".into(), &entry);
+    }
+    let claims = |yaml: &str| -> Vec<String> {
+        conflicts(&state(yaml, None), &foreign)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    // The same address: owned by the other source.
+    assert_eq!(
+        claims(AFTER).first().map(String::as_str),
+        Some("project/shop is owned by source `git:other`; remove it from one of the two sources")
+    );
+    // Another project, but a route serving the other source's host and path.
+    let blog = "apiVersion: meshploy.dev/v1\nkind: Project\nmetadata: {name: blog}\n---\n\
+        apiVersion: meshploy.dev/v1\nkind: Route\nmetadata: {name: old, project: blog}\n\
+        spec: {host: old.example.com, upstream: \"https://blog.example.com\"}\n";
+    assert_eq!(
+        claims(blog),
+        [
+            "route/blog/old routes host `old.example.com` path `/`, which route/shop/legacy of \
+          source `git:other` already routes; remove one of the two routes"
+        ]
+    );
+    // Another path on that host is free.
+    assert!(claims(&blog.replace("old.example.com,", "old.example.com, path: /blog,")).is_empty());
+}
+
 /// Applies a plan to a state the way the database apply does: creates and updates set
 /// fields and protection, deletes remove.
 fn apply(plan: &Plan, mut state: State) -> State {
