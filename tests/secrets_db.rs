@@ -117,12 +117,12 @@ fn tampered_truncated_foreign_and_moved_envelopes_are_refused_clearly() {
     let tampered = String::from_utf8(tampered).expect("ascii");
     dir.write("shop.yaml", group("STRIPE_KEY", &tampered));
     db.meshploy_with(&dir, &["plan"], &env).assert_fails_with(
-        "secret `shop/payments/STRIPE_KEY` cannot be opened with key `k1`: the envelope was altered",
+        "shop.yaml:6: spec.secrets.STRIPE_KEY: secret `shop/payments/STRIPE_KEY` cannot be opened with key `k1`: the envelope was altered",
     );
 
-    // Cut so the payload's length is 1 more than a multiple of 4, which no base64 text has:
-    // otherwise the cut text is still valid base64 when its last bits happen to be zero (the
-    // payload is random), and the envelope only fails later, when it is opened.
+    // Cut so the payload's length is 1 more than a multiple of 4, which no base64 text has, so
+    // the envelope fails when it is read. (A cut that leaves valid base64, which depends on the
+    // random payload's last bits, fails when it is opened instead; both name file and line.)
     let payload = envelope.rsplit(':').next().map_or(0, str::len);
     let cut = (28..32)
         .find(|cut| (payload - cut) % 4 == 1)

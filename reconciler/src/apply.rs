@@ -83,8 +83,15 @@ pub fn prepare(
     for (address, resource) in &state.resources {
         let entry = plan::flatten(resource, |name, envelope| {
             let (keys, digester) = secrets.ok_or(SecretError::NoKeys)?;
-            let plaintext =
-                keys.open(&Place::new(&address.project, &address.name, name), envelope)?;
+            let place = Place::new(&address.project, &address.name, name);
+            let plaintext = keys
+                .open(&place, envelope)
+                .map_err(|error| Error::ManifestSecret {
+                    file: resource.origin.file.clone(),
+                    line: resource.origin.line,
+                    name: name.to_owned(),
+                    error,
+                })?;
             desired.envelopes.insert(
                 format!("{}/{}/{name}", address.project, address.name),
                 envelope.clone(),

@@ -18,6 +18,14 @@ pub enum Error {
     Cluster(#[from] ClusterError),
     #[error(transparent)]
     Secret(#[from] SecretError),
+    /// A secret of a manifest that cannot be opened, with where it is declared.
+    #[error("{file}:{line}: spec.secrets.{name}: {error}")]
+    ManifestSecret {
+        file: String,
+        line: u32,
+        name: String,
+        error: SecretError,
+    },
     #[error(
         "the stored state of {address} cannot be read ({detail}); was the database edited by hand?"
     )]
