@@ -351,6 +351,23 @@ fn round_robin_over_endpoints_ejects_dead_ones_and_says_503_when_none_is_left() 
         assert_eq!(seen.len(), 3, "{seen:?}");
         assert!(seen.values().all(|&n| (3..=5).contains(&n)), "{seen:?}");
 
+        // An HTTP/2 client's :authority reaches the service as its Host, as HTTP/1.1's would.
+        let h2 = reqwest::Client::builder()
+            .no_proxy()
+            .http2_prior_knowledge()
+            .resolve("web.test", ([127, 0, 0, 1], proxy.port).into())
+            .build()
+            .expect("h2c client");
+        let body: serde_json::Value = h2
+            .get(format!("http://web.test:{}/h2", proxy.port))
+            .send()
+            .await
+            .expect("h2c request")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(body["headers"]["host"], format!("web.test:{}", proxy.port));
+
         // A request with a body is not repeated: a dead endpoint alone gives 502, then 503
         // while it is ejected.
         set_endpoints(&db, &[free_port()]);
