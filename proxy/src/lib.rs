@@ -2,7 +2,8 @@
 //!
 //! The route table lives in memory ([`table`]), loaded from PostgreSQL and kept current by
 //! LISTEN/NOTIFY with a periodic resync ([`db`]); requests never wait on the database except
-//! for a guarded lookup of an unknown host. Each request goes through [`forward`]. The proxy
+//! for a guarded lookup of an unknown host. Each request goes through [`forward`] and out on
+//! its worker thread's [`upstream`] connections. The proxy
 //! is stateless: any number of replicas can run against one database, with a read-only role.
 //! This crate must stay small: it does not depend on gix, kube or the reconciler.
 
