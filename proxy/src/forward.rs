@@ -412,18 +412,6 @@ pub fn plain(status: StatusCode, text: impl Into<Bytes>) -> Response<Body> {
     response
 }
 
-/// An error and its causes as one line, for logs.
-pub fn causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut next = error.source();
-    while let Some(cause) = next {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        next = cause.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,7 +21,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use tower_service::Service as _;
 
 use crate::Config;
-use crate::forward::{Body, BoxError, Failure, boxed, causes};
+use report::causes;
+
+use crate::forward::{Body, BoxError, Failure, boxed};
 
 /// Idle connections kept per origin and worker; past it, a finished connection is closed.
 /// nginx's `keepalive` directive bounds the same thing.

@@ -1,10 +1,10 @@
 //! The one error type of the reconciler crate. Messages name what failed and what to do;
 //! none carries a secret value.
 
-use crate::git::GitError;
 use crate::plan::{Conflict, Refusal, Stale};
 use crate::postgres::ClusterError;
 use crate::secrets::SecretError;
+use git::GitError;
 
 // The database errors carry their cause in their message rather than as a `source`: a report
 // that prints the chain (`{:#}`) would otherwise say it twice.

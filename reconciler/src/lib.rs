@@ -6,7 +6,6 @@
 
 pub mod apply;
 mod error;
-pub mod git;
 pub mod plan;
 pub mod postgres;
 pub mod secrets;

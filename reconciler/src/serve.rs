@@ -23,7 +23,7 @@ use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 use tokio::sync::{mpsc, watch};
 
 use crate::Error;
-use crate::git;
+
 use crate::store;
 use crate::sync::{self, Settings, Source, Trigger};
 

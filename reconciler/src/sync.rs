@@ -15,7 +15,7 @@ use sqlx::PgPool;
 
 use crate::Error;
 use crate::apply;
-use crate::git;
+
 use crate::plan::Guard;
 use crate::secrets::Keyring;
 use crate::store::{self, Attempt, RevisionMeta, SourceRow};
@@ -317,7 +317,7 @@ async fn plan_and_apply(
             .map(|d| {
                 let hint = match &d.hint {
                     // A hint next to a redacted line could echo what was pasted there.
-                    Some(hint) if !d.redact_source => format!(" (help: {hint})"),
+                    Some(hint) if !d.redact_line => format!(" (help: {hint})"),
                     _ => String::new(),
                 };
                 format!(

@@ -132,7 +132,7 @@ pub struct Diagnostic {
     /// The source line may hold a secret in plain text (a value pasted where an envelope
     /// belongs), so renderings must not quote it.
     #[serde(skip)]
-    pub redact_source: bool,
+    pub redact_line: bool,
 }
 
 impl Diagnostic {
@@ -146,7 +146,7 @@ impl Diagnostic {
             message: message.into(),
             hint: None,
             related: Vec::new(),
-            redact_source: false,
+            redact_line: false,
         }
     }
 
@@ -166,7 +166,7 @@ impl Diagnostic {
     }
 
     pub fn redacted(mut self) -> Diagnostic {
-        self.redact_source = true;
+        self.redact_line = true;
         self
     }
 
@@ -177,7 +177,7 @@ impl Diagnostic {
         let mut out = String::new();
         let _ = writeln!(out, "error[{}]: {}", self.code, self.message);
         let line_text = source
-            .filter(|_| self.line > 0 && !self.redact_source)
+            .filter(|_| self.line > 0 && !self.redact_line)
             .and_then(|s| s.lines().nth(self.line as usize - 1));
         let gutter = " ".repeat(self.line.to_string().len());
         if self.line == 0 {

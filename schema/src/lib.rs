@@ -15,7 +15,7 @@ mod spanned;
 
 pub use diagnostic::{Code, Diagnostic};
 pub use envelope::Envelope;
-pub use load::{Limits, SourceFile, load};
+pub use load::{Limits, ManifestFile, load};
 pub use manifest::API_VERSION;
 pub use model::{Address, DesiredState, Kind, Resource, Spec};
 pub use spanned::Loc;

@@ -12,7 +12,7 @@ use crate::manifest::{
     RouteSpec, ServiceSpec, SourceSpec, SpecSlot, VariableGroupSpec,
 };
 use crate::model::{
-    Address, Build, DesiredState, GitSource, HealthCheck, Kind, Origin, Project, Resource, Route,
+    Address, Build, Checkout, DesiredState, HealthCheck, Kind, Origin, Project, Resource, Route,
     RouteTarget, Service, Spec, VariableGroup, Workload,
 };
 use crate::rules::{self, Problem, Quantity};
@@ -20,7 +20,7 @@ use crate::spanned::{Int, Loc, Scalar, Spanned, SpannedMap};
 
 /// One manifest file: its path as it should appear in messages, and its bytes.
 #[derive(Clone, Debug)]
-pub struct SourceFile {
+pub struct ManifestFile {
     pub path: String,
     pub bytes: Vec<u8>,
 }
@@ -52,7 +52,7 @@ impl Default for Limits {
 /// Parses, checks and normalises manifests. Every problem in every file is reported, except
 /// that cross-document references are only checked once all files parse (a reference into
 /// a broken file would otherwise be reported as dangling).
-pub fn load(files: &[SourceFile], limits: &Limits) -> Result<DesiredState, Vec<Diagnostic>> {
+pub fn load(files: &[ManifestFile], limits: &Limits) -> Result<DesiredState, Vec<Diagnostic>> {
     let mut loader = Loader::default();
     let mut parse_failed = false;
     for (file, parsed) in files.iter().zip(parse_all(files, limits)) {
@@ -85,7 +85,7 @@ pub fn load(files: &[SourceFile], limits: &Limits) -> Result<DesiredState, Vec<D
 
 /// Parses every file, spreading files over the available cores: YAML parsing dominates the
 /// loader's time and files are independent. Results come back in input order.
-fn parse_all(files: &[SourceFile], limits: &Limits) -> Vec<Parsed> {
+fn parse_all(files: &[ManifestFile], limits: &Limits) -> Vec<Parsed> {
     let threads = std::thread::available_parallelism()
         .map_or(1, usize::from)
         .min(8);
@@ -116,7 +116,7 @@ fn parse_all(files: &[SourceFile], limits: &Limits) -> Vec<Parsed> {
 
 type Parsed = Result<Vec<Spanned<RawDocument>>, Box<Diagnostic>>;
 
-fn parse_file(file: &SourceFile, limits: &Limits) -> Parsed {
+fn parse_file(file: &ManifestFile, limits: &Limits) -> Parsed {
     let whole_file = Loc::default();
     if file.bytes.len() > limits.max_file_bytes {
         return Err(Box::new(
@@ -633,7 +633,7 @@ impl Loader {
         self.check(doc, image.loc, Code::InvalidValue, result)
     }
 
-    fn source(&mut self, doc: &Doc, source: SourceSpec) -> Option<GitSource> {
+    fn source(&mut self, doc: &Doc, source: SourceSpec) -> Option<Checkout> {
         let git = self.check(
             doc,
             source.git.loc,
@@ -656,7 +656,7 @@ impl Loader {
             }
             None => Some(String::new()),
         };
-        Some(GitSource {
+        Some(Checkout {
             git: git.map(|()| source.git.value)?,
             git_ref: git_ref?,
             path: path?,

@@ -204,12 +204,12 @@ impl Service {
 #[serde(rename_all = "camelCase")]
 pub enum Workload {
     Image(String),
-    Source { source: GitSource, build: Build },
+    Source { source: Checkout, build: Build },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct GitSource {
+pub struct Checkout {
     pub git: String,
     #[serde(rename = "ref")]
     pub git_ref: String,

@@ -5,15 +5,15 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use schema::{DesiredState, Diagnostic, Limits, SourceFile};
+use schema::{DesiredState, Diagnostic, Limits, ManifestFile};
 use serde_json::json;
 
 use crate::cli::Format;
-use crate::manifests::{self, Manifests};
+use crate::manifests::Manifests;
 
 pub fn run(dir: &Path, format: Format) -> Result<ExitCode> {
     let limits = Limits::default();
-    let files = manifests::read_dir(dir, &limits)?;
+    let files = git::dir::read(dir, &limits)?;
     let result = schema::load(&files, &limits);
     match format {
         Format::Text => print_text(&files, &result),
@@ -44,7 +44,7 @@ pub fn load(manifests: &Manifests) -> Result<DesiredState> {
     })
 }
 
-fn print_text(files: &[SourceFile], result: &Result<DesiredState, Vec<Diagnostic>>) {
+fn print_text(files: &[ManifestFile], result: &Result<DesiredState, Vec<Diagnostic>>) {
     match result {
         Ok(state) => {
             let counts: Vec<String> = state
@@ -81,7 +81,10 @@ fn print_text(files: &[SourceFile], result: &Result<DesiredState, Vec<Diagnostic
     }
 }
 
-fn print_json(files: &[SourceFile], result: &Result<DesiredState, Vec<Diagnostic>>) -> Result<()> {
+fn print_json(
+    files: &[ManifestFile],
+    result: &Result<DesiredState, Vec<Diagnostic>>,
+) -> Result<()> {
     let report = match result {
         Ok(state) => json!({
             "valid": true,

@@ -3,7 +3,7 @@
 
 use expect_test::expect;
 use proptest::prelude::*;
-use schema::{Address, Kind, SourceFile};
+use schema::{Address, Kind, ManifestFile};
 
 use super::*;
 
@@ -80,7 +80,7 @@ spec: {host: shop.example.com, service: web}
 /// Loads manifests and flattens them, with a stand-in digest that depends only on the
 /// envelope (a real digest is keyed; the plan only compares digests).
 fn state(yaml: &str, version: Option<i64>) -> State {
-    let files = [SourceFile {
+    let files = [ManifestFile {
         path: "test.yaml".into(),
         bytes: yaml.as_bytes().to_vec(),
     }];

@@ -1,121 +1,26 @@
-//! Git sources: manifests read straight from a commit's tree with gix, without a checkout.
+//! Reading a commit's tree with gix, without a checkout.
 //!
 //! A local repository (a path, bare or not) is read in place. A remote (`file://`, `git://`,
 //! `https://`, `ssh://`) is fetched into a bare cache repository first; its branches and tags
 //! are mirrored with forced refspecs, so a force-push upstream is followed (git is the
-//! truth). Everything here blocks: async callers run it in `spawn_blocking`.
+//! truth).
 //!
 //! Credentials come from the URL or the user's git configuration (credential helpers). They
 //! never leave this module: every URL shown to a user goes through [`redact`], and error
 //! texts from gix are scrubbed of the URL's user information.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use gix::bstr::ByteSlice;
 use gix::objs::tree::EntryKind;
-use schema::{Limits, SourceFile};
+use report::causes;
+use schema::{Limits, ManifestFile};
 use sha2::{Digest, Sha256};
 
-/// What went wrong reading a source. Every variant names the (redacted) URL.
-#[derive(Debug, thiserror::Error)]
-pub enum GitError {
-    #[error("cannot read git repository {url}: {detail}")]
-    Open { url: String, detail: String },
-    #[error("cannot fetch {url}: {detail}")]
-    Fetch { url: String, detail: String },
-    #[error("`{reference}` is not a branch, tag or commit in {url}")]
-    MissingRef { url: String, reference: String },
-    #[error("`{path}` does not exist in commit {commit} of {url}")]
-    MissingPath {
-        url: String,
-        commit: String,
-        path: String,
-    },
-    #[error("`{path}` in commit {commit} of {url} is not a directory")]
-    NotADirectory {
-        url: String,
-        commit: String,
-        path: String,
-    },
-    #[error("`{path}` in commit {commit} of {url} is a {what}; manifests must be regular files")]
-    NotAFile {
-        url: String,
-        commit: String,
-        path: String,
-        what: &'static str,
-    },
-    #[error("cannot read {what} in {url}: {detail}")]
-    Object {
-        url: String,
-        what: String,
-        detail: String,
-    },
-}
-
-/// Where a source lives.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Location {
-    /// A repository on this machine, read in place.
-    Local(PathBuf),
-    /// A URL fetched into a cache.
-    Remote(String),
-}
-
-impl Location {
-    /// A URL with a scheme (or scp-like `user@host:path`) is remote; anything else is a path.
-    pub fn parse(url: &str) -> Location {
-        let scp_like = url
-            .split_once(':')
-            .is_some_and(|(before, _)| before.contains('@') && !before.contains('/'));
-        if url.contains("://") || scp_like {
-            Location::Remote(url.to_owned())
-        } else {
-            Location::Local(PathBuf::from(url))
-        }
-    }
-}
-
-/// `url` without its user information (user names, passwords and tokens).
-pub fn redact(url: &str) -> String {
-    match userinfo(url) {
-        Some(info) => url.replacen(&format!("{info}@"), "***@", 1),
-        None => url.to_owned(),
-    }
-}
-
-/// The `user:password` part of `scheme://user:password@host/...`, if any.
-fn userinfo(url: &str) -> Option<&str> {
-    let (_, rest) = url.split_once("://")?;
-    let authority = rest.split('/').next()?;
-    let (info, _) = authority.rsplit_once('@')?;
-    Some(info)
-}
-
-/// An error text with the URL's credentials removed.
-fn scrub(url: &str, text: impl std::fmt::Display) -> String {
-    let text = text.to_string();
-    match userinfo(url) {
-        Some(info) if !info.is_empty() => text.replace(info, "***"),
-        _ => text,
-    }
-}
-
-/// An error and its causes, joined as `outer: inner`, since transport errors such as
-/// "handshake failed" only say why (refused, TLS, DNS) in their sources.
-fn causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut next = error.source();
-    while let Some(cause) = next {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        next = cause.source();
-    }
-    text
-}
+use crate::GitError;
+use crate::select::{self, Collected};
+use crate::url::{Location, redact, scrub};
 
 /// A repository ready to read, and the name it is shown under.
 #[derive(Debug)]
@@ -128,7 +33,7 @@ pub struct Repo {
 #[derive(Debug)]
 pub struct Snapshot {
     pub commit: String,
-    pub files: Vec<SourceFile>,
+    pub files: Vec<ManifestFile>,
 }
 
 /// Opens a local repository, or fetches a remote one into its cache under `cache_root`.
@@ -311,14 +216,13 @@ impl Repo {
         root.traverse()
             .breadthfirst(&mut recorder)
             .map_err(|e| object_error(format!("the tree of commit {commit}"), &e))?;
-        let mut files = Vec::new();
+        let mut collected = Collected::default();
         for entry in recorder.records {
             let relative = entry.filepath.to_str_lossy();
-            let hidden = relative.split('/').any(|part| part.starts_with('.'));
-            let is_manifest = relative.ends_with(".yaml") || relative.ends_with(".yml");
-            if hidden {
+            if relative.split('/').any(select::hidden) {
                 continue;
             }
+            let is_manifest = select::is_manifest(&relative);
             let full = if path.is_empty() || path == "." {
                 relative.to_string()
             } else {
@@ -336,13 +240,8 @@ impl Repo {
                         .repo
                         .find_object(entry.oid)
                         .map_err(|e| object_error(format!("`{full}`"), &e))?;
-                    // Oversized files are cut one byte past the limit, so the loader reports
-                    // them as too large rather than parsing them.
-                    let cut = blob.data.len().min(limits.max_file_bytes + 1);
-                    files.push(SourceFile {
-                        path: full,
-                        bytes: blob.data[..cut].to_vec(),
-                    });
+                    let cut = blob.data.len().min(select::kept_bytes(limits));
+                    collected.push(full, blob.data[..cut].to_vec());
                 }
                 EntryKind::Link if is_manifest => return Err(not_a_file("symbolic link")),
                 // A submodule's manifests would silently vanish from the plan.
@@ -350,10 +249,9 @@ impl Repo {
                 _ => {}
             }
         }
-        files.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(Snapshot {
             commit: commit.to_owned(),
-            files,
+            files: collected.finish(),
         })
     }
 }
@@ -361,52 +259,6 @@ impl Repo {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_are_told_apart_from_paths() {
-        for remote in [
-            "https://github.com/acme/deploy.git",
-            "file:///srv/git/deploy.git",
-            "git://localhost:9418/deploy.git",
-            "git@github.com:acme/deploy.git",
-        ] {
-            assert_eq!(
-                Location::parse(remote),
-                Location::Remote(remote.into()),
-                "{remote}"
-            );
-        }
-        for local in ["/srv/git/deploy.git", "deploy", "./a:b/repo", "C"] {
-            assert_eq!(
-                Location::parse(local),
-                Location::Local(local.into()),
-                "{local}"
-            );
-        }
-    }
-
-    #[test]
-    fn credentials_never_leave_a_url() {
-        assert_eq!(
-            redact("https://bot:s3cr3t-t0ken@github.com/acme/deploy.git"),
-            "https://***@github.com/acme/deploy.git"
-        );
-        assert_eq!(
-            redact("https://ghp_abcdef@github.com/a/b"),
-            "https://***@github.com/a/b"
-        );
-        assert_eq!(
-            redact("https://github.com/a/b@c"),
-            "https://github.com/a/b@c"
-        );
-        assert_eq!(
-            scrub(
-                "https://bot:s3cr3t@host/r",
-                "failed for https://bot:s3cr3t@host/r"
-            ),
-            "failed for https://***@host/r"
-        );
-    }
 
     #[test]
     fn fetch_errors_say_why_and_hide_credentials_in_every_cause() {

@@ -1,0 +1,92 @@
+//! Manifests from a directory on disk: a working tree before it is committed.
+//!
+//! Every file [`select`](crate::select) picks below the root is read, in path order.
+//! Symbolic links are followed only when they resolve inside the root: a link out of the root
+//! is an error, never silently skipped, because a skipped file would look like deleted
+//! resources to a plan. Any directory that cannot be read is an error for the same reason
+//! (fail closed).
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use schema::{Limits, ManifestFile};
+
+use crate::GitError;
+use crate::select::{self, Collected};
+
+/// Reads every manifest file under `root`, each named by its path as given (`root` joined
+/// with the path below it).
+pub fn read(root: &Path, limits: &Limits) -> Result<Vec<ManifestFile>, GitError> {
+    let meta = fs::metadata(root).map_err(|error| GitError::DirUnreadable {
+        path: root.to_owned(),
+        error,
+    })?;
+    if !meta.is_dir() {
+        return Err(GitError::DirNotADirectory {
+            path: root.to_owned(),
+        });
+    }
+    let canonical_root = root
+        .canonicalize()
+        .map_err(|error| GitError::DirUnreadable {
+            path: root.to_owned(),
+            error,
+        })?;
+    let mut paths = Vec::new();
+    collect(root, &canonical_root, &mut paths)?;
+    let mut collected = Collected::default();
+    let keep = select::kept_bytes(limits) as u64;
+    for path in paths {
+        let mut bytes = Vec::new();
+        fs::File::open(&path)
+            .and_then(|f| f.take(keep).read_to_end(&mut bytes))
+            .map_err(|error| GitError::FileUnreadable {
+                path: path.clone(),
+                error,
+            })?;
+        collected.push(path.display().to_string(), bytes);
+    }
+    Ok(collected.finish())
+}
+
+fn collect(dir: &Path, root: &Path, out: &mut Vec<PathBuf>) -> Result<(), GitError> {
+    let unreadable = |error| GitError::FileUnreadable {
+        path: dir.to_owned(),
+        error,
+    };
+    for entry in fs::read_dir(dir).map_err(unreadable)? {
+        let entry = entry.map_err(unreadable)?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if select::hidden(&name) {
+            continue;
+        }
+        let file_type = entry
+            .file_type()
+            .map_err(|error| GitError::FileUnreadable {
+                path: path.clone(),
+                error,
+            })?;
+        if file_type.is_symlink() {
+            let target = path.canonicalize().map_err(|error| GitError::BrokenLink {
+                path: path.clone(),
+                error,
+            })?;
+            if !target.starts_with(root) {
+                return Err(GitError::LinkOutside { path, target });
+            }
+            // Links inside the root to directories are not descended into: the target is
+            // already walked where it lives, and following them could loop.
+            if target.is_file() && select::is_manifest(&name) {
+                out.push(path);
+            }
+        } else if file_type.is_dir() {
+            collect(&path, root, out)?;
+        } else if file_type.is_file() && select::is_manifest(&name) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
