@@ -234,8 +234,8 @@ pub struct ServeArgs {
     #[arg(long, default_value = "", requires = "repo")]
     pub path: String,
     /// `auto` applies each new commit; `manual` only plans and reports out-of-sync.
-    #[arg(long, value_enum, default_value_t = PolicyArg::Auto, requires = "repo")]
-    pub policy: PolicyArg,
+    #[arg(long, default_value = "auto", requires = "repo")]
+    pub policy: reconciler::names::Policy,
     /// How often to check sources when no webhook or file change says so.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub poll_interval: Duration,
@@ -301,12 +301,6 @@ pub struct ProxyArgs {
     pub workers: Option<std::num::NonZeroUsize>,
     #[command(flatten)]
     pub db: DbArgs,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum PolicyArg {
-    Auto,
-    Manual,
 }
 
 #[derive(Debug, Subcommand)]

@@ -14,7 +14,7 @@ use crate::cli::SourceArgs;
 pub struct Manifests {
     pub files: Vec<ManifestFile>,
     /// Where they were read, for messages: a directory, or `URL@commit`.
-    pub origin: String,
+    pub label: String,
     /// The owning source, recorded on every row and revision.
     pub source: String,
     /// The commit they were read from, when read from git.
@@ -30,7 +30,7 @@ pub async fn read(dir: &Path, from: &SourceArgs, home: &Path) -> Result<Manifest
             .with_context(|| format!("cannot read manifest directory {}", dir.display()))?;
         return Ok(Manifests {
             files: git::dir::read(dir, &limits)?,
-            origin: dir.display().to_string(),
+            label: dir.display().to_string(),
             source: from
                 .source
                 .clone()
@@ -64,7 +64,7 @@ pub async fn read(dir: &Path, from: &SourceArgs, home: &Path) -> Result<Manifest
     });
     Ok(Manifests {
         files: snapshot.files,
-        origin: format!("{shown}@{}", short(&snapshot.commit)),
+        label: format!("{shown}@{}", short(&snapshot.commit)),
         source,
         commit: Some(snapshot.commit),
     })

@@ -15,6 +15,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use reconciler::names::Trigger;
 use reconciler::sync::Source;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -104,7 +105,7 @@ async fn sync(
     if !state.sources.iter().any(|s| s.name == name) {
         return Err(ApiError::NotFound(format!("no source named `{name}`")));
     }
-    reconciler::store::request_sync(&state.pool, &name, "request")
+    reconciler::store::request_sync(&state.pool, &name, Trigger::Request)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     Ok((

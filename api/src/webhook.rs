@@ -11,6 +11,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hmac::{Hmac, KeyInit, Mac};
+use reconciler::names::Trigger;
 use serde::Deserialize;
 use serde_json::json;
 use sha2::Sha256;
@@ -69,7 +70,7 @@ pub async fn github(
         })));
     }
     for name in &matched {
-        reconciler::store::request_sync(&state.pool, name, "webhook")
+        reconciler::store::request_sync(&state.pool, name, Trigger::Webhook)
             .await
             .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     }

@@ -1,9 +1,7 @@
-//! Plan and apply against PostgreSQL: the IO shell around the pure plan core.
-//!
-//! `prepare` flattens the desired state (secrets become keyed digests), `plan` and the stale
-//! and guard checks are pure, and `apply` turns a plan into one batch of writes inside the
-//! caller's transaction, which holds the apply lock. Nothing here commits: the caller does,
-//! so an error anywhere leaves the database as it was.
+//! What the pipeline plans and writes: `prepare` flattens the desired state (secrets become
+//! keyed digests), `write` turns a checked plan into one batch of rows inside the pipeline's
+//! locked transaction, and `reseal` re-seals stored secrets. Nothing here commits or takes a
+//! lock: [`crate::pipeline`] does, so an error anywhere leaves the database as it was.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -13,9 +11,16 @@ use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 
 use crate::Error;
-use crate::plan::{self, Action, Entry, Guard, Plan, Refusal, State, Value};
+use crate::error::db;
+use crate::plan::{self, Action, Entry, Plan, State, Value};
 use crate::secrets::{Digester, Keyring, Place, SecretError};
-use crate::store::{self, Live, RevisionMeta, RouteRow, ServiceRow, Writes};
+use crate::store::RevisionMeta;
+use crate::store::revisions;
+use crate::store::secrets::{self as stored_secrets, SealedSecret};
+use crate::store::writes::{
+    self as table, GroupRow, Key, ProjectRow, RouteRow, SecretKey, SecretRow, ServiceGroupRow,
+    ServiceRow, Writes,
+};
 
 /// The desired side of a plan: flattened entries, and the sealed secrets from git (by
 /// `project/group/name`) that an apply re-seals for the database.
@@ -121,12 +126,17 @@ pub async fn prepare_for(
 
 /// The digester of this database, made and stored (sealed) on first use.
 pub async fn digester(pool: &PgPool, keys: &Keyring) -> Result<Digester, Error> {
-    let mut conn = pool.acquire().await?;
-    if store::digest_key(&mut conn).await?.is_none() {
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(db("connecting for the secret digest key"))?;
+    if stored_secrets::digest_key(&mut conn).await?.is_none() {
         let (_, sealed) = Digester::generate(keys);
-        store::insert_digest_key(&mut conn, &sealed.to_string()).await?;
+        stored_secrets::insert_digest_key(&mut conn, &sealed.to_string()).await?;
     }
-    let sealed = store::digest_key(&mut conn).await?.unwrap_or_default();
+    let sealed = stored_secrets::digest_key(&mut conn)
+        .await?
+        .unwrap_or_default();
     let envelope = Envelope::parse(&sealed).map_err(|e| Error::CorruptState {
         address: "the secret digest key".into(),
         detail: e.to_string(),
@@ -134,92 +144,9 @@ pub async fn digester(pool: &PgPool, keys: &Keyring) -> Result<Digester, Error> 
     Ok(Digester::open(keys, &envelope)?)
 }
 
-/// Begins a transaction holding the apply lock, waiting up to `timeout_ms` for it.
-pub async fn begin_locked(
-    pool: &PgPool,
-    timeout_ms: u64,
-) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, Error> {
-    let mut tx = pool.begin().await?;
-    if store::try_apply_lock(&mut tx, timeout_ms).await? {
-        return Ok(tx);
-    }
-    tx.rollback().await?;
-    let holder = store::apply_lock_holder(pool)
-        .await?
-        .unwrap_or_else(|| "a session that has since finished".into());
-    Err(Error::Locked {
-        holder,
-        waited_ms: timeout_ms,
-    })
-}
-
-/// A transaction holding the apply lock, with the live state as one source sees it. Plans
-/// made from it are exactly what `apply` writes. Dropping it rolls back.
-#[derive(Debug)]
-pub struct Locked {
-    tx: sqlx::Transaction<'static, sqlx::Postgres>,
-    source: String,
-    pub live: Live,
-}
-
-/// Takes the apply lock (waiting up to `timeout_ms`) and reads the state as `source` sees it.
-pub async fn lock(pool: &PgPool, source: &str, timeout_ms: u64) -> Result<Locked, Error> {
-    let mut tx = begin_locked(pool, timeout_ms).await?;
-    let live = store::load_state(&mut tx, source).await?;
-    Ok(Locked {
-        tx,
-        source: source.to_owned(),
-        live,
-    })
-}
-
-/// Refuses `desired` if it declares what a source other than `source` owns.
-pub fn check_ownership(live: &Live, source: &str, desired: &State) -> Result<(), Error> {
-    let conflicts = plan::conflicts(desired, &live.foreign);
-    if conflicts.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Conflict {
-            source_name: source.to_owned(),
-            conflicts,
-        })
-    }
-}
-
-/// The plan from what `source` owns to `desired`, after the ownership check.
-pub fn plan_for(live: &Live, source: &str, desired: &Desired) -> Result<Plan, Error> {
-    check_ownership(live, source, &desired.entries)?;
-    Ok(plan::diff(&desired.entries, &live.state))
-}
-
-impl Locked {
-    /// The plan from the locked live state to `desired`.
-    pub fn plan(&self, desired: &Desired) -> Result<Plan, Error> {
-        plan_for(&self.live, &self.source, desired)
-    }
-
-    /// Why `guard` refuses `plan`, if it does.
-    pub fn refusals(&self, guard: &Guard, plan: &Plan) -> Vec<Refusal> {
-        guard.check(plan, &self.live.state)
-    }
-
-    /// Writes `plan` and commits; returns the revision.
-    pub async fn apply(
-        mut self,
-        plan: &Plan,
-        desired: &Desired,
-        keys: Option<&Keyring>,
-        meta: &RevisionMeta,
-    ) -> Result<i64, Error> {
-        let revision = apply(&mut self.tx, plan, desired, &self.live.state, keys, meta).await?;
-        self.tx.commit().await?;
-        Ok(revision)
-    }
-}
-
-/// Writes `plan` inside the caller's locked transaction and records a revision; returns its
-/// id. `actual` is the state the plan was checked against in the same transaction.
-async fn apply(
+/// Writes `plan` inside the pipeline's locked transaction and records a revision; returns
+/// its id. `actual` is the state the plan was checked against in the same transaction.
+pub(crate) async fn write(
     conn: &mut PgConnection,
     plan: &Plan,
     desired: &Desired,
@@ -227,7 +154,7 @@ async fn apply(
     keys: Option<&Keyring>,
     meta: &RevisionMeta,
 ) -> Result<i64, Error> {
-    let writes = writes(plan, desired, actual, keys)?;
+    let writes = rows(plan, desired, actual, keys)?;
     let summary = plan.summary();
     let counts = (
         count(summary.add),
@@ -236,9 +163,9 @@ async fn apply(
     );
     // Plans hold strings, numbers and string-keyed maps only, which always serialise.
     let plan_json = serde_json::to_string(plan).expect("a plan serialises to JSON");
-    let revision = store::insert_revision(conn, meta, counts, &plan_json).await?;
+    let revision = revisions::insert_revision(conn, meta, counts, &plan_json).await?;
     tracing::debug!(revision, changes = plan.changes.len(), "writing plan");
-    store::write(conn, &writes, &meta.source, revision).await?;
+    table::write(conn, &writes, &meta.source, revision).await?;
     let payload = serde_json::json!({
         "revision": revision,
         "added": summary.add,
@@ -246,7 +173,7 @@ async fn apply(
         "destroyed": summary.destroy,
         "kinds": plan.changes.iter().map(|c| c.address.kind.name()).collect::<std::collections::BTreeSet<_>>(),
     });
-    store::notify(conn, &payload.to_string()).await?;
+    revisions::notify(conn, &payload.to_string()).await?;
     Ok(revision)
 }
 
@@ -256,7 +183,7 @@ fn count(n: usize) -> i32 {
 
 /// The rows for `plan`. Secrets whose digest is unchanged keep their stored ciphertext;
 /// changed ones are opened from git and sealed for their row.
-fn writes(
+fn rows(
     plan: &Plan,
     desired: &Desired,
     actual: &State,
@@ -265,7 +192,10 @@ fn writes(
     let mut writes = Writes::default();
     for change in &plan.changes {
         let address = &change.address;
-        let key = (address.project.clone(), address.name.clone());
+        let key = Key {
+            project: address.project.clone(),
+            name: address.name.clone(),
+        };
         if change.action == Action::Delete {
             writes.delete.entry(address.kind).or_default().push(key);
             continue;
@@ -278,11 +208,18 @@ fn writes(
             })?;
         let fields = fields_json(entry);
         match address.kind {
-            Kind::Project => writes
-                .projects
-                .push((address.name.clone(), fields, entry.protect)),
+            Kind::Project => writes.projects.push(ProjectRow {
+                name: key.name,
+                fields,
+                protect: entry.protect,
+            }),
             Kind::VariableGroup => {
-                writes.groups.push((key.0, key.1, fields, entry.protect));
+                writes.groups.push(GroupRow {
+                    project: key.project,
+                    name: key.name,
+                    fields,
+                    protect: entry.protect,
+                });
                 group_secrets(
                     &mut writes,
                     address,
@@ -295,14 +232,16 @@ fn writes(
             Kind::Service => {
                 if let Some(Value::List(groups)) = entry.fields.get("variableGroups") {
                     for group in groups {
-                        writes
-                            .service_groups
-                            .push((key.0.clone(), key.1.clone(), group.clone()));
+                        writes.service_groups.push(ServiceGroupRow {
+                            project: key.project.clone(),
+                            service: key.name.clone(),
+                            group: group.clone(),
+                        });
                     }
                 }
                 writes.services.push(ServiceRow {
-                    project: key.0,
-                    name: key.1,
+                    project: key.project,
+                    name: key.name,
                     image: text(entry, "image"),
                     source_git: text(entry, "source.git"),
                     port: int(entry, "port").unwrap_or_default(),
@@ -312,8 +251,8 @@ fn writes(
                 });
             }
             Kind::Route => writes.routes.push(RouteRow {
-                project: key.0,
-                name: key.1,
+                project: key.project,
+                name: key.name,
                 host: text(entry, "host").unwrap_or_default(),
                 path: text(entry, "path").unwrap_or_default(),
                 service: text(entry, "service"),
@@ -341,9 +280,12 @@ fn group_secrets(
             continue;
         };
         let (project, group) = (&address.project, &address.name);
-        writes
-            .kept_secrets
-            .push((project.clone(), group.clone(), name.to_owned()));
+        let secret = SecretKey {
+            project: project.clone(),
+            group: group.clone(),
+            name: name.to_owned(),
+        };
+        writes.kept_secrets.push(secret.clone());
         if stored.and_then(|s| s.fields.get(path)) == entry.fields.get(path) {
             continue;
         }
@@ -355,13 +297,11 @@ fn group_secrets(
         let keys = keys.ok_or(SecretError::NoKeys)?;
         let plaintext = keys.open(&Place::new(project, group, name), envelope)?;
         let sealed = keys.seal(&Place::stored(project, group, name), &plaintext);
-        writes.secrets.push((
-            project.clone(),
-            group.clone(),
-            name.to_owned(),
-            sealed.to_string(),
-            digest.clone(),
-        ));
+        writes.secrets.push(SecretRow {
+            key: secret,
+            ciphertext: sealed.to_string(),
+            digest: digest.clone(),
+        });
     }
     Ok(())
 }
@@ -394,19 +334,25 @@ fn int(entry: &Entry, path: &str) -> Option<i32> {
 /// Re-seals every stored secret, and the digest key, under the primary key. Returns how
 /// many secrets were re-sealed. Runs in the caller's locked transaction.
 pub async fn reseal(conn: &mut PgConnection, keys: &Keyring) -> Result<usize, Error> {
-    if let Some(sealed) = store::digest_key(conn).await? {
+    if let Some(sealed) = stored_secrets::digest_key(conn).await? {
         let place = Place::digest_key();
         let envelope = parse_stored(&sealed, "the secret digest key")?;
         let key = keys.open(&place, &envelope)?;
-        store::update_digest_key(conn, &keys.seal(&place, &key).to_string()).await?;
+        stored_secrets::update_digest_key(conn, &keys.seal(&place, &key).to_string()).await?;
     }
-    let rows = store::sealed_secrets(conn).await?;
-    for (project, group, name, ciphertext) in &rows {
-        let place = Place::stored(project, group, name);
+    let rows = stored_secrets::sealed_secrets(conn).await?;
+    for secret @ SealedSecret {
+        project,
+        group_name,
+        name,
+        ciphertext,
+    } in &rows
+    {
+        let place = Place::stored(project, group_name, name);
         let envelope = parse_stored(ciphertext, &format!("secret {place}"))?;
         let plaintext = keys.open(&place, &envelope)?;
         let sealed = keys.seal(&place, &plaintext).to_string();
-        store::update_secret_ciphertext(conn, (project, group, name), &sealed).await?;
+        stored_secrets::update_secret_ciphertext(conn, secret, &sealed).await?;
     }
     Ok(rows.len())
 }

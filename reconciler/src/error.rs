@@ -5,13 +5,17 @@ use crate::plan::{Conflict, Refusal, Stale};
 use crate::postgres::ClusterError;
 use crate::secrets::SecretError;
 use git::GitError;
+use schema::Diagnostic;
 
 // The database errors carry their cause in their message rather than as a `source`: a report
 // that prints the chain (`{:#}`) would otherwise say it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("database error: {0}")]
-    Database(sqlx::Error),
+    #[error("database error while {operation}: {error}")]
+    Database {
+        operation: &'static str,
+        error: sqlx::Error,
+    },
     #[error("database migration failed: {0}")]
     Migrate(sqlx::migrate::MigrateError),
     #[error(transparent)]
@@ -53,12 +57,26 @@ pub enum Error {
     },
     #[error(transparent)]
     Git(#[from] GitError),
+    /// The manifests do not validate; each diagnostic names its file, line and column.
+    #[error("{}", invalid_headline(.0.len()))]
+    Invalid(Vec<Diagnostic>),
+    /// A blocking task (parsing, git) ended without an answer: it panicked or was cancelled.
+    #[error("a background task failed: {0}")]
+    Task(String),
 }
 
-impl From<sqlx::Error> for Error {
-    fn from(error: sqlx::Error) -> Error {
-        Error::Database(error)
-    }
+/// What `n` problems in the manifests mean for an apply, in one line.
+pub(crate) fn invalid_headline(n: usize) -> String {
+    let problems = match n {
+        1 => "1 problem".to_owned(),
+        n => format!("{n} problems"),
+    };
+    format!("the manifests are invalid ({problems}); nothing was applied")
+}
+
+/// Names the operation a database error interrupted, for `map_err`.
+pub(crate) fn db(operation: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
+    move |error| Error::Database { operation, error }
 }
 
 impl From<sqlx::migrate::MigrateError> for Error {

@@ -24,8 +24,10 @@ use tokio::sync::{mpsc, watch};
 
 use crate::Error;
 
+use crate::error::db;
+use crate::names::Trigger;
 use crate::store;
-use crate::sync::{self, Settings, Source, Trigger};
+use crate::sync::{self, Settings, Source};
 
 /// The advisory lock the leader holds ("lead" in ASCII); distinct from the apply lock.
 const LEADER_LOCK: i64 = 0x6c65_6164;
@@ -94,19 +96,29 @@ impl Daemon {
     }
 
     async fn try_lock(&self) -> Result<Option<PgConnection>, Error> {
-        let mut conn = self.connect.connect().await?;
+        let mut conn = self
+            .connect
+            .connect()
+            .await
+            .map_err(db("connecting to campaign for leadership"))?;
         let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(LEADER_LOCK)
             .fetch_one(&mut conn)
-            .await?;
+            .await
+            .map_err(db("campaigning for leadership"))?;
         Ok(locked.then_some(conn))
     }
 
     /// Reconciles until shutdown or an error of the database.
     async fn lead(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), Error> {
         let (tx, mut rx) = mpsc::unbounded_channel::<(String, Trigger)>();
-        let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen(store::SYNC_CHANNEL).await?;
+        let mut listener = PgListener::connect_with(&self.pool)
+            .await
+            .map_err(db("listening for sync requests"))?;
+        listener
+            .listen(store::SYNC_CHANNEL)
+            .await
+            .map_err(db("listening for sync requests"))?;
         let _watchers = self.watch(&tx).await;
         let mut pollers = tokio::task::JoinSet::new();
         for (source, interval) in &self.sources {
@@ -145,7 +157,10 @@ impl Daemon {
             }
             tokio::select! {
                 Some((name, trigger)) = rx.recv() => merge(&mut pending, name, trigger),
-                notification = listener.recv() => self.requested(&mut pending, notification?.payload()),
+                notification = listener.recv() => {
+                    let notification = notification.map_err(db("listening for sync requests"))?;
+                    self.requested(&mut pending, notification.payload());
+                }
                 _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
             }
         }
@@ -166,7 +181,7 @@ impl Daemon {
             tracing::warn!(source = %request.source, "ignoring a sync request for an unknown source");
             return;
         }
-        let trigger = Trigger::parse(&request.trigger).unwrap_or(Trigger::Request);
+        let trigger = request.trigger.parse().unwrap_or(Trigger::Request);
         merge(pending, request.source, trigger);
     }
 

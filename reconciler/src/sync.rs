@@ -9,14 +9,16 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use schema::Limits;
-use serde::Deserialize;
+use schema::{Diagnostic, Limits};
+use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::Error;
 use crate::apply;
-
-use crate::plan::Guard;
+use crate::error::invalid_headline;
+use crate::names::{AttemptOutcome, Policy, SourceState, Trigger};
+use crate::pipeline;
+use crate::plan::{Conflict, Guard, Refusal, Summary};
 use crate::secrets::Keyring;
 use crate::store::{self, Attempt, RevisionMeta, SourceRow};
 
@@ -33,26 +35,6 @@ pub struct Source {
     pub policy: Policy,
 }
 
-/// What happens to a new commit.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Policy {
-    /// Apply each new commit.
-    #[default]
-    Auto,
-    /// Plan only, and report the source out of sync until someone applies.
-    Manual,
-}
-
-impl Policy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Policy::Auto => "auto",
-            Policy::Manual => "manual",
-        }
-    }
-}
-
 impl Source {
     /// Registers (or updates) this source in the database.
     pub async fn register(&self, pool: &PgPool) -> Result<(), Error> {
@@ -64,49 +46,10 @@ impl Source {
                 url: &url,
                 branch: &self.branch,
                 path: &self.path,
-                policy: self.policy.as_str(),
+                policy: self.policy,
             },
         )
         .await
-    }
-}
-
-/// What asked for a sync.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Trigger {
-    /// The reconciler started or took over.
-    Start,
-    /// The poll interval passed.
-    Poll,
-    /// A ref of a local repository changed.
-    Watch,
-    /// A verified push webhook.
-    Webhook,
-    /// `meshploy sync` or the sync API: always a full attempt.
-    Request,
-}
-
-impl Trigger {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Start => "start",
-            Trigger::Poll => "poll",
-            Trigger::Watch => "watch",
-            Trigger::Webhook => "webhook",
-            Trigger::Request => "request",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Trigger> {
-        [
-            Trigger::Start,
-            Trigger::Poll,
-            Trigger::Watch,
-            Trigger::Webhook,
-            Trigger::Request,
-        ]
-        .into_iter()
-        .find(|t| t.as_str() == text)
     }
 }
 
@@ -127,11 +70,96 @@ pub struct Settings {
 pub enum Outcome {
     /// The branch is where it was last applied; nothing was recorded.
     Unchanged,
-    /// An attempt was recorded with this outcome (`synced`, `out-of-sync`, `failed`).
+    /// An attempt was recorded with this outcome.
     Attempted {
-        outcome: String,
+        outcome: AttemptOutcome,
         revision: Option<i64>,
     },
+}
+
+/// What an attempt found, as data: stored as JSON beside the attempt's message, so the
+/// console and PR comments can show each diagnostic, refusal and owner without parsing text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Detail {
+    /// Applied as `revision`, or nothing to change (no revision).
+    Synced {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        revision: Option<i64>,
+        summary: Summary,
+    },
+    /// A manual source's plan, waiting for someone to apply it.
+    Pending { summary: Summary },
+    /// The manifests do not validate: the first diagnostics, and how many there are.
+    Invalid {
+        diagnostics: Vec<Diagnostic>,
+        total: usize,
+    },
+    /// The guard refused the plan.
+    Refused { refusals: Vec<Refusal> },
+    /// The manifests declare what another source owns.
+    Conflict { conflicts: Vec<Conflict> },
+    /// Anything else that stopped the attempt: the fetch, the lock, the database, a secret.
+    Error { message: String },
+}
+
+/// How many diagnostics a failed attempt records; the rest are counted.
+const SHOWN_DIAGNOSTICS: usize = 10;
+
+impl Detail {
+    fn outcome(&self) -> AttemptOutcome {
+        match self {
+            Detail::Synced { .. } => AttemptOutcome::Synced,
+            Detail::Pending { .. } => AttemptOutcome::OutOfSync,
+            Detail::Invalid { .. }
+            | Detail::Refused { .. }
+            | Detail::Conflict { .. }
+            | Detail::Error { .. } => AttemptOutcome::Failed,
+        }
+    }
+
+    fn failed(error: Error) -> Detail {
+        match error {
+            Error::Invalid(diagnostics) => Detail::Invalid {
+                total: diagnostics.len(),
+                diagnostics: diagnostics.into_iter().take(SHOWN_DIAGNOSTICS).collect(),
+            },
+            Error::Refused(refusals) => Detail::Refused { refusals },
+            Error::Conflict { conflicts, .. } => Detail::Conflict { conflicts },
+            other => Detail::Error {
+                message: other.to_string(),
+            },
+        }
+    }
+
+    /// The text recorded as the attempt's message and shown by `meshploy status`, if any.
+    pub fn message(&self, source: &str) -> Option<String> {
+        let error = |error: Error| Some(error.to_string());
+        match self {
+            Detail::Synced { .. } => None,
+            Detail::Pending { summary } => Some(format!(
+                "Plan: {} to add, {} to change, {} to destroy; not applied, because the policy is manual.",
+                summary.add, summary.change, summary.destroy
+            )),
+            Detail::Invalid { diagnostics, total } => {
+                let mut lines: Vec<String> = diagnostics.iter().map(Diagnostic::one_line).collect();
+                if *total > diagnostics.len() {
+                    lines.push(format!("and {} more", total - diagnostics.len()));
+                }
+                Some(format!(
+                    "{}:\n{}",
+                    invalid_headline(*total),
+                    lines.join("\n")
+                ))
+            }
+            Detail::Refused { refusals } => error(Error::Refused(refusals.clone())),
+            Detail::Conflict { conflicts } => error(Error::Conflict {
+                source_name: source.to_owned(),
+                conflicts: conflicts.clone(),
+            }),
+            Detail::Error { message } => Some(message.clone()),
+        }
+    }
 }
 
 /// Syncs `source` once. Errors are recorded on the source, not returned; only a failure to
@@ -144,10 +172,11 @@ pub async fn sync(
 ) -> Result<Outcome, Error> {
     let started_at = time::OffsetDateTime::now_utc();
     let clock = Instant::now();
-    let (state, last_applied) = store::source_position(pool, &source.name)
+    let position = store::source_position(pool, &source.name)
         .await?
         .unwrap_or_default();
-    let skip_if_at = (trigger != Trigger::Request && state == "synced")
+    let last_applied = position.last_applied_commit;
+    let skip_if_at = (trigger != Trigger::Request && position.state == Some(SourceState::Synced))
         .then(|| last_applied.clone())
         .flatten();
     let fetched = {
@@ -170,18 +199,6 @@ pub async fn sync(
         })?
     };
     let fetch_ms = millis(clock);
-    let mut attempt = Attempt {
-        source: &source.name,
-        trigger: trigger.as_str(),
-        started_at,
-        commit: None,
-        rewritten_from: None,
-        outcome: "failed",
-        message: None,
-        revision: None,
-        fetch_ms,
-        total_ms: 0,
-    };
     let (snapshot, rewritten_from) = match fetched {
         Ok(Fetched::Unchanged) => {
             store::touch_source(pool, &source.name).await?;
@@ -192,14 +209,15 @@ pub async fn sync(
             rewritten_from,
         }) => (snapshot, rewritten_from),
         Err(e) => {
-            let message = e.to_string();
-            attempt.message = Some(&message);
-            attempt.total_ms = millis(clock);
+            let detail = Detail::failed(Error::Git(e));
+            let attempt = Attempt {
+                fetch_ms,
+                total_ms: millis(clock),
+                ..attempt(source, trigger, started_at, None, None, &detail)
+            };
             return record(pool, &attempt).await;
         }
     };
-    attempt.commit = Some(&snapshot.commit);
-    attempt.rewritten_from = rewritten_from.as_deref();
     if let Some(old) = &rewritten_from {
         tracing::warn!(
             source = %source.name,
@@ -209,25 +227,52 @@ pub async fn sync(
         );
     }
     store::mark_applying(pool, &source.name, &snapshot.commit).await?;
-    let result = plan_and_apply(pool, source, settings, &snapshot).await;
-    attempt.total_ms = millis(clock);
-    let message;
-    match result {
-        Ok(Applied::Synced(revision)) => {
-            attempt.outcome = "synced";
-            attempt.revision = revision;
-        }
-        Ok(Applied::Pending(summary)) => {
-            attempt.outcome = "out-of-sync";
-            message = summary;
-            attempt.message = Some(&message);
-        }
-        Err(text) => {
-            message = text;
-            attempt.message = Some(&message);
-        }
-    }
+    let detail =
+        match plan_and_apply(pool, source, settings, snapshot.files, &snapshot.commit).await {
+            Ok(detail) => detail,
+            Err(error) => Detail::failed(error),
+        };
+    let attempt = Attempt {
+        fetch_ms,
+        total_ms: millis(clock),
+        ..attempt(
+            source,
+            trigger,
+            started_at,
+            Some(&snapshot.commit),
+            rewritten_from.as_deref(),
+            &detail,
+        )
+    };
     record(pool, &attempt).await
+}
+
+/// The attempt row for `detail`, timings aside.
+fn attempt<'a>(
+    source: &'a Source,
+    trigger: Trigger,
+    started_at: time::OffsetDateTime,
+    commit: Option<&'a str>,
+    rewritten_from: Option<&'a str>,
+    detail: &Detail,
+) -> Attempt<'a> {
+    Attempt {
+        source: &source.name,
+        trigger,
+        started_at,
+        commit,
+        rewritten_from,
+        outcome: detail.outcome(),
+        message: detail.message(&source.name),
+        // A detail holds strings, numbers and lists only, which always serialise.
+        detail: serde_json::to_value(detail).ok(),
+        revision: match detail {
+            Detail::Synced { revision, .. } => *revision,
+            _ => None,
+        },
+        fetch_ms: 0,
+        total_ms: 0,
+    }
 }
 
 async fn record(pool: &PgPool, attempt: &Attempt<'_>) -> Result<Outcome, Error> {
@@ -237,9 +282,9 @@ async fn record(pool: &PgPool, attempt: &Attempt<'_>) -> Result<Outcome, Error> 
         ($level:ident) => {
             tracing::$level!(
                 source = attempt.source,
-                trigger = attempt.trigger,
+                trigger = %attempt.trigger,
                 commit = attempt.commit,
-                outcome = attempt.outcome,
+                outcome = %attempt.outcome,
                 revision = attempt.revision,
                 total_ms = attempt.total_ms,
                 message = attempt.message,
@@ -247,13 +292,13 @@ async fn record(pool: &PgPool, attempt: &Attempt<'_>) -> Result<Outcome, Error> 
             )
         };
     }
-    if attempt.outcome == "failed" {
+    if attempt.outcome == AttemptOutcome::Failed {
         log_attempt!(warn);
     } else {
         log_attempt!(info);
     }
     Ok(Outcome::Attempted {
-        outcome: attempt.outcome.to_owned(),
+        outcome: attempt.outcome,
         revision: attempt.revision,
     })
 }
@@ -292,87 +337,44 @@ fn fetch(
     })
 }
 
-enum Applied {
-    /// Applied (with the revision, or none when there was nothing to change).
-    Synced(Option<i64>),
-    /// A manual source with a plan waiting: its summary.
-    Pending(String),
-}
-
-/// How many diagnostics a failed attempt records; the rest are counted.
-const SHOWN_DIAGNOSTICS: usize = 10;
-
-/// Validates, plans and (for an auto source) applies one commit. Every failure comes back as
-/// the text recorded on the source.
+/// Validates, plans and (for an auto source) applies one commit through the pipeline.
+/// Validation runs off the async thread: on 10,000 resources it takes hundreds of
+/// milliseconds, which would stall the API and the leader's heartbeat.
 async fn plan_and_apply(
     pool: &PgPool,
     source: &Source,
     settings: &Settings,
-    snapshot: &git::Snapshot,
-) -> Result<Applied, String> {
-    let state = schema::load(&snapshot.files, &Limits::default()).map_err(|diagnostics| {
-        let mut lines: Vec<String> = diagnostics
-            .iter()
-            .take(SHOWN_DIAGNOSTICS)
-            .map(|d| {
-                let hint = match &d.hint {
-                    // A hint next to a redacted line could echo what was pasted there.
-                    Some(hint) if !d.redact_line => format!(" (help: {hint})"),
-                    _ => String::new(),
-                };
-                format!(
-                    "{}:{}:{}: {} [{}]{hint}",
-                    d.file, d.line, d.column, d.message, d.code
-                )
-            })
-            .collect();
-        if diagnostics.len() > SHOWN_DIAGNOSTICS {
-            lines.push(format!(
-                "and {} more",
-                diagnostics.len() - SHOWN_DIAGNOSTICS
-            ));
-        }
-        let count = match diagnostics.len() {
-            1 => "1 problem".to_owned(),
-            n => format!("{n} problems"),
-        };
-        format!(
-            "the manifests are invalid ({count}); nothing was applied:\n{}",
-            lines.join("\n")
-        )
-    })?;
-    let text = |e: Error| e.to_string();
-    let desired = apply::prepare_for(pool, &state, settings.keys.as_ref())
+    files: Vec<schema::ManifestFile>,
+    commit: &str,
+) -> Result<Detail, Error> {
+    let state = tokio::task::spawn_blocking(move || schema::load(&files, &Limits::default()))
         .await
-        .map_err(text)?;
-    let locked = apply::lock(pool, &source.name, settings.lock_timeout_ms)
-        .await
-        .map_err(text)?;
-    let plan = locked.plan(&desired).map_err(text)?;
-    if plan.is_empty() {
-        return Ok(Applied::Synced(None));
+        .map_err(|e| Error::Task(e.to_string()))?
+        .map_err(Error::Invalid)?;
+    let desired = apply::prepare_for(pool, &state, settings.keys.as_ref()).await?;
+    let locked = pipeline::lock(pool, &source.name, settings.lock_timeout_ms).await?;
+    let planned = locked.plan(desired)?;
+    let summary = planned.plan().summary();
+    if planned.plan().is_empty() {
+        return Ok(Detail::Synced {
+            revision: None,
+            summary,
+        });
     }
-    let refusals = locked.refusals(&settings.guard, &plan);
-    if !refusals.is_empty() {
-        return Err(Error::Refused(refusals).to_string());
-    }
+    let checked = planned.check(&settings.guard)?;
     if source.policy == Policy::Manual {
-        let s = plan.summary();
-        return Ok(Applied::Pending(format!(
-            "Plan: {} to add, {} to change, {} to destroy; not applied, because the policy is manual.",
-            s.add, s.change, s.destroy
-        )));
+        return Ok(Detail::Pending { summary });
     }
     let meta = RevisionMeta {
         actor: settings.actor.clone(),
         source: source.name.clone(),
-        commit: Some(snapshot.commit.clone()),
+        commit: Some(commit.to_owned()),
     };
-    let revision = locked
-        .apply(&plan, &desired, settings.keys.as_ref(), &meta)
-        .await
-        .map_err(text)?;
-    Ok(Applied::Synced(Some(revision)))
+    let revision = checked.apply(settings.keys.as_ref(), &meta).await?;
+    Ok(Detail::Synced {
+        revision: Some(revision),
+        summary,
+    })
 }
 
 fn millis(since: Instant) -> i32 {

@@ -165,9 +165,26 @@ impl Diagnostic {
         self
     }
 
+    /// Marks a diagnostic whose line may hold a secret in plain text. This is the one secret
+    /// rule for every rendering (rustc-style, one line, JSON): the line is never quoted. The
+    /// message and hint of a redacted diagnostic are written from fixed text and names only,
+    /// never from the value, so they are shown everywhere.
     pub fn redacted(mut self) -> Diagnostic {
         self.redact_line = true;
         self
+    }
+
+    /// One line, `file:line:column: message [code] (help: hint)`, for status and logs.
+    pub fn one_line(&self) -> String {
+        let hint = self
+            .hint
+            .as_ref()
+            .map(|hint| format!(" (help: {hint})"))
+            .unwrap_or_default();
+        format!(
+            "{}:{}:{}: {} [{}]{hint}",
+            self.file, self.line, self.column, self.message, self.code
+        )
     }
 
     /// Renders in the style of rustc: the message, `--> file:line:column`, the source line
@@ -258,5 +275,17 @@ mod tests {
         let rendered = diagnostic.render(Some(source));
         assert!(!rendered.contains("hunter2"), "{rendered}");
         assert!(rendered.contains("services/web.yaml:2:3"), "{rendered}");
+    }
+
+    #[test]
+    fn one_line_names_the_place_code_and_hint() {
+        assert_eq!(
+            Diagnostic::new("g.yaml", Loc::default(), Code::InvalidSecret, "bad").one_line(),
+            "g.yaml:0:0: bad [invalid-secret]"
+        );
+        assert_eq!(
+            sample().one_line(),
+            "services/web.yaml:2:3: unknown field `replica` [unknown-field] (help: did you mean `replicas`?)"
+        );
     }
 }

@@ -5,8 +5,9 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use reconciler::apply::{self as core, SavedPlan};
-use reconciler::plan::{self, Plan};
+use reconciler::apply::{self, SavedPlan};
+use reconciler::pipeline::{self, Checked};
+use reconciler::secrets::Keyring;
 use reconciler::store::RevisionMeta;
 
 use super::plan::print;
@@ -23,28 +24,21 @@ pub async fn run(args: ApplyArgs) -> Result<ExitCode> {
     let state = validate::load(&manifests)?;
     let pool = database::connect(&args.db, "apply").await?;
     let keys = keyring(&args.keys)?;
-    let desired = core::prepare_for(&pool, &state, keys.as_ref()).await?;
-    let locked = core::lock(&pool, &manifests.source, millis(&args)).await?;
-    let plan = locked.plan(&desired)?;
-    print(&plan, PlanFormat::Text, "");
-    if plan.is_empty() {
+    let desired = apply::prepare_for(&pool, &state, keys.as_ref()).await?;
+    let planned = pipeline::lock(&pool, &manifests.source, millis(&args))
+        .await?
+        .plan(desired)?;
+    print(planned.plan(), PlanFormat::Text, "");
+    if planned.plan().is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
-    let refusals = locked.refusals(&guard(&args.guard), &plan);
-    if !refusals.is_empty() {
-        return Err(reconciler::Error::Refused(refusals).into());
-    }
+    let checked = planned.check(&guard(&args.guard))?;
     if !args.auto_approve && !confirm()? {
         eprintln!("Apply cancelled; nothing was changed.");
         return Ok(ExitCode::FAILURE);
     }
     let meta = meta(&args, manifests.source, manifests.commit);
-    let revision = locked
-        .apply(&plan, &desired, keys.as_ref(), &meta)
-        .await
-        .context("nothing was applied")?;
-    done(&plan, revision);
-    Ok(ExitCode::SUCCESS)
+    finish(checked, keys.as_ref(), &meta).await
 }
 
 /// Applies a saved plan exactly, or refuses it as stale. A saved plan was reviewed already,
@@ -68,26 +62,29 @@ async fn apply_saved(args: ApplyArgs) -> Result<ExitCode> {
     }
     let pool = database::connect(&args.db, "apply").await?;
     let keys = keyring(&args.keys)?;
-    let locked = core::lock(&pool, &saved.source, millis(&args)).await?;
-    let stale = plan::stale(&saved.plan, &locked.live.state);
-    if !stale.is_empty() {
-        return Err(reconciler::Error::Stale(stale).into());
-    }
-    core::check_ownership(&locked.live, &saved.source, &saved.desired.entries)?;
-    let refusals = locked.refusals(&guard(&args.guard), &saved.plan);
-    if !refusals.is_empty() {
-        return Err(reconciler::Error::Refused(refusals).into());
-    }
-    print(&saved.plan, PlanFormat::Text, "");
-    if saved.plan.is_empty() {
+    let meta = meta(&args, saved.source.clone(), saved.commit.clone());
+    let checked = pipeline::lock(&pool, &saved.source, millis(&args))
+        .await?
+        .saved(saved)?
+        .check(&guard(&args.guard))?;
+    print(checked.plan(), PlanFormat::Text, "");
+    if checked.plan().is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
-    let meta = meta(&args, saved.source.clone(), saved.commit.clone());
-    let revision = locked
-        .apply(&saved.plan, &saved.desired, keys.as_ref(), &meta)
+    finish(checked, keys.as_ref(), &meta).await
+}
+
+/// Applies a checked plan and reports the revision.
+async fn finish(checked: Checked, keys: Option<&Keyring>, meta: &RevisionMeta) -> Result<ExitCode> {
+    let summary = checked.plan().summary();
+    let revision = checked
+        .apply(keys, meta)
         .await
         .context("nothing was applied")?;
-    done(&saved.plan, revision);
+    println!(
+        "\nApply complete! Resources: {} added, {} changed, {} destroyed. Revision {revision}.",
+        summary.add, summary.change, summary.destroy
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -127,12 +124,4 @@ fn confirm() -> Result<bool> {
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer)?;
     Ok(answer.trim() == "yes")
-}
-
-fn done(plan: &Plan, revision: i64) {
-    let s = plan.summary();
-    println!(
-        "\nApply complete! Resources: {} added, {} changed, {} destroyed. Revision {revision}.",
-        s.add, s.change, s.destroy
-    );
 }

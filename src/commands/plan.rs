@@ -4,8 +4,8 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use reconciler::apply::{self as core, SavedPlan};
 use reconciler::plan::{Plan, render};
+use reconciler::{apply, pipeline};
 
 use super::{color, guard, keyring, validate};
 use crate::cli::{PlanArgs, PlanFormat};
@@ -17,30 +17,18 @@ pub async fn run(args: PlanArgs) -> Result<ExitCode> {
     let state = validate::load(&manifests)?;
     let pool = database::connect(&args.db, "plan").await?;
     let keys = keyring(&args.keys)?;
-    let desired = core::prepare_for(&pool, &state, keys.as_ref()).await?;
-    // Planning takes no lock: the plan is a preview, and `apply FILE` checks it for
-    // staleness. The transaction only gives one consistent snapshot.
-    let live = {
-        let mut tx = pool.begin().await?;
-        reconciler::store::load_state(&mut tx, &manifests.source).await?
-    };
-    let plan = core::plan_for(&live, &manifests.source, &desired)?;
-    print(&plan, args.format, &manifests.origin);
-    let refusals = guard(&args.guard).check(&plan, &live.state);
-    if !refusals.is_empty() {
-        for refusal in &refusals {
+    let desired = apply::prepare_for(&pool, &state, keys.as_ref()).await?;
+    let preview = pipeline::preview(&pool, &manifests.source, desired, &guard(&args.guard)).await?;
+    print(&preview.plan, args.format, &manifests.label);
+    if !preview.refusals.is_empty() {
+        for refusal in &preview.refusals {
             eprintln!("error: {refusal}");
         }
         return Ok(ExitCode::FAILURE);
     }
+    let changes = !preview.plan.is_empty();
     if let Some(out) = &args.out {
-        let saved = SavedPlan {
-            format: SavedPlan::FORMAT.into(),
-            source: manifests.source,
-            commit: manifests.commit,
-            desired: core::Desired::for_plan(desired, &plan),
-            plan: plan.clone(),
-        };
+        let saved = preview.save(manifests.source, manifests.commit);
         let json = serde_json::to_vec(&saved)?;
         std::fs::write(out, json).with_context(|| format!("cannot write {}", out.display()))?;
         eprintln!(
@@ -49,12 +37,11 @@ pub async fn run(args: PlanArgs) -> Result<ExitCode> {
             out.display()
         );
     }
-    Ok(match (args.detailed_exitcode, plan.is_empty()) {
-        (true, false) => ExitCode::from(2),
+    Ok(match (args.detailed_exitcode, changes) {
+        (true, true) => ExitCode::from(2),
         _ => ExitCode::SUCCESS,
     })
 }
-
 /// Prints `plan` in `format`; `title` heads the Markdown form.
 pub fn print(plan: &Plan, format: PlanFormat, title: &str) {
     match format {

@@ -5,8 +5,8 @@ use std::io::Read;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use reconciler::apply;
 use reconciler::secrets::{self, Keyring, Place, Plaintext, SecretError};
+use reconciler::{apply, pipeline};
 
 use super::keyring;
 use crate::cli::{KeyArgs, SecretCommand};
@@ -55,7 +55,7 @@ pub async fn run(command: SecretCommand) -> Result<ExitCode> {
             let keys = required(&keys)?;
             let pool = database::connect(&db, "secret reseal").await?;
             // The apply lock keeps an apply from writing secrets under the old key meanwhile.
-            let mut tx = apply::begin_locked(&pool, 30_000).await?;
+            let mut tx = pipeline::begin_locked(&pool, 30_000).await?;
             let count = apply::reseal(&mut tx, &keys).await?;
             tx.commit().await?;
             println!(

@@ -7,13 +7,14 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use reconciler::names::Policy;
 use reconciler::serve::Daemon;
-use reconciler::sync::{Policy, Settings, Source};
+use reconciler::sync::{Settings, Source};
 use serde::Deserialize;
 use tokio::sync::watch;
 
 use super::{guard, keyring};
-use crate::cli::{PolicyArg, ServeArgs, parse_duration};
+use crate::cli::{ServeArgs, parse_duration};
 use crate::database;
 
 pub async fn run(args: ServeArgs) -> Result<ExitCode> {
@@ -103,17 +104,13 @@ fn sources(args: &ServeArgs) -> Result<Vec<(Source, Duration)>> {
         Some(name) => name.clone(),
         None => default_name(&url)?,
     };
-    let policy = match args.policy {
-        PolicyArg::Auto => Policy::Auto,
-        PolicyArg::Manual => Policy::Manual,
-    };
     Ok(vec![(
         Source {
             name,
             url,
             branch: args.branch.clone(),
             path: args.path.clone(),
-            policy,
+            policy: args.policy,
         },
         args.poll_interval,
     )])

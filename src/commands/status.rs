@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use reconciler::store::{self, SourceStatus};
+use reconciler::names::{AttemptOutcome, SourceState, Trigger};
+use reconciler::store::{self, LatestAttempt, SourceStatus};
 
 use crate::cli::{DbArgs, Format};
 use crate::database;
@@ -25,7 +26,7 @@ pub async fn status(db: &DbArgs, format: Format) -> Result<ExitCode> {
             }
         }
     }
-    let failed = sources.iter().any(|s| s.state == "failed");
+    let failed = sources.iter().any(|s| s.state == SourceState::Failed);
     Ok(if failed {
         ExitCode::FAILURE
     } else {
@@ -97,8 +98,8 @@ pub async fn sync(db: &DbArgs, source: &str, wait: Duration, no_wait: bool) -> R
             }
         );
     }
-    let before = store::latest_attempt(&pool, source).await?.map(|a| a.0);
-    store::request_sync(&pool, source, "request").await?;
+    let before = store::latest_attempt(&pool, source).await?.map(|a| a.id);
+    store::request_sync(&pool, source, Trigger::Request).await?;
     if no_wait {
         println!("Sync of `{source}` requested.");
         return Ok(ExitCode::SUCCESS);
@@ -106,7 +107,12 @@ pub async fn sync(db: &DbArgs, source: &str, wait: Duration, no_wait: bool) -> R
     let started = Instant::now();
     while started.elapsed() < wait {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let Some((id, outcome, message)) = store::latest_attempt(&pool, source).await? else {
+        let Some(LatestAttempt {
+            id,
+            outcome,
+            message,
+        }) = store::latest_attempt(&pool, source).await?
+        else {
             continue;
         };
         if Some(id) == before {
@@ -116,7 +122,7 @@ pub async fn sync(db: &DbArgs, source: &str, wait: Duration, no_wait: bool) -> R
         if let Some(message) = message {
             println!("{message}");
         }
-        return Ok(if outcome == "failed" {
+        return Ok(if outcome == AttemptOutcome::Failed {
             ExitCode::FAILURE
         } else {
             ExitCode::SUCCESS

@@ -37,7 +37,7 @@ pub fn load(manifests: &Manifests) -> Result<DesiredState> {
     result.map_err(|diagnostics| {
         anyhow::anyhow!(
             "the manifests in {} are invalid ({} {}); nothing was planned",
-            manifests.origin,
+            manifests.label,
             diagnostics.len(),
             plural("problem", diagnostics.len())
         )

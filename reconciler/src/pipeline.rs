@@ -1,0 +1,201 @@
+//! The one path from desired state to written state, shared by `meshploy plan`, `meshploy
+//! apply`, the reconciler's syncs, and (next) PR comments and the console.
+//!
+//! ```text
+//! lock(pool, source) ─▶ Locked ──plan(desired)──▶ Planned ──check(guard)──▶ Checked ──apply──▶ revision
+//!                             └──saved(file)───▶ (stale check)
+//! ```
+//!
+//! Each step consumes the previous value and returns the only value the next step accepts,
+//! so the checks live in the types: a [`Planned`] exists only after the ownership check (and,
+//! for a saved plan, the staleness check) against the locked state, and a [`Checked`] only
+//! after the guard. [`Checked::apply`] is the only way to write the state, inside the
+//! transaction that took the lock; dropping any of them rolls back. [`preview`] is the same
+//! plan without the lock, for `meshploy plan` and PR comments.
+
+use sqlx::{PgPool, Postgres, Transaction};
+
+use crate::Error;
+use crate::apply::{self, Desired, SavedPlan};
+use crate::error::db;
+use crate::plan::{self, Guard, Plan, Refusal};
+use crate::secrets::Keyring;
+use crate::store::{self, Live, RevisionMeta, locks};
+
+/// Begins a transaction holding the apply lock, waiting up to `timeout_ms` for it.
+pub async fn begin_locked(
+    pool: &PgPool,
+    timeout_ms: u64,
+) -> Result<Transaction<'static, Postgres>, Error> {
+    let mut tx = pool.begin().await.map_err(db("beginning the apply"))?;
+    if locks::try_apply_lock(&mut tx, timeout_ms).await? {
+        return Ok(tx);
+    }
+    tx.rollback()
+        .await
+        .map_err(db("giving up on the apply lock"))?;
+    let holder = locks::apply_lock_holder(pool)
+        .await?
+        .unwrap_or_else(|| "a session that has since finished".into());
+    Err(Error::Locked {
+        holder,
+        waited_ms: timeout_ms,
+    })
+}
+
+/// A transaction holding the apply lock, with the live state as one source sees it.
+#[derive(Debug)]
+pub struct Locked {
+    tx: Transaction<'static, Postgres>,
+    source: String,
+    live: Live,
+}
+
+/// Takes the apply lock (waiting up to `timeout_ms`) and reads the state as `source` sees it.
+pub async fn lock(pool: &PgPool, source: &str, timeout_ms: u64) -> Result<Locked, Error> {
+    let mut tx = begin_locked(pool, timeout_ms).await?;
+    let live = store::load_state(&mut tx, source).await?;
+    Ok(Locked {
+        tx,
+        source: source.to_owned(),
+        live,
+    })
+}
+
+impl Locked {
+    /// The plan from the locked state to `desired`, refused if `desired` declares what
+    /// another source owns.
+    pub fn plan(self, desired: Desired) -> Result<Planned, Error> {
+        let plan = plan_for(&self.live, &self.source, &desired)?;
+        Ok(Planned {
+            locked: self,
+            plan,
+            desired,
+        })
+    }
+
+    /// A saved plan, refused if any resource it touches changed since it was made or if it
+    /// writes what another source owns.
+    pub fn saved(self, saved: SavedPlan) -> Result<Planned, Error> {
+        let stale = plan::stale(&saved.plan, &self.live.state);
+        if !stale.is_empty() {
+            return Err(Error::Stale(stale));
+        }
+        check_ownership(&self.live, &self.source, &saved.desired)?;
+        Ok(Planned {
+            locked: self,
+            plan: saved.plan,
+            desired: saved.desired,
+        })
+    }
+}
+
+/// A plan made under the apply lock, ownership checked; the guard comes next.
+#[derive(Debug)]
+pub struct Planned {
+    locked: Locked,
+    plan: Plan,
+    desired: Desired,
+}
+
+impl Planned {
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Passes the plan through `guard`: protected resources, whole projects, the share of
+    /// resources destroyed.
+    pub fn check(self, guard: &Guard) -> Result<Checked, Error> {
+        let refusals = guard.check(&self.plan, &self.locked.live.state);
+        if refusals.is_empty() {
+            Ok(Checked(self))
+        } else {
+            Err(Error::Refused(refusals))
+        }
+    }
+}
+
+/// A plan that passed every check against the locked state: the only thing that applies.
+#[derive(Debug)]
+pub struct Checked(Planned);
+
+impl Checked {
+    pub fn plan(&self) -> &Plan {
+        &self.0.plan
+    }
+
+    /// Writes the plan, records the revision, notifies listeners and commits; returns the
+    /// revision. Secrets that changed are opened with `keys` and sealed for their rows.
+    pub async fn apply(self, keys: Option<&Keyring>, meta: &RevisionMeta) -> Result<i64, Error> {
+        let Planned {
+            locked,
+            plan,
+            desired,
+        } = self.0;
+        let Locked { mut tx, live, .. } = locked;
+        let revision = apply::write(&mut tx, &plan, &desired, &live.state, keys, meta).await?;
+        tx.commit().await.map_err(db("committing the apply"))?;
+        Ok(revision)
+    }
+}
+
+/// A plan made without the lock: what `meshploy plan` shows and saves.
+#[derive(Debug)]
+pub struct Preview {
+    pub plan: Plan,
+    /// Why the guard would refuse the plan at apply, if it would.
+    pub refusals: Vec<Refusal>,
+    desired: Desired,
+}
+
+/// Plans `desired` for `source` against one consistent snapshot, without the lock: the plan
+/// is a preview, and applying it as a saved plan checks it for staleness.
+pub async fn preview(
+    pool: &PgPool,
+    source: &str,
+    desired: Desired,
+    guard: &Guard,
+) -> Result<Preview, Error> {
+    let live = {
+        let mut tx = pool.begin().await.map_err(db("beginning the plan"))?;
+        store::load_state(&mut tx, source).await?
+    };
+    let plan = plan_for(&live, source, &desired)?;
+    let refusals = guard.check(&plan, &live.state);
+    Ok(Preview {
+        plan,
+        refusals,
+        desired,
+    })
+}
+
+impl Preview {
+    /// The plan as a file for `meshploy apply FILE`: what it writes and nothing else.
+    pub fn save(self, source: String, commit: Option<String>) -> SavedPlan {
+        SavedPlan {
+            format: SavedPlan::FORMAT.into(),
+            source,
+            commit,
+            desired: self.desired.for_plan(&self.plan),
+            plan: self.plan,
+        }
+    }
+}
+
+fn plan_for(live: &Live, source: &str, desired: &Desired) -> Result<Plan, Error> {
+    check_ownership(live, source, desired)?;
+    Ok(plan::diff(&desired.entries, &live.state))
+}
+
+/// Refuses `desired` if it declares what a source other than `source` owns.
+fn check_ownership(live: &Live, source: &str, desired: &Desired) -> Result<(), Error> {
+    let conflicts = plan::conflicts(&desired.entries, &live.foreign);
+    if conflicts.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Conflict {
+            source_name: source.to_owned(),
+            conflicts,
+        })
+    }
+}

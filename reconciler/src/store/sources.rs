@@ -1,0 +1,211 @@
+//! Tracked sources, their sync attempts, and sync requests.
+
+use sqlx::PgPool;
+
+use crate::Error;
+use crate::error::db;
+use crate::names::{AttemptOutcome, Policy, SourceState, Trigger};
+
+/// The channel that asks the active reconciler to sync one source now; the payload is
+/// `{"source": NAME, "trigger": TRIGGER}`.
+pub const SYNC_CHANNEL: &str = "meshploy_sync";
+
+/// A tracked source as registered by `meshploy serve`.
+#[derive(Clone, Debug)]
+pub struct SourceRow<'a> {
+    pub name: &'a str,
+    pub url: &'a str,
+    pub branch: &'a str,
+    pub path: &'a str,
+    pub policy: Policy,
+}
+
+/// Registers a source, or updates where it points; its sync history is kept.
+pub async fn upsert_source(pool: &PgPool, source: &SourceRow<'_>) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO sources (name, url, branch, path, policy) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (name) DO UPDATE SET url = $2, branch = $3, path = $4, policy = $5, \
+             updated_at = now() \
+         WHERE (sources.url, sources.branch, sources.path, sources.policy) \
+               IS DISTINCT FROM ($2, $3, $4, $5)",
+    )
+    .bind(source.name)
+    .bind(source.url)
+    .bind(source.branch)
+    .bind(source.path)
+    .bind(source.policy)
+    .execute(pool)
+    .await
+    .map_err(db("registering a source"))?;
+    Ok(())
+}
+
+/// Where a source stands, as `meshploy status` shows it.
+#[derive(Clone, Debug, sqlx::FromRow, serde::Serialize)]
+pub struct SourceStatus {
+    pub name: String,
+    pub url: String,
+    pub branch: String,
+    pub path: String,
+    pub policy: Policy,
+    pub state: SourceState,
+    pub last_seen_commit: Option<String>,
+    pub last_applied_commit: Option<String>,
+    pub last_revision: Option<i64>,
+    pub message: Option<String>,
+    /// The last attempt's outcome as data (see [`crate::sync::Detail`]).
+    pub detail: Option<serde_json::Value>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub checked_at: Option<time::OffsetDateTime>,
+    /// The newest attempt, if any.
+    pub attempt_id: Option<i64>,
+    pub trigger: Option<Trigger>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<time::OffsetDateTime>,
+    pub rewritten_from: Option<String>,
+    pub fetch_ms: Option<i32>,
+    pub total_ms: Option<i32>,
+}
+
+/// Every registered source with its newest attempt, by name.
+pub async fn source_statuses(pool: &PgPool) -> Result<Vec<SourceStatus>, Error> {
+    sqlx::query_as(
+        "SELECT s.name, s.url, s.branch, s.path, s.policy, s.state, s.last_seen_commit, \
+                s.last_applied_commit, s.last_revision, s.message, s.detail, s.checked_at, \
+                a.id AS attempt_id, a.trigger, a.finished_at, a.rewritten_from, \
+                a.fetch_ms, a.total_ms \
+         FROM sources s LEFT JOIN LATERAL \
+             (SELECT * FROM sync_attempts WHERE source = s.name ORDER BY id DESC LIMIT 1) a \
+             ON true \
+         ORDER BY s.name",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(db("reading the sources"))
+}
+
+/// Where a source stands before a sync: its state and last applied commit.
+#[derive(Clone, Debug, Default, sqlx::FromRow)]
+pub struct SourcePosition {
+    pub state: Option<SourceState>,
+    pub last_applied_commit: Option<String>,
+}
+
+/// The state and last applied commit of one source.
+pub async fn source_position(pool: &PgPool, name: &str) -> Result<Option<SourcePosition>, Error> {
+    sqlx::query_as("SELECT state, last_applied_commit FROM sources WHERE name = $1")
+        .bind(name)
+        .fetch_optional(pool)
+        .await
+        .map_err(db("reading where a source stands"))
+}
+
+/// Records that a source was checked and found unchanged (no attempt row: polls every
+/// minute would bury the attempts that did something).
+pub async fn touch_source(pool: &PgPool, name: &str) -> Result<(), Error> {
+    sqlx::query("UPDATE sources SET checked_at = now() WHERE name = $1")
+        .bind(name)
+        .execute(pool)
+        .await
+        .map_err(db("marking a source checked"))?;
+    Ok(())
+}
+
+/// Marks a source as applying `commit`.
+pub async fn mark_applying(pool: &PgPool, name: &str, commit: &str) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE sources SET state = $3, last_seen_commit = $2, checked_at = now(), \
+             updated_at = now() WHERE name = $1",
+    )
+    .bind(name)
+    .bind(commit)
+    .bind(SourceState::Applying)
+    .execute(pool)
+    .await
+    .map_err(db("marking a source applying"))?;
+    Ok(())
+}
+
+/// One finished sync attempt.
+#[derive(Clone, Debug)]
+pub struct Attempt<'a> {
+    pub source: &'a str,
+    pub trigger: Trigger,
+    pub started_at: time::OffsetDateTime,
+    pub commit: Option<&'a str>,
+    pub rewritten_from: Option<&'a str>,
+    pub outcome: AttemptOutcome,
+    /// The outcome for people: why it failed, or what a manual source waits to apply.
+    pub message: Option<String>,
+    /// The same outcome as data (JSON): diagnostics, refusals, conflicts, summaries.
+    pub detail: Option<serde_json::Value>,
+    pub revision: Option<i64>,
+    pub fetch_ms: i32,
+    pub total_ms: i32,
+}
+
+/// Records an attempt and moves the source to its outcome, in one statement. The last
+/// applied commit moves only when the attempt synced.
+pub async fn record_attempt(pool: &PgPool, attempt: &Attempt<'_>) -> Result<i64, Error> {
+    sqlx::query_scalar(
+        "WITH a AS ( \
+             INSERT INTO sync_attempts (source, trigger, started_at, commit_id, rewritten_from, \
+                 outcome, message, detail, revision_id, fetch_ms, total_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id), \
+         s AS ( \
+             UPDATE sources SET state = $12, message = $7, detail = $8, checked_at = now(), \
+                 updated_at = now(), \
+                 last_seen_commit = coalesce($4, last_seen_commit), \
+                 last_applied_commit = CASE WHEN $13 THEN $4 ELSE last_applied_commit END, \
+                 last_revision = coalesce($9, last_revision) \
+             WHERE name = $1) \
+         SELECT id FROM a",
+    )
+    .bind(attempt.source)
+    .bind(attempt.trigger)
+    .bind(attempt.started_at)
+    .bind(attempt.commit)
+    .bind(attempt.rewritten_from)
+    .bind(attempt.outcome)
+    .bind(attempt.message.as_deref())
+    .bind(&attempt.detail)
+    .bind(attempt.revision)
+    .bind(attempt.fetch_ms)
+    .bind(attempt.total_ms)
+    .bind(attempt.outcome.state())
+    .bind(attempt.outcome == AttemptOutcome::Synced)
+    .fetch_one(pool)
+    .await
+    .map_err(db("recording a sync attempt"))
+}
+
+/// The newest attempt of a source.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct LatestAttempt {
+    pub id: i64,
+    pub outcome: AttemptOutcome,
+    pub message: Option<String>,
+}
+
+/// The newest attempt of a source, if any.
+pub async fn latest_attempt(pool: &PgPool, source: &str) -> Result<Option<LatestAttempt>, Error> {
+    sqlx::query_as(
+        "SELECT id, outcome, message FROM sync_attempts WHERE source = $1 ORDER BY id DESC LIMIT 1",
+    )
+    .bind(source)
+    .fetch_optional(pool)
+    .await
+    .map_err(db("reading the latest sync attempt"))
+}
+
+/// Asks the active reconciler, whichever process it is, to sync `source` now.
+pub async fn request_sync(pool: &PgPool, source: &str, trigger: Trigger) -> Result<(), Error> {
+    let payload = serde_json::json!({ "source": source, "trigger": trigger }).to_string();
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(SYNC_CHANNEL)
+        .bind(payload)
+        .execute(pool)
+        .await
+        .map_err(db("requesting a sync"))?;
+    Ok(())
+}
