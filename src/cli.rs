@@ -234,7 +234,7 @@ pub struct ServeArgs {
     #[arg(long, default_value = "", requires = "repo")]
     pub path: String,
     /// `auto` applies each new commit; `manual` only plans and reports out-of-sync.
-    #[arg(long, default_value = "auto", requires = "repo")]
+    #[arg(long, default_value_t = reconciler::names::Policy::Auto, requires = "repo")]
     pub policy: reconciler::names::Policy,
     /// How often to check sources when no webhook or file change says so.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]

@@ -228,7 +228,50 @@ pub enum Build {
 }
 
 impl Build {
-    pub const STRATEGIES: &[&str] = &["auto", "dockerfile", "nixpacks", "railpack", "command"];
+    pub fn strategy(&self) -> Strategy {
+        match self {
+            Build::Auto => Strategy::Auto,
+            Build::Dockerfile { .. } => Strategy::Dockerfile,
+            Build::Nixpacks => Strategy::Nixpacks,
+            Build::Railpack => Strategy::Railpack,
+            Build::Command { .. } => Strategy::Command,
+        }
+    }
+}
+
+/// The build strategies, by the names manifests use for them (`build.strategy`). This is the
+/// one mapping between the names and the strategies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Strategy {
+    Auto,
+    Dockerfile,
+    Nixpacks,
+    Railpack,
+    Command,
+}
+
+impl Strategy {
+    pub const ALL: [Strategy; 5] = [
+        Strategy::Auto,
+        Strategy::Dockerfile,
+        Strategy::Nixpacks,
+        Strategy::Railpack,
+        Strategy::Command,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Auto => "auto",
+            Strategy::Dockerfile => "dockerfile",
+            Strategy::Nixpacks => "nixpacks",
+            Strategy::Railpack => "railpack",
+            Strategy::Command => "command",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Strategy> {
+        Strategy::ALL.into_iter().find(|s| s.as_str() == name)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

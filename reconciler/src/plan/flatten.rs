@@ -32,16 +32,12 @@ pub fn flatten<E>(
                     f.text("source.git", &source.git);
                     f.text("source.ref", &source.git_ref);
                     f.text("source.path", &source.path);
-                    let (strategy, detail) = match build {
-                        Build::Auto => ("auto", None),
-                        Build::Nixpacks => ("nixpacks", None),
-                        Build::Railpack => ("railpack", None),
-                        Build::Dockerfile { dockerfile } => {
-                            ("dockerfile", Some(("build.dockerfile", dockerfile)))
-                        }
-                        Build::Command { command } => ("command", Some(("build.command", command))),
+                    let detail = match build {
+                        Build::Auto | Build::Nixpacks | Build::Railpack => None,
+                        Build::Dockerfile { dockerfile } => Some(("build.dockerfile", dockerfile)),
+                        Build::Command { command } => Some(("build.command", command)),
                     };
-                    f.text("build.strategy", strategy);
+                    f.text("build.strategy", build.strategy().as_str());
                     if let Some((path, value)) = detail {
                         f.text(path, value);
                     }

@@ -1,0 +1,159 @@
+//! Bytes to raw documents: YAML parsing under the limits, spread over cores.
+
+use serde_saphyr::{Budget, Options};
+
+use crate::diagnostic::{Code, Diagnostic};
+use crate::manifest::RawDocument;
+use crate::rules::{self};
+use crate::spanned::{Loc, Spanned};
+
+use super::{Limits, ManifestFile};
+
+/// Parses every file, spreading files over the available cores: YAML parsing dominates the
+/// loader's time and files are independent. Results come back in input order.
+pub(super) fn parse_all(files: &[ManifestFile], limits: &Limits) -> Vec<Parsed> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(8);
+    if threads == 1 || files.len() < 2 * threads {
+        return files.iter().map(|f| parse_file(f, limits)).collect();
+    }
+    let chunk = files.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = files
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|f| parse_file(f, limits))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| {
+                w.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
+}
+
+pub(super) type Parsed = Result<Vec<Spanned<RawDocument>>, Box<Diagnostic>>;
+
+fn parse_file(file: &ManifestFile, limits: &Limits) -> Parsed {
+    let whole_file = Loc::default();
+    if file.bytes.len() > limits.max_file_bytes {
+        return Err(Box::new(
+            Diagnostic::new(
+                &file.path,
+                whole_file,
+                Code::FileTooLarge,
+                format!(
+                    "file is {} bytes; manifest files are limited to {} bytes",
+                    file.bytes.len(),
+                    limits.max_file_bytes
+                ),
+            )
+            .with_hint(Some("split the manifests into several files".into())),
+        ));
+    }
+    let text = std::str::from_utf8(&file.bytes).map_err(|e| {
+        let valid = &file.bytes[..e.valid_up_to()];
+        let line = valid.iter().filter(|b| **b == b'\n').count() + 1;
+        let line_start = valid.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let column = String::from_utf8_lossy(&valid[line_start..])
+            .chars()
+            .count()
+            + 1;
+        let loc = Loc {
+            line: u32::try_from(line).unwrap_or(u32::MAX),
+            column: u32::try_from(column).unwrap_or(u32::MAX),
+            len: 1,
+        };
+        Box::new(
+            Diagnostic::new(
+                &file.path,
+                loc,
+                Code::InvalidUtf8,
+                "file is not valid UTF-8",
+            )
+            .with_hint(Some("save the file as UTF-8".into()))
+            .redacted(),
+        )
+    })?;
+    // Both option structs are non-exhaustive, so they are built by assignment.
+    let mut budget = Budget::default();
+    budget.max_documents = limits.max_documents_per_file;
+    budget.max_depth = limits.max_depth;
+    budget.max_nodes = limits.max_nodes_per_file;
+    let mut options = Options::default();
+    options.budget = Some(budget);
+    options.alias_limits.max_total_replayed_events = limits.max_alias_events_per_file;
+    options.alias_limits.max_replay_stack_depth = 16;
+    options.with_snippet = false;
+    let documents: Vec<Option<Spanned<RawDocument>>> =
+        serde_saphyr::from_multiple_with_options(text, options)
+            .map_err(|e| Box::new(yaml_diagnostic(&file.path, &e, limits)))?;
+    Ok(documents.into_iter().flatten().collect())
+}
+
+/// Turns a parser error into a diagnostic, with a suggestion for misspelt fields.
+fn yaml_diagnostic(path: &str, error: &serde_saphyr::Error, limits: &Limits) -> Diagnostic {
+    use serde_saphyr::Error as E;
+    let mut inner = error.without_snippet();
+    while let E::AliasError { error, .. } = inner {
+        inner = error.without_snippet();
+    }
+    let loc = error.location().map(Loc::from_saphyr).unwrap_or_default();
+    let message =
+        serde_saphyr::MessageFormatter::format_message(&serde_saphyr::UserMessageFormatter, inner)
+            .into_owned();
+    let (code, message, hint) = match inner {
+        E::SerdeUnknownField {
+            field, expected, ..
+        } => {
+            let hint = match rules::closest(field, expected.iter().copied()) {
+                Some(near) => format!("did you mean `{near}`?"),
+                None if expected.is_empty() => "this mapping has no fields".to_owned(),
+                None => format!("expected one of: {}", expected.join(", ")),
+            };
+            (
+                Code::UnknownField,
+                format!("unknown field `{field}`"),
+                Some(hint),
+            )
+        }
+        E::SerdeMissingField { field, .. } => {
+            (Code::MissingField, format!("missing field `{field}`"), None)
+        }
+        E::Budget { .. }
+        | E::AliasReplayLimitExceeded { .. }
+        | E::AliasExpansionLimitExceeded { .. }
+        | E::AliasReplayStackDepthExceeded { .. }
+        | E::AliasReplayCounterOverflow { .. } => (
+            Code::YamlLimit,
+            message,
+            Some(format!(
+                "manifests are limited to {} documents, {} levels of nesting and {} alias-expanded nodes per file",
+                limits.max_documents_per_file, limits.max_depth, limits.max_alias_events_per_file
+            )),
+        ),
+        E::SerdeInvalidType { .. }
+        | E::SerdeInvalidValue { .. }
+        | E::InvalidScalar { .. }
+        | E::InvalidBooleanStrict { .. }
+        | E::NullIntoString { .. }
+        | E::SerdeInvalidLength { .. }
+        | E::Message { .. } => (Code::InvalidType, message, None),
+        _ => (Code::YamlSyntax, message, None),
+    };
+    // A document count breach is its own code, so tools can tell it from an alias bomb.
+    let code = if code == Code::YamlLimit && message.contains("documents") {
+        Code::TooManyDocuments
+    } else {
+        code
+    };
+    Diagnostic::new(path, loc, code, message).with_hint(hint)
+}
