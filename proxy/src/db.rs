@@ -11,8 +11,9 @@ use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Row};
 use tokio::sync::{Notify, OnceCell};
 
+use crate::error::ProxyError;
+use crate::shared::Shared;
 use crate::table::{Builder, EndpointRow, RouteRow};
-use crate::{ProxyError, Shared};
 
 /// Channels whose notifications may change the table: applies, and endpoint writes.
 const CHANNELS: [&str; 2] = ["meshploy_revisions", "meshploy_endpoints"];

@@ -1,30 +1,23 @@
-//! One request through the proxy: find the route, pick the target, rewrite the headers,
-//! forward with a timeout, turn failures into 502/503/504, and splice upgraded connections.
+//! One request through the proxy: find the route, rewrite the headers, hand the request to
+//! the worker's upstream pool (which owns timeouts, endpoint choice and every retry), turn a
+//! failure into 502/503/504, and splice upgraded connections.
 
-use std::collections::hash_map::RandomState;
 use std::convert::Infallible;
-use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use bytes::Bytes;
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 
+use crate::body::{Body, boxed, plain};
 use crate::db;
+use crate::shared::{Shared, X_REQUEST_ID};
 use crate::table::{Found, Route, Target, normalize_host};
-use crate::{Shared, Worker};
+use crate::upstream::{Outgoing, Upstreams};
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub type Body = UnsyncBoxBody<Bytes, BoxError>;
-
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -43,39 +36,6 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::PROXY_AUTHORIZATION,
 ];
 
-/// Request ids for requests that come without one: a random per-process prefix and a counter,
-/// unique across replicas without coordination.
-#[derive(Debug)]
-pub struct RequestIds {
-    prefix: u64,
-    next: AtomicU64,
-}
-
-impl Default for RequestIds {
-    fn default() -> RequestIds {
-        RequestIds {
-            prefix: RandomState::new().build_hasher().finish(),
-            next: AtomicU64::new(0),
-        }
-    }
-}
-
-impl RequestIds {
-    fn keep_or_make(&self, headers: &HeaderMap) -> HeaderValue {
-        let given = headers.get(&X_REQUEST_ID).filter(|v| {
-            !v.is_empty() && v.len() <= 200 && v.as_bytes().iter().all(u8::is_ascii_graphic)
-        });
-        match given {
-            Some(value) => value.clone(),
-            None => {
-                let n = self.next.fetch_add(1, Ordering::Relaxed);
-                HeaderValue::try_from(format!("{:016x}{n:016x}", self.prefix))
-                    .unwrap_or(HeaderValue::from_static("0"))
-            }
-        }
-    }
-}
-
 /// The client connection a request came on: its address, and its IP as it goes into
 /// X-Forwarded-For, made once per connection rather than once per request.
 #[derive(Debug)]
@@ -92,9 +52,17 @@ impl Peer {
     }
 }
 
+/// What a worker thread forwards with: the shared state and the thread's own upstream pool,
+/// so a client connection, its requests and their upstream connections stay on one thread.
+#[derive(Debug)]
+pub struct Forwarder {
+    pub shared: Arc<Shared>,
+    pub upstreams: Upstreams,
+}
+
 /// The hyper service: every request gets an answer, so the error type is `Infallible`.
 pub async fn handle(
-    worker: Arc<Worker>,
+    worker: Arc<Forwarder>,
     peer: Arc<Peer>,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
@@ -127,7 +95,7 @@ pub async fn handle(
 }
 
 async fn proxy(
-    worker: &Worker,
+    worker: &Forwarder,
     peer: &Peer,
     mut request: Request<Incoming>,
     request_id: &HeaderValue,
@@ -176,13 +144,13 @@ async fn proxy(
         uri,
         headers,
     };
-    let response = match &route.target {
+    let sent = match &route.target {
         Target::Upstream { origin, host, .. } => {
             outgoing.headers.insert(header::HOST, host.clone());
-            match send(worker, origin, outgoing, boxed(body)).await {
-                Ok(response) => response,
-                Err(failure) => return failure.response(&route),
-            }
+            worker
+                .upstreams
+                .send(shared, origin, outgoing, boxed(body))
+                .await
         }
         Target::Service(backends) => {
             // A service sees the Host the client asked for (HTTP/2 clients send it as the
@@ -194,51 +162,16 @@ async fn proxy(
             {
                 outgoing.headers.insert(header::HOST, raw);
             }
-            let now = shared.metrics.now_ms();
-            // Without a body the request can go to another endpoint when one refuses it.
-            let retriable = body.is_end_stream();
-            let mut body = Some(boxed(body));
-            let mut outgoing = Some(outgoing);
-            let mut tries = 0;
-            loop {
-                let Some(endpoint) = backends.pick(now) else {
-                    return plain(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "service unavailable: no healthy endpoint\n",
-                    );
-                };
-                tries += 1;
-                let may_retry = retriable && tries < backends.len();
-                // Only a request that may go out again keeps a copy of its head.
-                let this = if may_retry {
-                    outgoing.clone()
-                } else {
-                    outgoing.take()
-                };
-                let (Some(this), body) = (this, body.take().unwrap_or_else(empty)) else {
-                    return plain(
-                        StatusCode::BAD_GATEWAY,
-                        "bad gateway: the upstream failed\n",
-                    );
-                };
-                match send(worker, &endpoint.origin, this, body).await {
-                    Ok(response) => break response,
-                    Err(failure) => {
-                        if matches!(failure, Failure::Connect(_) | Failure::Timeout) {
-                            let eject_for = shared.config.eject_for.as_millis() as u64;
-                            endpoint.eject(shared.metrics.now_ms() + eject_for);
-                            tracing::warn!(endpoint = &*endpoint.address, route = route.address, reason = %failure, "endpoint ejected");
-                        }
-                        let again = matches!(failure, Failure::Connect(_)) && may_retry;
-                        if !again {
-                            return failure.response(&route);
-                        }
-                    }
-                }
-            }
+            worker
+                .upstreams
+                .send_to_service(shared, backends, &route.address, outgoing, body)
+                .await
         }
     };
-    respond(response, client_upgrade)
+    match sent {
+        Ok(response) => respond(response, client_upgrade),
+        Err(failure) => failure.response(&route.address),
+    }
 }
 
 /// The route for a request; a host missing from the table is looked up (guarded) in case
@@ -257,66 +190,6 @@ async fn find(shared: &Shared, host: &str, path: &str) -> Option<Arc<Route>> {
     match shared.table.load().find(host, path) {
         Found::Route(route) => Some(Arc::clone(route)),
         Found::NoPath | Found::UnknownHost => None,
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum Failure {
-    #[error("cannot connect: {0}")]
-    Connect(String),
-    #[error("no response headers within the upstream timeout")]
-    Timeout,
-    #[error("the upstream failed: {0}")]
-    Upstream(String),
-}
-
-impl Failure {
-    fn response(&self, route: &Route) -> Response<Body> {
-        tracing::warn!(route = route.address, reason = %self, "upstream request failed");
-        match self {
-            Failure::Timeout => plain(
-                StatusCode::GATEWAY_TIMEOUT,
-                "gateway timeout: the upstream did not answer in time\n",
-            ),
-            Failure::Connect(_) | Failure::Upstream(_) => plain(
-                StatusCode::BAD_GATEWAY,
-                "bad gateway: the upstream failed\n",
-            ),
-        }
-    }
-}
-
-/// A request's head as it goes upstream: the URI in origin form, the headers rewritten.
-#[derive(Clone)]
-struct Outgoing {
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-}
-
-/// Sends a request to `origin` on the worker's pooled connections, within the upstream
-/// timeout (connecting included).
-async fn send(
-    worker: &Worker,
-    origin: &str,
-    outgoing: Outgoing,
-    body: Body,
-) -> Result<Response<Body>, Failure> {
-    let mut request = Request::new(body);
-    *request.method_mut() = outgoing.method;
-    *request.uri_mut() = outgoing.uri;
-    *request.version_mut() = Version::HTTP_11;
-    *request.headers_mut() = outgoing.headers;
-    let started = Instant::now();
-    let shared = &worker.shared;
-    let sent = worker.upstreams.send(origin, request);
-    match tokio::time::timeout(shared.config.upstream_timeout, sent).await {
-        Err(_) => Err(Failure::Timeout),
-        Ok(Err(failure)) => Err(failure),
-        Ok(Ok(response)) => {
-            shared.metrics.upstream_latency(started.elapsed());
-            Ok(response)
-        }
     }
 }
 
@@ -389,29 +262,6 @@ fn has_token(value: &HeaderValue, token: &str) -> bool {
         .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
-pub fn boxed<B>(body: B) -> Body
-where
-    B: hyper::body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    body.map_err(Into::into).boxed_unsync()
-}
-
-fn empty() -> Body {
-    boxed(Empty::<Bytes>::new())
-}
-
-/// A short plain-text answer of the proxy's own, with no internal detail.
-pub fn plain(status: StatusCode, text: impl Into<Bytes>) -> Response<Body> {
-    let mut response = Response::new(boxed(Full::new(text.into())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -455,17 +305,5 @@ mod tests {
         assert_eq!(headers[&X_FORWARDED_PROTO], "http");
         assert_eq!(headers[&X_FORWARDED_HOST], "Shop.example.com:8080");
         assert_eq!(headers[&X_REQUEST_ID], "abc");
-    }
-
-    #[test]
-    fn request_ids_are_kept_when_sane_and_made_otherwise() {
-        let ids = RequestIds::default();
-        let mut headers = HeaderMap::new();
-        headers.insert(X_REQUEST_ID, HeaderValue::from_static("req-42"));
-        assert_eq!(ids.keep_or_make(&headers), "req-42");
-        headers.insert(X_REQUEST_ID, HeaderValue::from_static("has space"));
-        let made = ids.keep_or_make(&headers);
-        assert_eq!(made.len(), 32);
-        assert_ne!(made, ids.keep_or_make(&HeaderMap::new()));
     }
 }

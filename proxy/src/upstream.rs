@@ -1,5 +1,7 @@
 //! A worker's connections to upstreams: HTTP/1.1 over plain TCP or TLS, kept alive and reused
-//! per origin.
+//! per origin. This module owns sending a request upstream, with its timeout and every retry:
+//! a request that a closed idle connection could not take goes out on a new connection, and
+//! a body-less request that a service endpoint refused goes to the next endpoint.
 //!
 //! Each worker thread has its own [`Upstreams`], so a connection is only ever driven by the
 //! thread whose requests use it. A connection goes back to the idle list when the response
@@ -20,10 +22,58 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tower_service::Service as _;
 
-use crate::Config;
+use hyper::header::HeaderMap;
+use hyper::{Method, StatusCode, Version};
 use report::causes;
 
-use crate::forward::{Body, BoxError, Failure, boxed};
+use crate::body::{Body, BoxError, boxed, empty, plain};
+use crate::config::Config;
+use crate::shared::Shared;
+use crate::table::Backends;
+
+/// A request's head as it goes upstream: the URI in origin form, the headers rewritten.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+}
+
+/// Why a request got no response from upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("no response headers within the upstream timeout")]
+    Timeout,
+    #[error("the upstream failed: {0}")]
+    Upstream(String),
+    #[error("no healthy endpoint")]
+    NoEndpoint,
+}
+
+impl Failure {
+    /// The client's answer: 503 without an endpoint, 504 on a timeout, 502 otherwise.
+    pub fn response(&self, route: &str) -> Response<Body> {
+        if let Failure::NoEndpoint = self {
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service unavailable: no healthy endpoint\n",
+            );
+        }
+        tracing::warn!(route, reason = %self, "upstream request failed");
+        match self {
+            Failure::Timeout => plain(
+                StatusCode::GATEWAY_TIMEOUT,
+                "gateway timeout: the upstream did not answer in time\n",
+            ),
+            _ => plain(
+                StatusCode::BAD_GATEWAY,
+                "bad gateway: the upstream failed\n",
+            ),
+        }
+    }
+}
 
 /// Idle connections kept per origin and worker; past it, a finished connection is closed.
 /// nginx's `keepalive` directive bounds the same thing.
@@ -60,10 +110,77 @@ impl Upstreams {
         }
     }
 
+    /// Sends a request to `origin` within the upstream timeout (connecting included), and
+    /// records its latency.
+    pub async fn send(
+        &self,
+        shared: &Shared,
+        origin: &str,
+        outgoing: Outgoing,
+        body: Body,
+    ) -> Result<Response<Body>, Failure> {
+        let mut request = Request::new(body);
+        *request.method_mut() = outgoing.method;
+        *request.uri_mut() = outgoing.uri;
+        *request.version_mut() = Version::HTTP_11;
+        *request.headers_mut() = outgoing.headers;
+        let started = Instant::now();
+        let sent = self.exchange(origin, request);
+        match tokio::time::timeout(shared.config.upstream_timeout, sent).await {
+            Err(_) => Err(Failure::Timeout),
+            Ok(Err(failure)) => Err(failure),
+            Ok(Ok(response)) => {
+                shared.metrics.upstream_latency(started.elapsed());
+                Ok(response)
+            }
+        }
+    }
+
+    /// Sends a request to one of a service's endpoints, round robin. An endpoint that refuses
+    /// the connection or times out is ejected for a while; a request without a body that was
+    /// refused goes to the next endpoint, each endpoint tried at most once.
+    pub async fn send_to_service(
+        &self,
+        shared: &Shared,
+        backends: &Backends,
+        route: &str,
+        mut outgoing: Outgoing,
+        body: Incoming,
+    ) -> Result<Response<Body>, Failure> {
+        let now = shared.metrics.now_ms();
+        let retriable = body.is_end_stream();
+        let mut body = boxed(body);
+        let mut tries = 0;
+        loop {
+            let endpoint = backends.pick(now).ok_or(Failure::NoEndpoint)?;
+            tries += 1;
+            // Only a request that may go out again keeps a copy of its head.
+            let (this, kept) = if retriable && tries < backends.len() {
+                (outgoing.clone(), Some(outgoing))
+            } else {
+                (outgoing, None)
+            };
+            let this_body = std::mem::replace(&mut body, empty());
+            let failure = match self.send(shared, &endpoint.origin, this, this_body).await {
+                Ok(response) => return Ok(response),
+                Err(failure) => failure,
+            };
+            if matches!(failure, Failure::Connect(_) | Failure::Timeout) {
+                let eject_for = shared.config.eject_for.as_millis() as u64;
+                endpoint.eject(shared.metrics.now_ms() + eject_for);
+                tracing::warn!(endpoint = &*endpoint.address, route, reason = %failure, "endpoint ejected");
+            }
+            match kept {
+                Some(head) if matches!(failure, Failure::Connect(_)) => outgoing = head,
+                _ => return Err(failure),
+            }
+        }
+    }
+
     /// Sends `request` (its URI in origin form, its `Host` header set) to `origin`, on an idle
     /// connection when one is alive, otherwise on a new one. A request that an idle connection
     /// turns out unable to take (the upstream closed it meanwhile) goes out on a new one.
-    pub async fn send(
+    async fn exchange(
         &self,
         origin: &str,
         mut request: Request<Body>,
