@@ -26,10 +26,17 @@ fn main() -> ExitCode {
     // sqlx's TLS uses rustls with aws-lc-rs; installing it explicitly keeps a second provider
     // pulled in by another crate from making the choice ambiguous at run time.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    // Every command is one task at a time; the proxy starts its own worker threads.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build();
+    // `serve` answers HTTP while it reconciles, so planning thousands of resources must not
+    // hold up a health check: it gets a thread per core. Every other command is one task at
+    // a time (the proxy starts its own worker threads).
+    let runtime = match cli.command {
+        cli::Command::Serve(_) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+    };
     let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(error) => {

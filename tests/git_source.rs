@@ -1,24 +1,11 @@
 //! `meshploy plan` and `apply` reading a commit's tree (`--repo`), from a local repository,
 //! file:// and a real `git daemon`; and ownership between sources.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::plan_apply::{PROJECT, route, service};
-use crate::util::{Db, Dir, Remote, free_port, git, wait_for};
-
-/// A remote whose `deploy/` holds a project, services `a`..`c` and a route: five resources.
-fn shop_remote() -> (Remote, String) {
-    let remote = Remote::new();
-    remote.write("deploy/project.yaml", PROJECT);
-    for name in ["a", "b", "c"] {
-        remote.write(&format!("deploy/{name}.yaml"), &service(name, 1));
-    }
-    remote.write("deploy/route.yaml", &route("main", "/", "a"));
-    remote.write("README.md", "not a manifest\n");
-    let commit = remote.push("shop");
-    (remote, commit)
-}
+use crate::fixtures::{PROJECT, Process, listening, route, service, shop_remote};
+use crate::util::{Db, Dir, Remote, closed_port, git};
 
 #[test]
 fn apply_reads_the_commit_not_the_working_tree_and_records_it() {
@@ -92,42 +79,41 @@ fn apply_reads_the_commit_not_the_working_tree_and_records_it() {
     assert!(line.contains(&format!("{repo}//deploy")), "{line}");
 }
 
-/// A `git daemon` serving the parent of `bare` on a free loopback port; killed on drop.
+/// A `git daemon` serving the parent of `bare` on a loopback port; killed on drop.
 struct Daemon {
-    child: Child,
+    _process: Process,
     port: u16,
 }
 
 impl Daemon {
+    /// git daemon cannot bind port 0 and say which port it got, so it is given a port that
+    /// was free a moment ago, and started again on another if something took that one.
     fn start(remote: &Remote) -> Daemon {
-        let port = free_port();
         let base = remote.bare().parent().expect("a parent").to_path_buf();
-        let child = Command::new("git")
-            .args([
-                "daemon",
-                "--reuseaddr",
-                "--export-all",
-                "--listen=127.0.0.1",
-            ])
-            .arg(format!("--port={port}"))
-            .arg(format!("--base-path={}", base.display()))
-            .arg(&base)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start git daemon");
-        wait_for(Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-        })
-        .expect("git daemon listening");
-        Daemon { child, port }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for _ in 0..5 {
+            let port = closed_port();
+            let mut process = Process::spawn(
+                Command::new("git")
+                    .args([
+                        "daemon",
+                        "--reuseaddr",
+                        "--export-all",
+                        "--listen=127.0.0.1",
+                    ])
+                    .arg(format!("--port={port}"))
+                    .arg(format!("--base-path={}", base.display()))
+                    .arg(&base)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null()),
+            );
+            if listening(port, Duration::from_secs(10)) && !process.exited() {
+                return Daemon {
+                    _process: process,
+                    port,
+                };
+            }
+        }
+        panic!("git daemon did not start on any of five ports");
     }
 }
 
@@ -217,7 +203,7 @@ fn unreadable_sources_fail_with_what_and_where() {
     db.meshploy(&dir, &["plan", "--repo", "file:///nonexistent/repo.git"])
         .assert_fails_with("--ref is required with a repository URL");
     // Credentials in a URL never reach an error message.
-    let port = free_port();
+    let port = closed_port();
     let url = format!("git://deploy-bot:hunter2-token@127.0.0.1:{port}/bare.git");
     let refused = db.meshploy(&dir, &["plan", "--repo", &url, "--ref", "main"]);
     refused.assert_fails_with(&format!("cannot fetch git://***@127.0.0.1:{port}/bare.git"));

@@ -4,21 +4,8 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use crate::fixtures::{PROJECT, route, service};
 use crate::util::{Db, Dir};
-
-pub const PROJECT: &str = "apiVersion: meshploy.dev/v1\nkind: Project\nmetadata:\n  name: shop\n";
-
-pub fn service(name: &str, replicas: u32) -> String {
-    format!(
-        "apiVersion: meshploy.dev/v1\nkind: Service\nmetadata:\n  name: {name}\n  project: shop\nspec:\n  image: registry.example.com/{name}:1\n  port: 8080\n  replicas: {replicas}\n"
-    )
-}
-
-pub fn route(name: &str, path: &str, service: &str) -> String {
-    format!(
-        "apiVersion: meshploy.dev/v1\nkind: Route\nmetadata:\n  name: {name}\n  project: shop\nspec:\n  host: shop.example.com\n  path: {path}\n  service: {service}\n  port: 8080\n"
-    )
-}
 
 /// A project with services `a` to `e` and a route to `a`: seven resources.
 fn shop() -> Dir {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -17,35 +17,37 @@ use futures_util::{SinkExt, StreamExt};
 use reconciler::postgres::Cluster;
 use tokio::runtime::Runtime;
 
-use crate::util::{Db, Dir, free_port, meshploy, open_tempdir, wait_for};
+use crate::fixtures::{PROJECT, Process};
+use crate::util::{Db, Dir, closed_port, meshploy, open_tempdir, wait_every, wait_for};
 
-/// A running `meshploy proxy`, killed when dropped.
+/// A running `meshploy proxy` on ports it chose, killed when dropped.
 struct Proxy {
-    child: Child,
+    process: Process,
     port: u16,
     admin: u16,
 }
 
 impl Proxy {
     fn start(database_url: &str, extra: &[&str]) -> Proxy {
-        let (port, admin) = (free_port(), free_port());
-        let child = meshploy()
-            .arg("proxy")
-            .arg(format!("--listen=127.0.0.1:{port}"))
-            .arg(format!("--admin-listen=127.0.0.1:{admin}"))
-            .args(extra)
-            .env("DATABASE_URL", database_url)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start meshploy proxy");
-        let proxy = Proxy { child, port, admin };
-        wait_for(Duration::from_secs(20), || {
-            TcpStream::connect(("127.0.0.1", admin)).ok()
-        })
-        .expect("the proxy listens");
-        proxy
+        let (process, addresses) = Process::announced(
+            meshploy()
+                .arg("proxy")
+                .arg("--listen=127.0.0.1:0")
+                .arg("--admin-listen=127.0.0.1:0")
+                .args(extra)
+                .env("DATABASE_URL", database_url)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null()),
+            "meshploy proxy: listening on",
+        );
+        let [port, admin] = addresses[..] else {
+            panic!("the proxy announced {addresses:?}, not its two listeners");
+        };
+        Proxy {
+            process,
+            port: port.port(),
+            admin: admin.port(),
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -66,7 +68,7 @@ impl Proxy {
     }
 
     fn rss_peak_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.id()))
             .expect("proc status");
         status
             .lines()
@@ -76,18 +78,7 @@ impl Proxy {
     }
 
     fn terminate(&mut self) -> std::process::ExitStatus {
-        Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill");
-        self.child.wait().expect("wait for the proxy")
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.terminate()
     }
 }
 
@@ -160,7 +151,6 @@ fn route(name: &str, host: &str, path: &str, target: &str, strip: bool) -> Strin
     )
 }
 
-const PROJECT: &str = "apiVersion: meshploy.dev/v1\nkind: Project\nmetadata:\n  name: shop\n";
 const WEB: &str = "apiVersion: meshploy.dev/v1\nkind: Service\nmetadata:\n  name: web\n  project: shop\nspec:\n  image: registry.example.com/web:1\n  port: 8080\n";
 
 fn apply(db: &Db, dir: &Dir) {
@@ -220,7 +210,7 @@ fn routes_by_exact_wildcard_and_longest_prefix_with_forwarded_headers_as_a_read_
     apply(&db, &dir);
 
     // The proxy connects as a login role holding only `meshploy_proxy`.
-    let role = format!("proxy_{}", free_port());
+    let role = format!("proxy_{}", std::process::id());
     db.psql(&format!("CREATE ROLE {role} LOGIN IN ROLE meshploy_proxy"));
     let denied = db
         .psql_command_as(&role)
@@ -323,7 +313,7 @@ fn routes_by_exact_wildcard_and_longest_prefix_with_forwarded_headers_as_a_read_
 fn round_robin_over_endpoints_ejects_dead_ones_and_says_503_when_none_is_left() {
     let rt = runtime();
     let live: Vec<u16> = ["e1", "e2", "e3"].iter().map(|n| echo(&rt, n)).collect();
-    let dead = free_port();
+    let dead = closed_port();
     let db = Db::new();
     let dir = Dir::new();
     dir.write("project.yaml", PROJECT);
@@ -370,7 +360,7 @@ fn round_robin_over_endpoints_ejects_dead_ones_and_says_503_when_none_is_left() 
 
         // A request with a body is not repeated: a dead endpoint alone gives 502, then 503
         // while it is ejected.
-        set_endpoints(&db, &[free_port()]);
+        set_endpoints(&db, &[closed_port()]);
         let routed = wait_for(Duration::from_secs(5), || {
             let (status, _) = rt_free_get(&proxy, "web.test");
             (status != 200).then_some(status)
@@ -388,7 +378,7 @@ fn round_robin_over_endpoints_ejects_dead_ones_and_says_503_when_none_is_left() 
         };
         let response = post().await.expect("post");
         assert_eq!(response.status().as_u16(), 503);
-        set_endpoints(&db, &[free_port()]);
+        set_endpoints(&db, &[closed_port()]);
         tokio::time::sleep(Duration::from_millis(300)).await;
         let response = post().await.expect("post");
         assert_eq!(response.status().as_u16(), 502);
@@ -894,13 +884,7 @@ fn upstream_connections_are_reused_replaced_when_closed_and_idle_clients_are_cut
 }
 
 /// Polls `check` every 2 ms until it holds or `timeout` passes.
+/// Waits up to `timeout` for `check`, asking every 2 ms: fine enough to measure propagation.
 fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    false
+    wait_every(Duration::from_millis(2), timeout, || check().then_some(())).is_some()
 }

@@ -1,18 +1,20 @@
 //! `meshploy serve` end to end: pushes to real repositories applied, failures closed, force
 //! pushes followed, webhooks verified, and a standby taking over from a killed leader.
 
-use std::process::{Child, Stdio};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use crate::plan_apply::{PROJECT, route, service};
-use crate::util::{Db, Dir, Remote, free_port, git, http, wait_for};
+use crate::fixtures::{Process, service, shop_remote};
+use crate::util::{Db, Dir, Remote, git, http, wait_for};
 
-/// A running `meshploy serve`, killed (SIGKILL) when dropped.
+/// A running `meshploy serve` on a port it chose, killed (SIGKILL) when dropped.
 struct Serve {
-    child: Child,
+    _process: Process,
     port: u16,
     /// The working directory, which must outlive the process.
     _cwd: Dir,
@@ -20,28 +22,20 @@ struct Serve {
 
 impl Serve {
     fn start(db: &Db, args: &[&str]) -> Serve {
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
-        let mut all = vec!["serve", "--listen", &listen];
+        let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
         all.extend_from_slice(args);
         let cwd = Dir::new();
-        let child = db
-            .command(&cwd, &all)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start meshploy serve");
-        let serve = Serve {
-            child,
-            port,
+        let (process, addresses) = Process::announced(
+            db.command(&cwd, &all)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null()),
+            "meshploy serve: API on",
+        );
+        Serve {
+            _process: process,
+            port: addresses.first().expect("the API's address").port(),
             _cwd: cwd,
-        };
-        wait_for(Duration::from_secs(20), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-        })
-        .expect("meshploy serve listening");
-        serve
+        }
     }
 
     /// `leader` or `standby`, from the health endpoint.
@@ -50,13 +44,6 @@ impl Serve {
         assert_eq!(status, 200, "{body}");
         let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
         json["role"].as_str().unwrap_or_default().to_owned()
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -84,20 +71,6 @@ fn applied(db: &Db, commit: &str) -> serde_json::Value {
     wait_status(db, &format!("{commit} applied"), |s| {
         s["last_applied_commit"] == commit && s["state"] == "synced"
     })
-}
-
-/// A remote whose `deploy/` holds a project, services `a`..`c`, a route and a README: five
-/// resources. The README keeps `deploy/` in git when every manifest is deleted.
-fn shop_remote() -> (Remote, String) {
-    let remote = Remote::new();
-    remote.write("deploy/project.yaml", PROJECT);
-    for name in ["a", "b", "c"] {
-        remote.write(&format!("deploy/{name}.yaml"), &service(name, 1));
-    }
-    remote.write("deploy/route.yaml", &route("main", "/", "a"));
-    remote.write("deploy/README.md", "The shop's manifests.\n");
-    let commit = remote.push("shop");
-    (remote, commit)
 }
 
 #[test]
@@ -464,4 +437,54 @@ fn status_sync_and_configuration_errors_say_what_is_wrong() {
     drop(serve);
     db.meshploy(&dir, &["sync", "shop", "--wait", "1s"])
         .assert_fails_with("no reconciler synced `shop` within 1 s");
+}
+
+#[test]
+fn the_api_answers_within_100_ms_while_a_10000_resource_commit_is_synced() {
+    let db = Db::new();
+    let remote = Remote::new();
+    let resources =
+        crate::generate::write_repo(&remote.work().join("deploy"), 10_000).expect("generate");
+    assert!(resources >= 10_000);
+    let commit = remote.push("10,000 resources");
+    let bare = remote.bare();
+    let repo = bare.to_str().expect("utf-8 path");
+    let serve = Serve::start(
+        &db,
+        &["--repo", repo, "--path", "deploy", "--poll-interval", "1h"],
+    );
+    // The first sync starts as soon as the process leads; /healthz is asked throughout.
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (done, port) = (Arc::clone(&done), serve.port);
+        std::thread::spawn(move || {
+            let mut latencies = Vec::new();
+            while !done.load(Ordering::SeqCst) {
+                let started = Instant::now();
+                let (status, body) = http(port, "GET", "/healthz", &[], b"");
+                latencies.push(started.elapsed());
+                assert_eq!(status, 200, "{body}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            latencies
+        })
+    };
+    let synced = wait_for(Duration::from_secs(180), || {
+        let status = status(&db);
+        (status["state"] != "applying" && status["state"] != "pending").then_some(status)
+    })
+    .expect("the sync finished");
+    done.store(true, Ordering::SeqCst);
+    let latencies = sampler.join().expect("the sampler");
+    assert_eq!(synced["state"], "synced", "{synced:#}");
+    assert_eq!(synced["last_applied_commit"], commit.as_str());
+    // The check means something only if the sync took a while: at least ten health checks
+    // went out while it ran.
+    assert!(latencies.len() >= 10, "only {} samples", latencies.len());
+    let worst = latencies.iter().max().copied().unwrap_or_default();
+    assert!(
+        worst < Duration::from_millis(100),
+        "a health check took {worst:?} during the sync ({} samples)",
+        latencies.len()
+    );
 }

@@ -1,6 +1,11 @@
 //! End-to-end tests: they drive the `meshploy` binary as a user would.
 
 mod embedded_db;
+// Shared with the benchmarks; the tests use only the repository writer.
+mod fixtures;
+#[allow(dead_code)]
+#[path = "../examples/support/generate.rs"]
+mod generate;
 mod git_source;
 mod plan_apply;
 mod proxy;

@@ -327,8 +327,15 @@ impl Remote {
     }
 }
 
-/// Waits up to `timeout` for `check` to return something.
-pub fn wait_for<T>(
+/// Waits up to `timeout` for `check` to return something, asking every 50 ms.
+pub fn wait_for<T>(timeout: std::time::Duration, check: impl FnMut() -> Option<T>) -> Option<T> {
+    wait_every(std::time::Duration::from_millis(50), timeout, check)
+}
+
+/// Waits up to `timeout` for `check` to return something, asking every `interval`: a short
+/// interval for checks that measure how fast something happens.
+pub fn wait_every<T>(
+    interval: std::time::Duration,
     timeout: std::time::Duration,
     mut check: impl FnMut() -> Option<T>,
 ) -> Option<T> {
@@ -340,12 +347,13 @@ pub fn wait_for<T>(
         if std::time::Instant::now() > deadline {
             return None;
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::thread::sleep(interval);
     }
 }
 
-/// A free port on loopback (free when asked; the caller binds it soon after).
-pub fn free_port() -> u16 {
+/// A loopback port nothing listens on right now: for a connection that must be refused (a
+/// dead endpoint). Servers the tests start bind port 0 and announce their port instead.
+pub fn closed_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("bind a free port")

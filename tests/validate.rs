@@ -2,9 +2,8 @@
 
 use expect_test::expect;
 
+use crate::fixtures::PROJECT;
 use crate::util::{Dir, repo_root};
-
-const PROJECT: &str = "apiVersion: meshploy.dev/v1\nkind: Project\nmetadata:\n  name: shop\n";
 
 /// A service document; `spec` lines follow `spec:` on line 6, so the first one is line 7.
 fn service(name: &str, spec: &str) -> String {
