@@ -119,6 +119,26 @@ fn pushes_are_applied_failures_leave_the_state_and_force_pushes_are_followed() {
     );
     assert_eq!(failed["last_applied_commit"], second.as_str());
     assert_eq!(db.psql("SELECT count(*) FROM services"), "4");
+    // The same outcome as data, for the console and PR comments.
+    let detail = &failed["detail"];
+    assert_eq!(detail["kind"], "invalid", "{detail:#}");
+    assert_eq!(detail["total"], 1);
+    let diagnostic = &detail["diagnostics"][0];
+    assert_eq!(
+        (
+            &diagnostic["file"],
+            &diagnostic["line"],
+            &diagnostic["column"],
+            &diagnostic["code"]
+        ),
+        (
+            &serde_json::json!("deploy/e.yaml"),
+            &serde_json::json!(9),
+            &serde_json::json!(3),
+            &serde_json::json!("unknown-field")
+        )
+    );
+    assert_eq!(diagnostic["hint"], "did you mean `replicas`?");
 
     // Every manifest deleted: refused by the guard, nothing deleted.
     for name in ["project", "a", "b", "c", "d", "e", "route"] {
@@ -134,6 +154,11 @@ fn pushes_are_applied_failures_leave_the_state_and_force_pushes_are_followed() {
         "{message}"
     );
     assert_eq!(db.psql("SELECT count(*) FROM services"), "4");
+    assert_eq!(refused["detail"]["kind"], "refused");
+    assert_eq!(
+        refused["detail"]["refusals"][0],
+        serde_json::json!({ "reason": "projectDestroyed", "address": "project/shop" })
+    );
     let text = db.meshploy(&Dir::new(), &["status"]);
     assert_eq!(text.code, 1, "a failed source fails `status`");
     assert!(
