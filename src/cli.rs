@@ -242,6 +242,20 @@ pub struct ServeArgs {
     /// Address for the HTTP API.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: std::net::SocketAddr,
+    /// How long a client may take to send a request head; it also bounds how long an idle
+    /// kept-alive connection stays open.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+    /// How long a request may take, body included, before it is answered with 408.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// Connections the API keeps open at once; past it, new ones are closed at once, so idle
+    /// clients cannot exhaust the file descriptors that reconciling needs.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Connections one client address may keep open at once.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_ip: u32,
     /// Secret GitHub signs push webhooks with (X-Hub-Signature-256). Without it, webhooks
     /// are refused.
     #[arg(long, env = "MESHPLOY_WEBHOOK_SECRET", hide_env_values = true)]
@@ -299,6 +313,15 @@ pub struct ProxyArgs {
     /// Threads serving traffic (default: one per core).
     #[arg(long)]
     pub workers: Option<std::num::NonZeroUsize>,
+    /// Load balancers in front (addresses or networks, comma-separated, like 10.0.0.0/8):
+    /// their Forwarded, X-Real-IP and X-Forwarded-Port headers are kept. From other clients
+    /// they are dropped, and X-Real-IP is set to the client's address.
+    #[arg(long, value_delimiter = ',', env = "MESHPLOY_TRUSTED_PROXIES")]
+    pub trusted_proxies: Vec<proxy::Cidr>,
+    /// Upgrade protocols spliced through to backends (comma-separated). Other upgrades, h2c
+    /// among them, are forwarded as plain requests.
+    #[arg(long, value_delimiter = ',', default_value = "websocket")]
+    pub upgrade_protocols: Vec<String>,
     #[command(flatten)]
     pub db: DbArgs,
 }

@@ -396,12 +396,16 @@ fn round_robin_over_endpoints_ejects_dead_ones_and_says_503_when_none_is_left() 
 
 /// A blocking GET through the proxy, for polling from outside the runtime.
 fn rt_free_get(proxy: &Proxy, host: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", proxy.port)).expect("connect");
-    write!(
-        stream,
-        "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    raw(
+        proxy,
+        &format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
     )
-    .expect("send");
+}
+
+/// Sends `request` exactly as written (no client normalises it) and reads the whole answer.
+fn raw(proxy: &Proxy, request: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", proxy.port)).expect("connect");
+    stream.write_all(request.as_bytes()).expect("send");
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
     let status = response
@@ -887,4 +891,123 @@ fn upstream_connections_are_reused_replaced_when_closed_and_idle_clients_are_cut
 /// Waits up to `timeout` for `check`, asking every 2 ms: fine enough to measure propagation.
 fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     wait_every(Duration::from_millis(2), timeout, || check().then_some(())).is_some()
+}
+
+/// The JSON an `echo` upstream answered, from a raw response.
+fn echoed(response: &str) -> serde_json::Value {
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {response}"))
+}
+
+/// A proxy in front of one `echo` upstream, with routes `api.test/api` (stripped, to the
+/// upstream's `/public`), `app.test/app` and `*.wild.test`. The runtime serves the upstream.
+fn hostile_setup() -> (Runtime, Db, Proxy) {
+    let rt = runtime();
+    let port = echo(&rt, "up");
+    let db = Db::new();
+    let dir = Dir::new();
+    dir.write("project.yaml", PROJECT);
+    let to = |base: &str| format!("upstream: http://127.0.0.1:{port}{base}");
+    dir.write(
+        "routes.yaml",
+        [
+            route("api", "api.test", "/api", &to("/public"), true),
+            route("app", "app.test", "/app", &to(""), false),
+            route("wild", "*.wild.test", "/", &to(""), false),
+        ]
+        .join("---\n"),
+    );
+    apply(&db, &dir);
+    let proxy = Proxy::start(&db.url(), &[]);
+    (rt, db, proxy)
+}
+
+fn get_raw(proxy: &Proxy, host: &str, target: &str) -> (u16, String) {
+    raw(
+        proxy,
+        &format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+#[test]
+fn paths_are_matched_and_forwarded_normalised_so_none_leaves_its_prefix() {
+    let (_rt, _db, proxy) = hostile_setup();
+    for target in [
+        "/api/../secret.txt",
+        "/api/%2e%2e/secret.txt",
+        "/api/%2E%2E/secret.txt",
+        "/api/./../secret.txt",
+    ] {
+        let (status, response) = get_raw(&proxy, "api.test", target);
+        assert_eq!(status, 404, "{target} escaped its route:\n{response}");
+    }
+    for target in [
+        "/api/..%2fsecret.txt",
+        "/api/..%2Fsecret.txt",
+        "/../secret.txt",
+    ] {
+        let (status, response) = get_raw(&proxy, "api.test", target);
+        assert_eq!(status, 400, "{target}:\n{response}");
+    }
+    let (status, response) = get_raw(&proxy, "app.test", "/app/../admin");
+    assert_eq!(
+        status, 404,
+        "/app/../admin reached the service:\n{response}"
+    );
+    for (target, forwarded) in [
+        ("/api//../secret.txt", "/public/secret.txt"),
+        ("/api/x/../v1", "/public/v1"),
+        ("/api/%7Euser", "/public/~user"),
+    ] {
+        let (status, response) = get_raw(&proxy, "api.test", target);
+        assert_eq!(status, 200, "{target}:\n{response}");
+        assert_eq!(echoed(&response)["uri"], forwarded, "{target}");
+    }
+}
+
+#[test]
+fn two_hosts_an_empty_label_or_a_port_over_65535_are_bad_requests() {
+    let (_rt, _db, proxy) = hostile_setup();
+    let (status, _) = raw(
+        &proxy,
+        "GET / HTTP/1.1\r\nHost: a.wild.test\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 400, "two Host headers");
+    assert_eq!(
+        get_raw(&proxy, ".wild.test", "/").0,
+        400,
+        "an empty first label"
+    );
+    assert_eq!(
+        get_raw(&proxy, "a.wild.test:99999", "/").0,
+        400,
+        "a port over 65535"
+    );
+    assert_eq!(get_raw(&proxy, "a.wild.test:8080", "/").0, 200);
+}
+
+#[test]
+fn addresses_a_client_chose_never_reach_a_backend() {
+    let (_rt, _db, proxy) = hostile_setup();
+    let (status, response) = raw(
+        &proxy,
+        "GET / HTTP/1.1\r\nHost: a.wild.test\r\nForwarded: for=1.2.3.4\r\nX-Real-IP: 1.2.3.4\r\nX-Forwarded-Port: 443\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200, "{response}");
+    let headers = &echoed(&response)["headers"];
+    assert_eq!(headers.get("forwarded"), None, "{headers}");
+    assert_eq!(headers.get("x-forwarded-port"), None, "{headers}");
+    assert_eq!(headers["x-real-ip"], "127.0.0.1", "{headers}");
+}
+
+#[test]
+fn an_h2c_upgrade_is_forwarded_as_a_plain_request_not_spliced() {
+    let (_rt, _db, proxy) = hostile_setup();
+    let (status, response) = raw(
+        &proxy,
+        "GET / HTTP/1.1\r\nHost: a.wild.test\r\nConnection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    );
+    assert_eq!(status, 200, "{response}");
+    let headers = &echoed(&response)["headers"];
+    assert_eq!(headers.get("upgrade"), None, "{headers}");
 }

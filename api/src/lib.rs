@@ -5,6 +5,7 @@
 //! load balancer picks. Errors answer with a short plain message and never with a database
 //! error's text.
 
+mod server;
 mod webhook;
 
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use subtle::ConstantTimeEq;
 
+pub use server::{Limits, serve};
 pub use webhook::MAX_BODY_BYTES;
 
 /// What the handlers share.

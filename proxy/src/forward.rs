@@ -13,7 +13,9 @@ use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 
 use crate::body::{Body, boxed, plain};
+use crate::config::Cidr;
 use crate::db;
+use crate::path;
 use crate::shared::{Shared, X_REQUEST_ID};
 use crate::table::{Found, Route, Target, normalize_host};
 use crate::upstream::{Outgoing, Upstreams};
@@ -21,6 +23,8 @@ use crate::upstream::{Outgoing, Upstreams};
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), besides those the
 /// `Connection` header names.
@@ -36,19 +40,22 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::PROXY_AUTHORIZATION,
 ];
 
-/// The client connection a request came on: its address, and its IP as it goes into
-/// X-Forwarded-For, made once per connection rather than once per request.
+/// The client connection a request came on: its address, its IP as it goes into
+/// X-Forwarded-For, and whether it is a trusted proxy; made once per connection rather than
+/// once per request.
 #[derive(Debug)]
 pub struct Peer {
     pub addr: SocketAddr,
     ip: HeaderValue,
+    trusted: bool,
 }
 
 impl Peer {
-    pub fn new(addr: SocketAddr) -> Peer {
+    pub fn new(addr: SocketAddr, trusted_proxies: &[Cidr]) -> Peer {
         let ip = HeaderValue::try_from(addr.ip().to_string())
             .unwrap_or(HeaderValue::from_static("unknown"));
-        Peer { addr, ip }
+        let trusted = trusted_proxies.iter().any(|c| c.contains(addr.ip()));
+        Peer { addr, ip, trusted }
     }
 }
 
@@ -101,6 +108,19 @@ async fn proxy(
     request_id: &HeaderValue,
 ) -> Response<Body> {
     let shared = &*worker.shared;
+    // RFC 9112 §3.2: a request with more than one Host is refused, not routed by the first.
+    if request
+        .headers()
+        .get_all(header::HOST)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "bad request: more than one Host header\n",
+        );
+    }
     let raw_host = request
         .headers()
         .get(header::HOST)
@@ -113,23 +133,34 @@ async fn proxy(
             "bad request: no valid Host header\n",
         );
     };
-    let Some(route) = find(shared, &host, request.uri().path()).await else {
+    // The route is matched on the normalised path and exactly that path is forwarded, so a
+    // request can never leave the prefix it matched (see `path`).
+    let Ok(path) = path::normalize(request.uri().path()) else {
+        return plain(StatusCode::BAD_REQUEST, "bad request: invalid path\n");
+    };
+    let Some(route) = find(shared, &host, &path).await else {
         return plain(
             StatusCode::NOT_FOUND,
             "not found: no route for this host and path\n",
         );
     };
-    let Ok(uri) = Uri::try_from(route.forward_path(request.uri().path(), request.uri().query()))
-    else {
+    let Ok(uri) = Uri::try_from(route.forward_path(&path, request.uri().query())) else {
         return plain(StatusCode::BAD_REQUEST, "bad request: invalid path\n");
     };
-    let upgrade = request.headers().get(header::UPGRADE).cloned().filter(|_| {
-        request
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| has_token(v, "upgrade"))
-    });
+    // Only the configured protocols are spliced (`websocket`); any other upgrade, `h2c` above
+    // all, goes out as a plain request, since a splice would be a raw tunnel past routing.
+    let upgrade = request
+        .headers()
+        .get(header::UPGRADE)
+        .filter(|protocol| upgradable(protocol, &shared.config.upgrade_protocols))
+        .cloned()
+        .filter(|_| {
+            request
+                .headers()
+                .get_all(header::CONNECTION)
+                .iter()
+                .any(|v| has_token(v, "upgrade"))
+        });
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
     let (parts, body) = request.into_parts();
     let mut headers = parts.headers;
@@ -238,8 +269,16 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// X-Forwarded-For (the client appended), -Proto and -Host, and the request id.
+/// X-Forwarded-For (the client appended), -Proto and -Host, and the request id. From a
+/// client that is not a trusted proxy, `Forwarded` and `X-Forwarded-Port` are dropped and
+/// `X-Real-IP` is the client's own address, so a backend never reads an address the client
+/// chose.
 fn forwarded(headers: &mut HeaderMap, peer: &Peer, host: Option<&str>, request_id: &HeaderValue) {
+    if !peer.trusted {
+        headers.remove(header::FORWARDED);
+        headers.remove(&X_FORWARDED_PORT);
+        headers.insert(X_REAL_IP, peer.ip.clone());
+    }
     let chain = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(earlier) if !earlier.trim().is_empty() => {
             HeaderValue::try_from(format!("{earlier}, {}", peer.addr.ip())).ok()
@@ -254,6 +293,16 @@ fn forwarded(headers: &mut HeaderMap, peer: &Peer, host: Option<&str>, request_i
         headers.insert(X_FORWARDED_HOST, host);
     }
     headers.insert(X_REQUEST_ID, request_id.clone());
+}
+
+/// Whether an `Upgrade` header asks for one of `allowed` (a protocol name, with or without
+/// its `/version`). Only a single protocol is accepted.
+fn upgradable(protocol: &HeaderValue, allowed: &[String]) -> bool {
+    let Ok(text) = protocol.to_str() else {
+        return false;
+    };
+    let name = text.trim().split('/').next().unwrap_or_default();
+    !text.contains(',') && allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
 }
 
 fn has_token(value: &HeaderValue, token: &str) -> bool {
@@ -297,7 +346,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         forwarded(
             &mut headers,
-            &Peer::new(peer),
+            &Peer::new(peer, &[]),
             Some("Shop.example.com:8080"),
             &HeaderValue::from_static("abc"),
         );
@@ -305,5 +354,42 @@ mod tests {
         assert_eq!(headers[&X_FORWARDED_PROTO], "http");
         assert_eq!(headers[&X_FORWARDED_HOST], "Shop.example.com:8080");
         assert_eq!(headers[&X_REQUEST_ID], "abc");
+    }
+
+    #[test]
+    fn client_chosen_addresses_are_dropped_unless_a_trusted_proxy_sent_them() {
+        let spoofed = || {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::FORWARDED, HeaderValue::from_static("for=1.2.3.4"));
+            headers.insert(X_REAL_IP, HeaderValue::from_static("1.2.3.4"));
+            headers.insert(X_FORWARDED_PORT, HeaderValue::from_static("443"));
+            headers
+        };
+        let client: SocketAddr = "198.51.100.2:5555"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let id = HeaderValue::from_static("id");
+        let mut untrusted = spoofed();
+        forwarded(&mut untrusted, &Peer::new(client, &[]), None, &id);
+        assert_eq!(untrusted.get(header::FORWARDED), None);
+        assert_eq!(untrusted.get(&X_FORWARDED_PORT), None);
+        assert_eq!(untrusted[&X_REAL_IP], "198.51.100.2");
+        let balancer: Cidr = "198.51.100.0/24".parse().unwrap_or_else(|e| panic!("{e}"));
+        let mut trusted = spoofed();
+        forwarded(&mut trusted, &Peer::new(client, &[balancer]), None, &id);
+        assert_eq!(trusted[header::FORWARDED], "for=1.2.3.4");
+        assert_eq!(trusted[&X_REAL_IP], "1.2.3.4");
+        assert_eq!(trusted[&X_FORWARDED_PORT], "443");
+    }
+
+    #[test]
+    fn only_the_configured_protocols_are_upgraded() {
+        let allowed = ["websocket".to_owned()];
+        let check = |value: &'static str| upgradable(&HeaderValue::from_static(value), &allowed);
+        assert!(check("websocket"));
+        assert!(check("WebSocket"));
+        assert!(!check("h2c"));
+        assert!(!check("websocket, h2c"));
+        assert!(!check("tls/1.3"));
     }
 }

@@ -15,6 +15,7 @@ mod error;
 mod forward;
 mod idle;
 mod metrics;
+mod path;
 mod shared;
 mod table;
 mod upstream;
@@ -29,7 +30,7 @@ use arc_swap::ArcSwap;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::net::TcpListener;
 
-pub use config::Config;
+pub use config::{Cidr, Config};
 pub use error::ProxyError;
 
 use db::Lookups;

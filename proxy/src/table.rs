@@ -323,13 +323,17 @@ pub fn normalize_host(raw: &str) -> Option<String> {
         &raw[..end + 2]
     } else {
         match raw.rsplit_once(':') {
-            Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+            // RFC 9112 §3.2: a port is a number a TCP port can be.
+            Some((host, port)) if port.is_empty() || port.parse::<u16>().is_ok() => host,
             Some(_) => return None,
             None => raw,
         }
     };
     let host = host.strip_suffix('.').unwrap_or(host);
-    if host.is_empty() || host.bytes().any(|b| b.is_ascii_whitespace() || b == b'/') {
+    // An empty label (`.wild.test`, `a..b`) is no host name, and must not match a wildcard.
+    let empty_label = !host.starts_with('[') && host.split('.').any(str::is_empty);
+    if host.is_empty() || empty_label || host.bytes().any(|b| b.is_ascii_whitespace() || b == b'/')
+    {
         return None;
     }
     Some(host.to_ascii_lowercase())
@@ -461,6 +465,14 @@ mod tests {
         assert_eq!(normalize_host(":80"), None);
         assert_eq!(normalize_host("a:b"), None);
         assert_eq!(normalize_host("a b"), None);
+        assert_eq!(normalize_host(".wild.test"), None);
+        assert_eq!(normalize_host("a..wild.test"), None);
+        assert_eq!(normalize_host("shop.test:65536"), None);
+        assert_eq!(normalize_host("shop.test:99999999999"), None);
+        assert_eq!(
+            normalize_host("shop.test:65535").as_deref(),
+            Some("shop.test")
+        );
     }
 
     #[test]

@@ -60,7 +60,7 @@ pub fn run(
                 activity: Arc::clone(&activity),
             });
             let service_worker = Arc::clone(&worker);
-            let peer = Arc::new(Peer::new(peer));
+            let peer = Arc::new(Peer::new(peer, &shared.config.trusted_proxies));
             let service = hyper::service::service_fn(move |request| {
                 forward::handle(Arc::clone(&service_worker), Arc::clone(&peer), request)
             });

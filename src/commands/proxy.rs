@@ -24,6 +24,12 @@ pub async fn run(args: ProxyArgs) -> Result<ExitCode> {
         eject_for: args.eject_for,
         max_header_bytes: args.max_header_size as usize,
         access_log: args.access_log,
+        trusted_proxies: args.trusted_proxies,
+        upgrade_protocols: args
+            .upgrade_protocols
+            .iter()
+            .map(|p| p.to_ascii_lowercase())
+            .collect(),
         workers: args
             .workers
             .or_else(|| std::thread::available_parallelism().ok())

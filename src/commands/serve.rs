@@ -61,9 +61,15 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         let graceful = async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         };
-        axum::serve(listener, api::app(state)).with_graceful_shutdown(graceful)
+        let limits = api::Limits {
+            header_timeout: args.header_timeout,
+            request_timeout: args.request_timeout,
+            max_connections: args.max_connections as usize,
+            max_connections_per_ip: args.max_connections_per_ip as usize,
+        };
+        api::serve(listener, api::app(state), limits, graceful)
     };
-    let server = tokio::spawn(server.into_future());
+    let server = tokio::spawn(server);
     let signals = tokio::spawn(async move {
         shutdown_signal().await;
         eprintln!("meshploy serve: shutting down after the current sync");
@@ -71,7 +77,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     });
     daemon.run(stopped).await?;
     signals.abort();
-    server.await.context("the API server stopped")??;
+    server.await.context("the API server stopped")?;
     Ok(ExitCode::SUCCESS)
 }
 
