@@ -14,7 +14,7 @@ use crate::util::{Db, Dir, Remote, git, http, wait_for};
 
 /// A running `meshploy serve` on a port it chose, killed (SIGKILL) when dropped.
 struct Serve {
-    _process: Process,
+    process: Process,
     port: u16,
     /// The working directory, which must outlive the process.
     _cwd: Dir,
@@ -32,7 +32,7 @@ impl Serve {
             "meshploy serve: API on",
         );
         Serve {
-            _process: process,
+            process,
             port: addresses.first().expect("the API's address").port(),
             _cwd: cwd,
         }
@@ -512,4 +512,108 @@ fn the_api_answers_within_100_ms_while_a_10000_resource_commit_is_synced() {
         "a health check took {worst:?} during the sync ({} samples)",
         latencies.len()
     );
+}
+
+/// Open file descriptors of a process.
+fn open_files(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+#[test]
+fn idle_connections_are_capped_and_timed_out_and_the_api_still_answers() {
+    use std::io::{Read, Write};
+    let db = Db::new();
+    let (remote, first) = shop_remote();
+    let bare = remote.bare();
+    let repo = bare.to_str().expect("utf-8 path");
+    let serve = Serve::start(
+        &db,
+        &[
+            "--repo",
+            repo,
+            "--path",
+            "deploy",
+            "--poll-interval",
+            "1h",
+            "--max-connections-per-ip",
+            "20",
+            "--header-timeout",
+            "1s",
+        ],
+    );
+    applied(&db, &first);
+    let before = open_files(serve.process.id());
+    // 200 clients from 127.0.0.1 each send half a request head and wait.
+    let mut idle: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| {
+            let mut stream =
+                std::net::TcpStream::connect(("127.0.0.1", serve.port)).expect("connect");
+            stream
+                .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n")
+                .expect("half a head");
+            stream
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let held = open_files(serve.process.id());
+    assert!(
+        held < before + 40,
+        "the server holds {held} files with 200 idle clients ({before} before)"
+    );
+    // Another client is served meanwhile.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (status, body) = rt.block_on(readyz_from([127, 0, 0, 2], serve.port));
+    assert_eq!(status, 200, "{body}");
+    // A push is applied meanwhile.
+    remote.write("deploy/d.yaml", &service("d", 1));
+    let second = remote.push("add d");
+    applied(&db, &second);
+    // Every idle connection is closed by the server within the header timeout (and slack).
+    let started = Instant::now();
+    for stream in &mut idle {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut rest = Vec::new();
+        // Closed is an end of stream, or a reset (the server closed with our half head
+        // unread); a read that times out means the connection is still open.
+        let still_open = matches!(
+            stream.read_to_end(&mut rest),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+        );
+        assert!(
+            !still_open,
+            "an idle connection is still open after {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+/// `GET /readyz` from a given loopback source address: status and body.
+async fn readyz_from(source: [u8; 4], port: u16) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind((std::net::Ipv4Addr::from(source), 0).into())
+        .expect("bind the source address");
+    let mut stream = socket
+        .connect(([127, 0, 0, 1], port).into())
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("send");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response).await;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, response)
 }
