@@ -2,7 +2,7 @@
 //! revision being committed in PostgreSQL, over 20 pushes to a 1,000-resource repository.
 //!
 //! ```text
-//! cargo run --release --example bench_push [-- --resources 1000 --pushes 20]
+//! cargo run --release --example bench_push [-- --resources 1000 --pushes 20 --idle-connections 20000]
 //! ```
 //!
 //! Two triggers are measured, each with polling set to an hour so it cannot help:
@@ -13,6 +13,11 @@
 //!
 //! The commit is observed through LISTEN on the channel every apply notifies at commit, and
 //! checked against the revision row. Each push changes one project's description.
+//!
+//! With `--idle-connections N`, attacker processes (this program, `--attack`) keep N
+//! connections to the API from 127.0.0.3, each sending half a request head and opening a new
+//! one whenever the server closes it; every push is then also followed by a `GET /readyz`
+//! from 127.0.0.2, whose status and latency are reported.
 
 #[allow(dead_code)]
 #[path = "support/generate.rs"]
@@ -37,10 +42,14 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build();
-    match runtime
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = runtime
         .map_err(|e| e.to_string())
-        .and_then(|r| r.block_on(run()))
-    {
+        .and_then(|r| match &args[..] {
+            [mode, port, count] if mode == "--attack" => r.block_on(attack(port, count)),
+            _ => r.block_on(run()),
+        });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -52,13 +61,19 @@ fn main() -> ExitCode {
 async fn run() -> Result<(), String> {
     let mut resources = 1_000;
     let mut pushes = 20;
+    let mut idle = 0;
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
         let number = |v: &str| v.parse().map_err(|_| format!("`{v}` is not a number"));
         match pair {
             [flag, value] if flag == "--resources" => resources = number(value)?,
             [flag, value] if flag == "--pushes" => pushes = number(value)?,
-            _ => return Err("usage: bench_push [--resources N] [--pushes K]".into()),
+            [flag, value] if flag == "--idle-connections" => idle = number(value)?,
+            _ => {
+                return Err(
+                    "usage: bench_push [--resources N] [--pushes K] [--idle-connections C]".into(),
+                );
+            }
         }
     }
     let binary = measure::build_binary()?;
@@ -73,7 +88,16 @@ async fn run() -> Result<(), String> {
     cluster.start().map_err(|e| e.to_string())?;
     let mut result = Ok(());
     for trigger in [Trigger::Watch, Trigger::Webhook] {
-        result = bench(&binary, &cluster, dir.path(), resources, pushes, trigger).await;
+        result = bench(
+            &binary,
+            &cluster,
+            dir.path(),
+            resources,
+            pushes,
+            idle,
+            trigger,
+        )
+        .await;
         if result.is_err() {
             break;
         }
@@ -98,6 +122,7 @@ async fn bench(
     root: &Path,
     resources: usize,
     pushes: usize,
+    idle: usize,
     trigger: Trigger,
 ) -> Result<(), String> {
     let name = format!("{trigger:?}").to_lowercase();
@@ -150,6 +175,25 @@ async fn bench(
     );
     // The first sync applies everything.
     next_revision(&mut listener, Duration::from_secs(60)).await?;
+    // Each attacker process stays well under this machine's open-file limit.
+    let attackers: Vec<Server> = (0..idle.div_ceil(9_000))
+        .map(|i| {
+            let count = (idle - i * 9_000).min(9_000);
+            std::env::current_exe()
+                .and_then(|exe| {
+                    Command::new(exe)
+                        .args(["--attack", &port.to_string(), &count.to_string()])
+                        .spawn()
+                })
+                .map(Server)
+                .map_err(|e| format!("cannot start an attacker: {e}"))
+        })
+        .collect::<Result<_, _>>()?;
+    if idle > 0 {
+        // Let the attackers open their connections before the first push.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    let mut readyz = Vec::new();
 
     let mut latencies = Vec::with_capacity(pushes);
     for i in 0..pushes {
@@ -180,9 +224,14 @@ async fn bench(
             ));
         }
         latencies.push(latency);
+        if idle > 0 {
+            readyz.push(readyz_from([127, 0, 0, 2], port).await);
+        }
         // A pause between pushes, as people push; back-to-back pushes would coalesce.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let files = std::fs::read_dir(format!("/proc/{}/fd", serve.0.id())).map_or(0, Iterator::count);
+    drop(attackers);
     serve.stop();
     latencies.sort();
     let at = |q: f64| {
@@ -194,6 +243,83 @@ async fn bench(
         at(0.95).as_millis(),
         at(1.0).as_millis()
     );
+    if idle > 0 {
+        let answered = readyz.iter().filter(|(status, _)| *status == 200).count();
+        let mut times: Vec<Duration> = readyz.iter().map(|(_, t)| *t).collect();
+        times.sort();
+        println!(
+            "{name:>7} trigger under {idle} idle connections: /readyz 200 for {answered} of {}, p50 {} ms, max {} ms; serve held {files} open files",
+            readyz.len(),
+            times[times.len() / 2].as_millis(),
+            times.last().copied().unwrap_or_default().as_millis()
+        );
+    }
+    Ok(())
+}
+
+/// `GET /readyz` from a loopback source address: the status (0 if there was no answer) and
+/// how long it took.
+async fn readyz_from(source: [u8; 4], port: u16) -> (u16, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = Instant::now();
+    let answer = async {
+        let socket = tokio::net::TcpSocket::new_v4().ok()?;
+        socket
+            .bind((std::net::Ipv4Addr::from(source), 0).into())
+            .ok()?;
+        let mut stream = socket.connect(([127, 0, 0, 1], port).into()).await.ok()?;
+        stream
+            .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.ok()?;
+        response.split(' ').nth(1)?.parse().ok()
+    };
+    let status = tokio::time::timeout(Duration::from_secs(10), answer)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(0);
+    (status, started.elapsed())
+}
+
+/// The attacker: `count` connections from 127.0.0.3, each sending half a request head and
+/// waiting; whenever the server closes one, another is opened. Runs until killed.
+async fn attack(port: &str, count: &str) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("`{port}` is not a port"))?;
+    let count: usize = count
+        .parse()
+        .map_err(|_| format!("`{count}` is not a number"))?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        tasks.spawn(async move {
+            loop {
+                let connected = async {
+                    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+                    socket.bind(([127, 0, 0, 3], 0).into()).ok()?;
+                    socket.connect(([127, 0, 0, 1], port).into()).await.ok()
+                }
+                .await;
+                let Some(mut stream) = connected else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                if stream
+                    .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n")
+                    .await
+                    .is_ok()
+                {
+                    let mut sink = [0u8; 64];
+                    while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
     Ok(())
 }
 
