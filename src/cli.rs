@@ -258,10 +258,10 @@ pub struct ServeArgs {
     pub max_connections_per_ip: u32,
     /// Secret GitHub signs push webhooks with (X-Hub-Signature-256). Without it, webhooks
     /// are refused.
-    #[arg(long, env = "MESHPLOY_WEBHOOK_SECRET", hide_env_values = true)]
+    #[arg(long, env = "MESHPLOY_WEBHOOK_SECRET", hide_env_values = true, value_parser = secret_value)]
     pub webhook_secret: Option<String>,
     /// Bearer token for `POST /api/v1/sources/NAME/sync`. Without it, that endpoint is refused.
-    #[arg(long, env = "MESHPLOY_API_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "MESHPLOY_API_TOKEN", hide_env_values = true, value_parser = secret_value)]
     pub api_token: Option<String>,
     /// How long a sync waits for another apply to finish.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
@@ -412,5 +412,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" => Ok(Duration::from_secs(n * 60)),
         "h" => Ok(Duration::from_secs(n * 3600)),
         _ => Err(format!("`{text}` has an unknown unit (use ms, s, m or h)")),
+    }
+}
+
+/// A secret or token: anything but empty, since an empty key would let anyone sign or
+/// authenticate. (Leave the option out to turn the feature off.)
+fn secret_value(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() {
+        Err("is empty; give a secret, or leave the option (and its variable) unset to turn this off".into())
+    } else {
+        Ok(text.to_owned())
     }
 }

@@ -99,6 +99,16 @@ impl Process {
         matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
+    /// The exit code and standard error (when piped) of a process that has exited.
+    pub fn finished(&mut self) -> (i32, String) {
+        let mut stderr = String::new();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+        }
+        let code = self.child.wait().map_or(-1, |s| s.code().unwrap_or(-1));
+        (code, stderr)
+    }
+
     /// Sends SIGTERM and waits for the process to exit.
     pub fn terminate(&mut self) -> ExitStatus {
         Command::new("kill")

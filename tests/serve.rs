@@ -617,3 +617,34 @@ async fn readyz_from(source: [u8; 4], port: u16) -> (u16, String) {
         .unwrap_or(0);
     (status, response)
 }
+
+#[test]
+fn an_empty_webhook_secret_or_api_token_is_refused_at_start() {
+    let db = Db::new();
+    let dir = Dir::new();
+    for (args, env) in [
+        (
+            vec!["serve", "--repo", "/r.git", "--webhook-secret", ""],
+            None,
+        ),
+        (vec!["serve", "--repo", "/r.git", "--api-token", " "], None),
+        (
+            vec!["serve", "--repo", "/r.git"],
+            Some(("MESHPLOY_WEBHOOK_SECRET", "")),
+        ),
+        (
+            vec!["serve", "--repo", "/r.git"],
+            Some(("MESHPLOY_API_TOKEN", "")),
+        ),
+    ] {
+        let mut command = db.command(&dir, &args);
+        command.args(["--listen", "127.0.0.1:0"]).envs(env);
+        let mut process = Process::spawn(command.stdout(Stdio::null()).stderr(Stdio::piped()));
+        // Before the fix it started and ran on; give it ten seconds to refuse.
+        let refused = wait_for(Duration::from_secs(10), || process.exited().then_some(()));
+        assert!(refused.is_some(), "{args:?} {env:?} started");
+        let (code, stderr) = process.finished();
+        assert_eq!(code, 2, "{args:?} {env:?}: {stderr}");
+        assert!(stderr.contains("is empty"), "{stderr}");
+    }
+}
