@@ -318,3 +318,24 @@ fn a_source_never_touches_what_another_owns() {
         "shop/a,blog/b"
     );
 }
+
+#[test]
+fn tokens_in_query_strings_and_passwords_with_slashes_never_reach_a_message() {
+    let db = Db::new();
+    let dir = Dir::new();
+    let port = closed_port();
+    for (url, shown) in [
+        (
+            format!("http://127.0.0.1:{port}/x.git?access_token=hunter2-token"),
+            format!("http://127.0.0.1:{port}/x.git?***"),
+        ),
+        (
+            format!("http://deploy-bot:pass/word-hunter2@127.0.0.1:{port}/x.git"),
+            format!("http://***@127.0.0.1:{port}/x.git"),
+        ),
+    ] {
+        let refused = db.meshploy(&dir, &["plan", "--repo", &url, "--ref", "main"]);
+        refused.assert_fails_with(&format!("cannot fetch {shown}"));
+        assert!(!refused.stderr.contains("hunter2"), "{}", refused.stderr);
+    }
+}

@@ -26,29 +26,53 @@ impl Location {
     }
 }
 
-/// `url` without its user information (user names, passwords and tokens).
+/// `url` without its secrets: the user information (user names, passwords, tokens) and the
+/// query and fragment (where some hosts take a token) become `***`.
 pub fn redact(url: &str) -> String {
-    match userinfo(url) {
+    let mut shown = match userinfo(url) {
         Some(info) => url.replacen(&format!("{info}@"), "***@", 1),
         None => url.to_owned(),
+    };
+    if let Some(query) = query(&shown) {
+        let at = shown.len() - query.len();
+        shown.replace_range(at.., "***");
     }
+    shown
 }
 
-/// The `user:password` part of `scheme://user:password@host/...`, if any.
+/// The `user:password` part of `scheme://user:password@host/...`, if any. A password may hold
+/// an unencoded `/`, so the user information runs to the last `@` before the query, unless
+/// what comes before that `@` is plainly a host and path (`host/a@b`, `host:8080/a@b`).
 fn userinfo(url: &str) -> Option<&str> {
     let (_, rest) = url.split_once("://")?;
-    let authority = rest.split('/').next()?;
-    let (info, _) = authority.rsplit_once('@')?;
-    Some(info)
+    let rest = rest.split(['?', '#']).next()?;
+    let (info, _) = rest.rsplit_once('@')?;
+    let Some((first, _)) = info.split_once('/') else {
+        return Some(info);
+    };
+    // `user:secret/more` is user information; `host`, `host:8080` are a path's beginning.
+    let secret_like = first
+        .split_once(':')
+        .is_some_and(|(_, after)| !after.bytes().all(|b| b.is_ascii_digit()));
+    secret_like.then_some(info)
 }
 
-/// An error text with the URL's credentials removed.
+/// Everything from the first `?` or `#` after the scheme, if any.
+fn query(url: &str) -> Option<&str> {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let at = url[start..].find(['?', '#'])? + start;
+    Some(&url[at + 1..])
+}
+
+/// An error text with the URL's secrets (user information, query) removed.
 pub(crate) fn scrub(url: &str, text: impl std::fmt::Display) -> String {
-    let text = text.to_string();
-    match userinfo(url) {
-        Some(info) if !info.is_empty() => text.replace(info, "***"),
-        _ => text,
+    let mut text = text.to_string();
+    for secret in [userinfo(url), query(url)].into_iter().flatten() {
+        if !secret.is_empty() {
+            text = text.replace(secret, "***");
+        }
     }
+    text
 }
 
 #[cfg(test)]
@@ -91,6 +115,26 @@ mod tests {
         assert_eq!(
             redact("https://github.com/a/b@c"),
             "https://github.com/a/b@c"
+        );
+        assert_eq!(redact("https://host:8080/a/b@c"), "https://host:8080/a/b@c");
+        assert_eq!(
+            redact("https://host/x.git?token=SECRET"),
+            "https://host/x.git?***"
+        );
+        assert_eq!(
+            redact("https://bot:pa/ss-SECRET@host/x.git"),
+            "https://***@host/x.git"
+        );
+        assert_eq!(
+            redact("https://bot:t@k@host/x.git#frag"),
+            "https://***@host/x.git#***"
+        );
+        assert_eq!(
+            scrub(
+                "https://bot:pa/ss-SECRET@host/x.git?token=T0KEN",
+                "fetch https://bot:pa/ss-SECRET@host/x.git?token=T0KEN: refused"
+            ),
+            "fetch https://***@host/x.git?***: refused"
         );
         assert_eq!(
             scrub(
