@@ -339,3 +339,21 @@ fn tokens_in_query_strings_and_passwords_with_slashes_never_reach_a_message() {
         assert!(!refused.stderr.contains("hunter2"), "{}", refused.stderr);
     }
 }
+
+#[test]
+fn the_cache_of_fetched_repositories_is_private_to_its_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let (remote, _) = shop_remote();
+    let db = Db::new();
+    let url = format!("file://{}", remote.bare().display());
+    let run = db.meshploy(
+        &Dir::new(),
+        &["plan", "--repo", &url, "--ref", "main", "--path", "deploy"],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let mode = std::fs::metadata(db.home().join("git"))
+        .expect("the cache")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700, "cache mode {mode:o}");
+}

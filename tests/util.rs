@@ -116,6 +116,11 @@ impl Db {
         )
     }
 
+    /// `MESHPLOY_HOME` of every command run against this database.
+    pub fn home(&self) -> &Path {
+        self.home.path()
+    }
+
     /// The URL of this database for another role of the cluster.
     pub fn url_as(&self, role: &str) -> String {
         self.url().replacen("postgres@", &format!("{role}@"), 1)

@@ -350,3 +350,16 @@ fn a_missing_directory_is_an_error_not_an_empty_state() {
     let run = dir.meshploy(&["validate", "does-not-exist"]);
     run.assert_fails_with("cannot read manifest directory does-not-exist");
 }
+
+#[test]
+fn a_fifo_named_like_a_manifest_is_an_error_not_skipped() {
+    let dir = Dir::new();
+    dir.write("project.yaml", PROJECT);
+    let status = std::process::Command::new("mkfifo")
+        .arg(dir.path().join("pipe.yaml"))
+        .status()
+        .expect("mkfifo");
+    assert!(status.success());
+    let run = dir.meshploy(&["validate", "."]);
+    run.assert_fails_with("pipe.yaml is a FIFO; manifests must be regular files");
+}

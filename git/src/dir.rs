@@ -50,6 +50,33 @@ pub fn read(root: &Path, limits: &Limits) -> Result<Vec<ManifestFile>, GitError>
     Ok(collected.finish())
 }
 
+/// Refuses a manifest name that is not a regular file (a FIFO would block the reader, a
+/// device would be read forever): skipping it would look like deleted resources.
+fn regular(path: &Path, target: &Path) -> Result<(), GitError> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = fs::metadata(target)
+        .map_err(|error| GitError::FileUnreadable {
+            path: path.to_owned(),
+            error,
+        })?
+        .file_type();
+    let what = if kind.is_file() {
+        return Ok(());
+    } else if kind.is_fifo() {
+        "FIFO"
+    } else if kind.is_socket() {
+        "socket"
+    } else if kind.is_block_device() || kind.is_char_device() {
+        "device"
+    } else {
+        "special file"
+    };
+    Err(GitError::NotRegular {
+        path: path.to_owned(),
+        what,
+    })
+}
+
 fn collect(dir: &Path, root: &Path, out: &mut Vec<PathBuf>) -> Result<(), GitError> {
     let unreadable = |error| GitError::FileUnreadable {
         path: dir.to_owned(),
@@ -79,12 +106,14 @@ fn collect(dir: &Path, root: &Path, out: &mut Vec<PathBuf>) -> Result<(), GitErr
             }
             // Links inside the root to directories are not descended into: the target is
             // already walked where it lives, and following them could loop.
-            if target.is_file() && select::is_manifest(&name) {
+            if select::is_manifest(&name) && !target.is_dir() {
+                regular(&path, &target)?;
                 out.push(path);
             }
         } else if file_type.is_dir() {
             collect(&path, root, out)?;
-        } else if file_type.is_file() && select::is_manifest(&name) {
+        } else if select::is_manifest(&name) {
+            regular(&path, &path)?;
             out.push(path);
         }
     }

@@ -62,4 +62,6 @@ pub enum GitError {
         target.display()
     )]
     LinkOutside { path: PathBuf, target: PathBuf },
+    #[error("{} is a {what}; manifests must be regular files", path.display())]
+    NotRegular { path: PathBuf, what: &'static str },
 }

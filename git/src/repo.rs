@@ -74,6 +74,7 @@ fn fetch(url: &str, cache_root: &Path) -> Result<Repo, GitError> {
             .map(|b| format!("{b:02x}"))
             .collect::<String>(),
     );
+    private_dir(cache_root).map_err(|e| failed(&e))?;
     let repo = if dir.join("HEAD").exists() {
         gix::open_opts(&dir, options()).map_err(|e| failed(&e))?
     } else {
@@ -104,6 +105,14 @@ fn fetch(url: &str, cache_root: &Path) -> Result<Repo, GitError> {
         .receive(gix::progress::Discard, &interrupt)
         .map_err(|e| failed(&e))?;
     Ok(Repo { repo, url: shown })
+}
+
+/// Creates `dir` (and its parents) if needed and makes it readable by its owner only: the
+/// cache mirrors private repositories.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
 impl Repo {
