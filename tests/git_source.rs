@@ -357,3 +357,42 @@ fn the_cache_of_fetched_repositories_is_private_to_its_owner() {
         .mode();
     assert_eq!(mode & 0o777, 0o700, "cache mode {mode:o}");
 }
+
+#[test]
+fn a_route_inside_another_sources_route_cannot_take_its_traffic() {
+    let db = Db::new();
+    let (first, second) = (Dir::new(), Dir::new());
+    first.write("project.yaml", PROJECT);
+    first.write("a.yaml", service("a", 1));
+    first.write("route.yaml", route("web", "/app", "a"));
+    let wildcard = route("wild", "/", "a").replace("shop.example.com", "\"*.wild.test\"");
+    first.write("wild.yaml", wildcard);
+    assert_eq!(db.meshploy(&first, &["apply", "--auto-approve"]).code, 0);
+    let owner = format!(
+        "local:{}",
+        first.path().canonicalize().expect("canonical").display()
+    );
+    let blog = |text: String| {
+        text.replace("shop", "blog")
+            .replace("blog.example", "shop.example")
+    };
+    second.write("project.yaml", blog(PROJECT.to_owned()));
+    second.write("a.yaml", blog(service("a", 1)));
+    // A longer prefix on the same host would win `/app/login` from the shop's `/app`.
+    second.write("route.yaml", blog(route("login", "/app/login", "a")));
+    db.meshploy(&second, &["apply", "--auto-approve"]).assert_fails_with(&format!(
+        "route/blog/login routes host `shop.example.com` path `/app/login`, inside host `shop.example.com` path `/app` that route/shop/web of source `{owner}` routes"
+    ));
+    // An exact host under the shop's wildcard would win all of that host.
+    second.write(
+        "route.yaml",
+        blog(route("x", "/", "a")).replace("shop.example.com", "x.wild.test"),
+    );
+    db.meshploy(&second, &["apply", "--auto-approve"]).assert_fails_with(&format!(
+        "route/blog/x routes host `x.wild.test` path `/`, inside host `*.wild.test` path `/` that route/shop/wild of source `{owner}` routes"
+    ));
+    assert_eq!(db.psql("SELECT count(*) FROM revisions"), "1");
+    // Within one source, nesting is how routes are written.
+    first.write("login.yaml", route("login", "/app/login", "a"));
+    assert_eq!(db.meshploy(&first, &["apply", "--auto-approve"]).code, 0);
+}

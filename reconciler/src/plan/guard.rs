@@ -167,14 +167,18 @@ pub struct Conflict {
     pub route: Option<RouteClaim>,
 }
 
-/// A host and path that a route of another source serves already.
+/// A host and path that a route of another source serves already: the same host and path,
+/// or one the route would take from it (a longer prefix on its host, or an exact host under
+/// its wildcard).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteClaim {
     pub host: String,
     pub path: String,
-    /// The other source's route.
+    /// The other source's route, and the host and path it routes.
     pub serving: String,
+    pub serving_host: String,
+    pub serving_path: String,
 }
 
 impl std::fmt::Display for Conflict {
@@ -185,10 +189,25 @@ impl std::fmt::Display for Conflict {
                 "{} is owned by source `{}`; remove it from one of the two sources",
                 self.address, self.owner
             ),
+            Some(claim)
+                if (&claim.host, &claim.path) == (&claim.serving_host, &claim.serving_path) =>
+            {
+                write!(
+                    f,
+                    "{} routes host `{}` path `{}`, which {} of source `{}` already routes; remove one of the two routes",
+                    self.address, claim.host, claim.path, claim.serving, self.owner
+                )
+            }
             Some(claim) => write!(
                 f,
-                "{} routes host `{}` path `{}`, which {} of source `{}` already routes; remove one of the two routes",
-                self.address, claim.host, claim.path, claim.serving, self.owner
+                "{} routes host `{}` path `{}`, inside host `{}` path `{}` that {} of source `{}` routes, and would take those requests from it; remove one of the two routes",
+                self.address,
+                claim.host,
+                claim.path,
+                claim.serving_host,
+                claim.serving_path,
+                claim.serving,
+                self.owner
             ),
         }
     }
@@ -210,6 +229,48 @@ impl Foreign {
         }
         self.owners.insert(address, owner);
     }
+
+    /// The route of another source whose requests a route on `host` and `path` would serve or
+    /// take: the same host and path; the same host with a path that `path` is inside (the
+    /// proxy picks the longest prefix); or, for an exact host, the wildcard that covers it
+    /// (the proxy picks an exact host over a wildcard).
+    fn served(&self, host: &str, path: &str) -> Option<(&(String, String), &Address)> {
+        let same = |key: &&(String, String)| key.0 == host;
+        let on_host = self
+            .routes
+            .range((host.to_owned(), String::new())..)
+            .take_while(|(key, _)| same(key));
+        let mut nested = None;
+        for (key, address) in on_host {
+            if key.1 == path {
+                return Some((key, address));
+            }
+            if nested.is_none() && inside(path, &key.1) {
+                nested = Some((key, address));
+            }
+        }
+        if nested.is_some() {
+            return nested;
+        }
+        let parent = host.split_once('.').map(|(_, rest)| format!("*.{rest}"))?;
+        if host.starts_with("*.") {
+            return None;
+        }
+        self.routes
+            .range((parent.clone(), String::new())..)
+            .take_while(|(key, _)| key.0 == parent)
+            .next()
+    }
+}
+
+/// Whether `path` lies inside the prefix `outer` on a segment boundary (`/app/login` inside
+/// `/app`; everything inside `/`), and is not `outer` itself.
+fn inside(path: &str, outer: &str) -> bool {
+    path != outer
+        && (outer == "/"
+            || path
+                .strip_prefix(outer)
+                .is_some_and(|rest| rest.starts_with('/')))
 }
 
 /// A route's host and path, as stored; `None` for any other resource.
@@ -238,7 +299,7 @@ pub fn conflicts(desired: &State, foreign: &Foreign) -> Vec<Conflict> {
                 });
             }
             let (host, path) = route_key(address, entry)?;
-            let serving = foreign.routes.get(&(host.clone(), path.clone()))?;
+            let ((serving_host, serving_path), serving) = foreign.served(&host, &path)?;
             Some(Conflict {
                 address: address.to_string(),
                 owner: foreign.owners.get(serving).cloned().unwrap_or_default(),
@@ -246,6 +307,8 @@ pub fn conflicts(desired: &State, foreign: &Foreign) -> Vec<Conflict> {
                     host,
                     path,
                     serving: serving.to_string(),
+                    serving_host: serving_host.clone(),
+                    serving_path: serving_path.clone(),
                 }),
             })
         })

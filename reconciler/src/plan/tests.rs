@@ -434,8 +434,79 @@ fn another_sources_addresses_and_route_hosts_and_paths_are_conflicts() {
           source `git:other` already routes; remove one of the two routes"
         ]
     );
-    // Another path on that host is free.
-    assert!(claims(&blog.replace("old.example.com,", "old.example.com, path: /blog,")).is_empty());
+    // A longer path on that host would take requests the other source's `/` serves: a
+    // conflict too (this was allowed before the takeover review, issue 12).
+    assert_eq!(
+        claims(&blog.replace("old.example.com,", "old.example.com, path: /blog,")),
+        [
+            "route/blog/old routes host `old.example.com` path `/blog`, inside host \
+          `old.example.com` path `/` that route/shop/legacy of source `git:other` routes, and \
+          would take those requests from it; remove one of the two routes"
+        ]
+    );
+    // Another host is free.
+    assert!(claims(&blog.replace("old.example.com,", "new.example.com,")).is_empty());
+}
+
+#[test]
+fn a_route_nested_in_another_sources_route_is_a_conflict_within_one_source_it_is_not() {
+    let route = |name: &str, project: &str, host: &str, path: &str| {
+        format!(
+            "apiVersion: meshploy.dev/v1\nkind: Route\nmetadata: {{name: {name}, project: {project}}}\n\
+             spec: {{host: \"{host}\", path: {path}, upstream: \"https://up.example.com\"}}\n---\n"
+        )
+    };
+    let project = |name: &str| {
+        format!("apiVersion: meshploy.dev/v1\nkind: Project\nmetadata: {{name: {name}}}\n---\n")
+    };
+    let theirs = [
+        project("shop"),
+        route("app", "shop", "svc.test", "/app"),
+        route("wild", "shop", "*.wild.test", "/"),
+    ]
+    .concat();
+    let mut foreign = Foreign::default();
+    for (address, entry) in state(&theirs, Some(1)) {
+        foreign.insert(address, "git:a".into(), &entry);
+    }
+    let serving = |yaml: String| -> Vec<(String, String)> {
+        conflicts(&state(&yaml, None), &foreign)
+            .into_iter()
+            .filter_map(|c| c.route.map(|r| (c.address, r.serving)))
+            .collect()
+    };
+    let ours = |host: &str, path: &str| [project("blog"), route("r", "blog", host, path)].concat();
+    let taken = |by: &str| vec![("route/blog/r".to_owned(), format!("route/shop/{by}"))];
+    assert_eq!(serving(ours("svc.test", "/app/login")), taken("app"));
+    assert_eq!(serving(ours("svc.test", "/app")), taken("app"));
+    assert_eq!(serving(ours("x.wild.test", "/")), taken("wild"));
+    assert_eq!(serving(ours("x.wild.test", "/api")), taken("wild"));
+    assert_eq!(serving(ours("*.wild.test", "/api")), taken("wild"));
+    // Not inside: a sibling path, a shorter prefix (the longer one still wins), another
+    // wildcard level, another host.
+    for (host, path) in [
+        ("svc.test", "/application"),
+        ("svc.test", "/"),
+        ("a.b.wild.test", "/"),
+        ("other.test", "/app/login"),
+    ] {
+        assert!(serving(ours(host, path)).is_empty(), "{host} {path}");
+    }
+    // Within one source, nesting is how routes are meant to be written.
+    assert!(
+        conflicts(
+            &state(
+                &[
+                    theirs.clone(),
+                    route("login", "shop", "svc.test", "/app/login")
+                ]
+                .concat(),
+                None
+            ),
+            &Foreign::default()
+        )
+        .is_empty()
+    );
 }
 
 /// Applies a plan to a state the way the database apply does: creates and updates set
