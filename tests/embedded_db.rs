@@ -111,3 +111,43 @@ fn missing_postgres_binaries_and_unreachable_homes_are_explained() {
         assert_eq!(run(&home, &dir, &["db", "stop"], &[]).code, 0);
     }
 }
+
+#[test]
+fn a_cluster_left_half_made_by_a_killed_first_start_is_made_again_safely() {
+    let home = open_tempdir();
+    let home = home.path();
+    let dir = Dir::new();
+    let started = run(home, &dir, &["db", "start"], &[]);
+    assert_eq!(started.code, 0, "{}", started.stderr);
+    assert_eq!(run(home, &dir, &["db", "stop"], &[]).code, 0);
+    // What a kill between initdb and Meshploy's settings left: initdb's own defaults (TCP on
+    // localhost, a socket in a shared directory), and a stray directory of a second attempt.
+    let data = home.join("postgres/data");
+    let conf = data.join("postgresql.conf");
+    let text = std::fs::read_to_string(&conf).expect("conf");
+    let cut = text.find("\n# Meshploy").expect("Meshploy's settings");
+    std::fs::write(&conf, &text[..cut]).expect("strip the settings");
+    std::fs::create_dir_all(home.join("postgres/data.new/base")).expect("a stray data.new");
+
+    let status = run(home, &dir, &["db", "status"], &[]);
+    assert_eq!(
+        status.code, 3,
+        "a half-made cluster is not created: {}",
+        status.stdout
+    );
+    let started = run(home, &dir, &["db", "start"], &[]);
+    assert_eq!(started.code, 0, "{}", started.stderr);
+    let config = std::fs::read_to_string(&conf).expect("conf");
+    assert!(config.contains("listen_addresses = ''"), "no TCP port");
+    assert!(config.contains("unix_socket_permissions = 0700"));
+    assert!(
+        home.join("postgres/.s.PGSQL.5432").exists(),
+        "its own socket"
+    );
+    assert!(
+        home.join("postgres/data.incomplete").is_dir(),
+        "kept aside, not deleted"
+    );
+    assert!(!home.join("postgres/data.new").exists());
+    assert_eq!(run(home, &dir, &["db", "stop"], &[]).code, 0);
+}

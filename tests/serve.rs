@@ -648,3 +648,31 @@ fn an_empty_webhook_secret_or_api_token_is_refused_at_start() {
         assert!(stderr.contains("is empty"), "{stderr}");
     }
 }
+
+#[test]
+fn a_new_leader_records_a_sync_its_predecessor_was_killed_in_as_interrupted() {
+    let db = Db::new();
+    let (remote, first) = shop_remote();
+    let bare = remote.bare();
+    let repo = bare.to_str().expect("utf-8 path");
+    let args = ["--repo", repo, "--path", "deploy", "--poll-interval", "1h"];
+    let serve = Serve::start(&db, &args);
+    applied(&db, &first);
+    drop(serve);
+    // What a leader killed mid-sync leaves: the source shown `applying` a commit.
+    let second = remote.push("an empty commit");
+    db.psql(&format!(
+        "UPDATE sources SET state = 'applying', last_seen_commit = '{second}'"
+    ));
+    let _serve = Serve::start(&db, &args);
+    applied(&db, &second);
+    let interrupted = db.psql(
+        "SELECT commit_id || ' ' || message FROM sync_attempts WHERE outcome = 'interrupted'",
+    );
+    assert!(
+        interrupted.starts_with(&format!(
+            "{second} the reconciler applying this commit stopped before it finished"
+        )),
+        "{interrupted}"
+    );
+}

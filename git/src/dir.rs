@@ -35,17 +35,38 @@ pub fn read(root: &Path, limits: &Limits) -> Result<Vec<ManifestFile>, GitError>
         })?;
     let mut paths = Vec::new();
     collect(root, &canonical_root, &mut paths)?;
+    let sizes = paths
+        .iter()
+        .map(|path| {
+            fs::metadata(path)
+                .map(|m| m.len())
+                .map_err(|error| GitError::FileUnreadable {
+                    path: path.clone(),
+                    error,
+                })
+        })
+        .collect::<Result<Vec<u64>, _>>()?;
+    select::check(&root.display().to_string(), &sizes, limits)?;
     let mut collected = Collected::default();
-    let keep = select::kept_bytes(limits) as u64;
-    for path in paths {
+    for (path, size) in paths.into_iter().zip(sizes) {
+        let name = path.display().to_string();
+        if select::too_large(size, limits) {
+            collected.push(ManifestFile::unread(name, size));
+            continue;
+        }
+        // A file that grew since it was measured is read one byte past the limit, so the
+        // loader still refuses it rather than this reader holding all of it.
         let mut bytes = Vec::new();
         fs::File::open(&path)
-            .and_then(|f| f.take(keep).read_to_end(&mut bytes))
+            .and_then(|f| {
+                f.take(limits.max_file_bytes as u64 + 1)
+                    .read_to_end(&mut bytes)
+            })
             .map_err(|error| GitError::FileUnreadable {
                 path: path.clone(),
                 error,
             })?;
-        collected.push(path.display().to_string(), bytes);
+        collected.push(ManifestFile::new(name, bytes));
     }
     Ok(collected.finish())
 }

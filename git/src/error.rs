@@ -64,4 +64,13 @@ pub enum GitError {
     LinkOutside { path: PathBuf, target: PathBuf },
     #[error("{} is a {what}; manifests must be regular files", path.display())]
     NotRegular { path: PathBuf, what: &'static str },
+    /// A read beyond its limits: a hostile or mistaken repository is refused before it is
+    /// read into memory.
+    #[error("{place} holds {found} {what}; one read is limited to {limit}")]
+    TooMany {
+        place: String,
+        what: &'static str,
+        found: u64,
+        limit: u64,
+    },
 }

@@ -225,7 +225,10 @@ impl Repo {
         root.traverse()
             .breadthfirst(&mut recorder)
             .map_err(|e| object_error(format!("the tree of commit {commit}"), &e))?;
-        let mut collected = Collected::default();
+        // First every manifest's size from its object header, without inflating any: a
+        // hostile tree (a huge blob, or thousands of entries naming one blob) is refused or
+        // skipped before it costs memory.
+        let mut found = Vec::new();
         for entry in recorder.records {
             let relative = entry.filepath.to_str_lossy();
             if relative.split('/').any(select::hidden) {
@@ -245,18 +248,37 @@ impl Repo {
             };
             match entry.mode.kind() {
                 EntryKind::Blob | EntryKind::BlobExecutable if is_manifest => {
-                    let blob = self
+                    let size = self
                         .repo
-                        .find_object(entry.oid)
-                        .map_err(|e| object_error(format!("`{full}`"), &e))?;
-                    let cut = blob.data.len().min(select::kept_bytes(limits));
-                    collected.push(full, blob.data[..cut].to_vec());
+                        .find_header(entry.oid)
+                        .map_err(|e| object_error(format!("`{full}`"), &e))?
+                        .size();
+                    found.push((full, entry.oid, size));
                 }
                 EntryKind::Link if is_manifest => return Err(not_a_file("symbolic link")),
                 // A submodule's manifests would silently vanish from the plan.
                 EntryKind::Commit => return Err(not_a_file("submodule")),
                 _ => {}
             }
+        }
+        let sizes: Vec<u64> = found.iter().map(|(_, _, size)| *size).collect();
+        let place = format!(
+            "`{}` in commit {commit} of {}",
+            if path.is_empty() { "." } else { path },
+            self.url
+        );
+        select::check(&place, &sizes, limits)?;
+        let mut collected = Collected::default();
+        for (full, oid, size) in found {
+            if select::too_large(size, limits) {
+                collected.push(ManifestFile::unread(full, size));
+                continue;
+            }
+            let blob = self
+                .repo
+                .find_object(oid)
+                .map_err(|e| object_error(format!("`{full}`"), &e))?;
+            collected.push(ManifestFile::new(full, blob.data.clone()));
         }
         Ok(Snapshot {
             commit: commit.to_owned(),

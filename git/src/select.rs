@@ -4,6 +4,8 @@
 
 use schema::{Limits, ManifestFile};
 
+use crate::GitError;
+
 /// Whether a file or directory name is hidden (`.git`, `.github`, editor files): hidden
 /// entries and everything below them are never read.
 pub fn hidden(name: &str) -> bool {
@@ -21,10 +23,33 @@ pub fn selects(relative: &str) -> bool {
     !relative.split('/').any(hidden) && is_manifest(relative)
 }
 
-/// How many bytes of a file are kept: one past the per-file limit, so the loader reports an
-/// oversized file as too large without the reader holding all of it.
-pub fn kept_bytes(limits: &Limits) -> usize {
-    limits.max_file_bytes.saturating_add(1)
+/// Checks one read's manifests, known by their sizes before any is read, against the
+/// limits on files and total bytes. A file over the per-file limit is not read (the loader
+/// reports it), so it does not count towards the total. `place` names the read in the error.
+pub fn check(place: &str, sizes: &[u64], limits: &Limits) -> Result<(), GitError> {
+    if sizes.len() > limits.max_files {
+        return Err(GitError::TooMany {
+            place: place.to_owned(),
+            what: "manifest files",
+            found: sizes.len() as u64,
+            limit: limits.max_files as u64,
+        });
+    }
+    let total: u64 = sizes.iter().filter(|size| !too_large(**size, limits)).sum();
+    if total > limits.max_total_bytes {
+        return Err(GitError::TooMany {
+            place: place.to_owned(),
+            what: "bytes of manifests",
+            found: total,
+            limit: limits.max_total_bytes,
+        });
+    }
+    Ok(())
+}
+
+/// Whether a file is over the per-file limit, so it is not read.
+pub fn too_large(size: u64, limits: &Limits) -> bool {
+    size > limits.max_file_bytes as u64
 }
 
 /// Gathers the selected files and hands them out in path order.
@@ -34,9 +59,8 @@ pub struct Collected {
 }
 
 impl Collected {
-    /// Keeps `bytes` (already cut to [`kept_bytes`]) as the file `path`.
-    pub fn push(&mut self, path: String, bytes: Vec<u8>) {
-        self.files.push(ManifestFile { path, bytes });
+    pub fn push(&mut self, file: ManifestFile) {
+        self.files.push(file);
     }
 
     /// The files, sorted by path.
@@ -65,5 +89,26 @@ mod tests {
         ] {
             assert!(!selects(skipped), "{skipped}");
         }
+    }
+
+    #[test]
+    fn one_read_is_bounded_in_files_and_in_bytes_but_unread_files_do_not_count() {
+        let limits = Limits {
+            max_file_bytes: 10,
+            max_files: 3,
+            max_total_bytes: 20,
+            ..Limits::default()
+        };
+        assert!(check("deploy", &[10, 10, 1_000_000_000], &limits).is_ok());
+        let files = check("deploy", &[1, 1, 1, 1], &limits).map_err(|e| e.to_string());
+        assert_eq!(
+            files,
+            Err("deploy holds 4 manifest files; one read is limited to 3".into())
+        );
+        let bytes = check("deploy", &[10, 10, 1], &limits).map_err(|e| e.to_string());
+        assert_eq!(
+            bytes,
+            Err("deploy holds 21 bytes of manifests; one read is limited to 20".into())
+        );
     }
 }

@@ -111,6 +111,8 @@ closed_set! {
         Applying = "applying",
         /// The last attempt failed; the state is what the last good one applied.
         Failed = "failed",
+        /// The reconciler that was applying died; nothing of that attempt was applied.
+        Interrupted = "interrupted",
     }
 }
 
@@ -120,6 +122,8 @@ closed_set! {
         Synced = "synced",
         OutOfSync = "out-of-sync",
         Failed = "failed",
+        /// Recorded by the next leader for an attempt whose reconciler died mid-way.
+        Interrupted = "interrupted",
     }
 }
 
@@ -130,6 +134,7 @@ impl AttemptOutcome {
             AttemptOutcome::Synced => SourceState::Synced,
             AttemptOutcome::OutOfSync => SourceState::OutOfSync,
             AttemptOutcome::Failed => SourceState::Failed,
+            AttemptOutcome::Interrupted => SourceState::Interrupted,
         }
     }
 }

@@ -18,6 +18,10 @@ use sqlx::postgres::PgConnectOptions;
 
 /// The port number only names the socket file (`.s.PGSQL.5432`); no TCP port is opened.
 const PORT: u16 = 5432;
+/// The line that opens Meshploy's settings in `postgresql.conf`; a data directory without it
+/// was not finished.
+const SETTINGS_MARKER: &str = "# Meshploy";
+
 /// The database superuser that `initdb` creates.
 const SUPERUSER: &str = "postgres";
 /// Longest unix socket path Linux accepts (`sun_path` is 108 bytes with its terminator).
@@ -134,7 +138,7 @@ impl Cluster {
     }
 
     pub fn status(&self) -> Result<Status, ClusterError> {
-        if !self.data().join("PG_VERSION").exists() {
+        if !self.data().join("PG_VERSION").exists() || !self.configured()? {
             return Ok(Status::NotCreated);
         }
         let output = self.run("pg_ctl status", self.pg_ctl().arg("status"))?;
@@ -206,9 +210,41 @@ impl Cluster {
         Ok(())
     }
 
+    /// Whether the data directory carries Meshploy's settings. One without them was left by
+    /// an `initdb` that was killed (or made by an older release before its settings were
+    /// written): its defaults (TCP on localhost, a socket in a shared directory) are not ours.
+    fn configured(&self) -> Result<bool, ClusterError> {
+        let conf = self.data().join("postgresql.conf");
+        match fs::read_to_string(&conf) {
+            Ok(text) => Ok(text.contains(SETTINGS_MARKER)),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(source) => Err(io(&conf, source)),
+        }
+    }
+
+    /// Creates the cluster atomically: `initdb` into `data.new`, Meshploy's settings written
+    /// there, then a rename to `data`. A kill at any point leaves either no `data` or a
+    /// finished one; a leftover `data.new` is removed, and a `data` without the settings is
+    /// moved aside to `data.incomplete` (never deleted) and made again.
     fn init(&self) -> Result<(), ClusterError> {
+        let data = self.data();
+        let fresh = self.dir.join("data.new");
+        if fresh.exists() {
+            fs::remove_dir_all(&fresh).map_err(|source| io(&fresh, source))?;
+        }
+        if data.exists() {
+            let aside = self.dir.join("data.incomplete");
+            if aside.exists() {
+                fs::remove_dir_all(&aside).map_err(|source| io(&aside, source))?;
+            }
+            tracing::warn!(
+                path = %data.display(),
+                "the embedded PostgreSQL data directory was never finished (an interrupted first start?); moved it to data.incomplete and creating it again"
+            );
+            fs::rename(&data, &aside).map_err(|source| io(&data, source))?;
+        }
         let mut command = self.command("initdb");
-        command.arg("-D").arg(self.data()).args([
+        command.arg("-D").arg(&fresh).args([
             "--username",
             SUPERUSER,
             "--auth-local=trust",
@@ -223,18 +259,22 @@ impl Cluster {
         // Settings go into the configuration file rather than onto the command line, so a
         // server started by hand with `pg_ctl -D` behaves the same.
         let mut settings = format!(
-            "\n# Meshploy: unix socket only, in the cluster's own directory.\nlisten_addresses = ''\nport = {PORT}\nunix_socket_directories = '{}'\nunix_socket_permissions = 0700\n",
+            "\n{SETTINGS_MARKER}: unix socket only, in the cluster's own directory.\nlisten_addresses = ''\nport = {PORT}\nunix_socket_directories = '{}'\nunix_socket_permissions = 0700\n",
             self.dir.display().to_string().replace('\'', "''")
         );
         if !self.durable {
             settings.push_str("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n");
         }
-        let conf = self.data().join("postgresql.conf");
+        let conf = fresh.join("postgresql.conf");
         OpenOptions::new()
             .append(true)
             .open(&conf)
-            .and_then(|mut file| file.write_all(settings.as_bytes()))
-            .map_err(|source| io(&conf, source))
+            .and_then(|mut file| {
+                file.write_all(settings.as_bytes())?;
+                file.sync_all()
+            })
+            .map_err(|source| io(&conf, source))?;
+        fs::rename(&fresh, &data).map_err(|source| io(&fresh, source))
     }
 
     fn start_server(&self) -> Result<(), ClusterError> {

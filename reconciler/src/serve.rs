@@ -111,6 +111,19 @@ impl Daemon {
 
     /// Reconciles until shutdown or an error of the database.
     async fn lead(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), Error> {
+        // A source still `applying` was being synced by a leader that died: its transaction
+        // rolled back, so nothing of it was applied. Say so now rather than at the next sync.
+        let interrupted = store::interrupt_applying(
+            &self.pool,
+            "the reconciler applying this commit stopped before it finished (killed, or cut off from PostgreSQL); nothing of that attempt was applied, and the new leader syncs again",
+        )
+        .await?;
+        if interrupted > 0 {
+            tracing::warn!(
+                interrupted,
+                "recorded syncs interrupted by the previous leader"
+            );
+        }
         let (tx, mut rx) = mpsc::unbounded_channel::<(String, Trigger)>();
         let mut listener = PgListener::connect_with(&self.pool)
             .await

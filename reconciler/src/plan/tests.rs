@@ -80,10 +80,7 @@ spec: {host: shop.example.com, service: web}
 /// Loads manifests and flattens them, with a stand-in digest that depends only on the
 /// envelope (a real digest is keyed; the plan only compares digests).
 fn state(yaml: &str, version: Option<i64>) -> State {
-    let files = [ManifestFile {
-        path: "test.yaml".into(),
-        bytes: yaml.as_bytes().to_vec(),
-    }];
+    let files = [ManifestFile::new("test.yaml", yaml.as_bytes().to_vec())];
     let desired = schema::load(&files, &schema::Limits::default()).expect("valid manifests");
     desired
         .resources

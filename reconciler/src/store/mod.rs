@@ -24,9 +24,9 @@ use sqlx::migrate::Migrator;
 pub use deliveries::remember_delivery;
 pub use revisions::{CHANNEL, Revision, RevisionMeta, RevisionPlan, revision, revisions};
 pub use sources::{
-    Attempt, LatestAttempt, SYNC_CHANNEL, SourcePosition, SourceRow, SourceStatus, latest_attempt,
-    mark_applying, record_attempt, request_sync, source_position, source_statuses, touch_source,
-    upsert_source,
+    Attempt, LatestAttempt, SYNC_CHANNEL, SourcePosition, SourceRow, SourceStatus,
+    interrupt_applying, latest_attempt, mark_applying, record_attempt, request_sync,
+    source_position, source_statuses, touch_source, upsert_source,
 };
 pub use state::{Live, Stored, load_state, stored_resources};
 

@@ -126,6 +126,28 @@ pub async fn mark_applying(pool: &PgPool, name: &str, commit: &str) -> Result<()
     Ok(())
 }
 
+/// Records every attempt left `applying` by a reconciler that died as `interrupted`, and
+/// returns how many there were. Run by a new leader before it syncs.
+pub async fn interrupt_applying(pool: &PgPool, message: &str) -> Result<u64, Error> {
+    let done = sqlx::query(
+        "WITH s AS ( \
+             UPDATE sources SET state = $1, message = $2, detail = NULL, updated_at = now() \
+             WHERE state = $3 RETURNING name, last_seen_commit) \
+         INSERT INTO sync_attempts (source, trigger, started_at, commit_id, outcome, message, \
+             fetch_ms, total_ms) \
+         SELECT name, $4, now(), last_seen_commit, $5, $2, 0, 0 FROM s",
+    )
+    .bind(SourceState::Interrupted)
+    .bind(message)
+    .bind(SourceState::Applying)
+    .bind(Trigger::Start)
+    .bind(AttemptOutcome::Interrupted)
+    .execute(pool)
+    .await
+    .map_err(db("recording interrupted attempts"))?;
+    Ok(done.rows_affected())
+}
+
 /// One finished sync attempt.
 #[derive(Clone, Debug)]
 pub struct Attempt<'a> {

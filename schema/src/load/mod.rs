@@ -27,11 +27,34 @@ use crate::spanned::{Int, Loc, Scalar, Spanned, SpannedMap};
 
 use references::{Reference, RouteClaim};
 
-/// One manifest file: its path as it should appear in messages, and its bytes.
+/// One manifest file: its path as it should appear in messages, its size, and its bytes. A
+/// file larger than the per-file limit is not read at all: its bytes are empty and only its
+/// size says why it is refused.
 #[derive(Clone, Debug)]
 pub struct ManifestFile {
     pub path: String,
+    pub size: u64,
     pub bytes: Vec<u8>,
+}
+
+impl ManifestFile {
+    /// A file read whole.
+    pub fn new(path: impl Into<String>, bytes: Vec<u8>) -> ManifestFile {
+        ManifestFile {
+            path: path.into(),
+            size: bytes.len() as u64,
+            bytes,
+        }
+    }
+
+    /// A file too large to read, known by its size.
+    pub fn unread(path: impl Into<String>, size: u64) -> ManifestFile {
+        ManifestFile {
+            path: path.into(),
+            size,
+            bytes: Vec::new(),
+        }
+    }
 }
 
 /// Bounds that keep a hostile repository from exhausting the process.
@@ -44,6 +67,10 @@ pub struct Limits {
     /// Events that alias expansion may replay in one file; this is what stops a
     /// "billion laughs" file.
     pub max_alias_events_per_file: usize,
+    /// Manifest files one read (a directory, or a path in a commit) may hold.
+    pub max_files: usize,
+    /// Bytes all the manifest files of one read may hold together.
+    pub max_total_bytes: u64,
 }
 
 impl Default for Limits {
@@ -54,6 +81,8 @@ impl Default for Limits {
             max_depth: 32,
             max_nodes_per_file: 250_000,
             max_alias_events_per_file: 20_000,
+            max_files: 20_000,
+            max_total_bytes: 64 * 1024 * 1024,
         }
     }
 }

@@ -44,7 +44,7 @@ pub(super) type Parsed = Result<Vec<Spanned<RawDocument>>, Box<Diagnostic>>;
 
 fn parse_file(file: &ManifestFile, limits: &Limits) -> Parsed {
     let whole_file = Loc::default();
-    if file.bytes.len() > limits.max_file_bytes {
+    if file.size > limits.max_file_bytes as u64 {
         return Err(Box::new(
             Diagnostic::new(
                 &file.path,
@@ -52,8 +52,7 @@ fn parse_file(file: &ManifestFile, limits: &Limits) -> Parsed {
                 Code::FileTooLarge,
                 format!(
                     "file is {} bytes; manifest files are limited to {} bytes",
-                    file.bytes.len(),
-                    limits.max_file_bytes
+                    file.size, limits.max_file_bytes
                 ),
             )
             .with_hint(Some("split the manifests into several files".into())),

@@ -25,14 +25,12 @@ fn route(name: &str, spec: &str) -> String {
 /// with locations written as `file:line:column`. Returns every diagnostic rendered as
 /// `meshploy validate` prints it, after checking that each names its location and message.
 fn rejects(files: &[(&str, &str)], expected: &[(&str, &str, &str)]) -> String {
-    let mut all = vec![ManifestFile {
-        path: "project.yaml".into(),
-        bytes: PROJECT.into(),
-    }];
-    all.extend(files.iter().map(|(path, text)| ManifestFile {
-        path: (*path).to_owned(),
-        bytes: text.as_bytes().to_vec(),
-    }));
+    let mut all = vec![ManifestFile::new("project.yaml", PROJECT.into())];
+    all.extend(
+        files
+            .iter()
+            .map(|(path, text)| ManifestFile::new(*path, text.as_bytes().to_vec())),
+    );
     all.sort_by(|a, b| a.path.cmp(&b.path));
     let diagnostics = load(&all, &Limits::default()).expect_err("the files should be rejected");
     let found: Vec<(String, String, String)> = diagnostics
