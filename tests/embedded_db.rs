@@ -117,6 +117,15 @@ fn a_cluster_left_half_made_by_a_killed_first_start_is_made_again_safely() {
     let home = open_tempdir();
     let home = home.path();
     let dir = Dir::new();
+    // Whatever happens, no server is left running (a failure here would leave one with
+    // initdb's defaults).
+    struct Stop<'a>(&'a std::path::Path);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            let _ = run(self.0, &Dir::new(), &["db", "stop"], &[]);
+        }
+    }
+    let _stop = Stop(home);
     let started = run(home, &dir, &["db", "start"], &[]);
     assert_eq!(started.code, 0, "{}", started.stderr);
     assert_eq!(run(home, &dir, &["db", "stop"], &[]).code, 0);
