@@ -396,3 +396,44 @@ fn a_route_inside_another_sources_route_cannot_take_its_traffic() {
     first.write("login.yaml", route("login", "/app/login", "a"));
     assert_eq!(db.meshploy(&first, &["apply", "--auto-approve"]).code, 0);
 }
+
+/// A repository whose `main` holds `entries` manifest names all pointing at one blob of
+/// `blob_bytes` bytes, made with git plumbing (no work tree holds the copies).
+fn repeated_blob_repo(entries: usize, blob_bytes: usize) -> tempfile::TempDir {
+    let dir = crate::util::open_tempdir();
+    let repo = dir.path();
+    git(repo, &["init", "-q", "-b", "main"]);
+    let blob = repo.join("blob");
+    std::fs::write(&blob, format!("# {}\n", "x".repeat(blob_bytes - 3))).expect("blob");
+    let id = git(repo, &["hash-object", "-w", "blob"]);
+    let listing: String = (0..entries)
+        .map(|i| format!("100644 blob {id}\tm{i:05}.yaml\n"))
+        .collect();
+    std::fs::write(repo.join("listing"), listing).expect("listing");
+    let output = std::process::Command::new("sh")
+        .current_dir(repo)
+        .args(["-c", "git mktree < listing"])
+        .output()
+        .expect("git mktree");
+    assert!(output.status.success(), "{output:?}");
+    let tree = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let commit = git(repo, &["commit-tree", &tree, "-m", "hostile"]);
+    git(repo, &["update-ref", "refs/heads/main", &commit]);
+    dir
+}
+
+#[test]
+fn a_hostile_repository_is_refused_by_size_before_its_blobs_are_read() {
+    let db = Db::new();
+    let dir = Dir::new();
+    // 3,000 names for one 1 MiB blob: 3 GB if read; refused from the object headers.
+    let many = repeated_blob_repo(3_000, 1024 * 1024);
+    let repo = many.path().to_str().expect("utf-8 path");
+    db.meshploy(&dir, &["plan", "--repo", repo, "--ref", "main"])
+        .assert_fails_with("holds 3145728000 bytes of manifests; one read is limited to 67108864");
+    // One blob of 5 MB: reported at its real size, never inflated.
+    let big = repeated_blob_repo(1, 5 * 1024 * 1024);
+    let repo = big.path().to_str().expect("utf-8 path");
+    db.meshploy(&dir, &["plan", "--repo", repo, "--ref", "main"])
+        .assert_fails_with("file is 5242880 bytes; manifest files are limited to 1048576 bytes");
+}
