@@ -676,3 +676,60 @@ fn a_new_leader_records_a_sync_its_predecessor_was_killed_in_as_interrupted() {
         "{interrupted}"
     );
 }
+
+/// Runs `sql` as `role` and returns what psql said on standard error.
+fn psql_as_error(db: &Db, role: &str, sql: &str) -> String {
+    let output = db
+        .psql_command_as(role)
+        .args(["-c", sql])
+        .output()
+        .expect("psql as the role");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn the_proxy_role_can_neither_take_the_locks_nor_trigger_syncs_nor_make_temporary_tables() {
+    let db = Db::new();
+    let (remote, first) = shop_remote();
+    let bare = remote.bare();
+    let repo = bare.to_str().expect("utf-8 path");
+    let _serve = Serve::start(
+        &db,
+        &["--repo", repo, "--path", "deploy", "--poll-interval", "1h"],
+    );
+    applied(&db, &first);
+    let role = format!("proxy_{}", std::process::id());
+    db.psql(&format!("CREATE ROLE {role} LOGIN IN ROLE meshploy_proxy"));
+    // A real login as the proxy's role: the leader and apply locks are out of its reach.
+    for lock in [
+        "SELECT pg_try_advisory_lock(1818584420)",
+        "SELECT pg_advisory_lock(1835365224)",
+        "BEGIN; SELECT pg_advisory_xact_lock(1835365224); COMMIT",
+        "SELECT pg_try_advisory_lock_shared(1, 2)",
+    ] {
+        let error = psql_as_error(&db, &role, lock);
+        assert!(error.contains("permission denied"), "{lock}: {error:?}");
+    }
+    let error = psql_as_error(&db, &role, "CREATE TEMPORARY TABLE t (x int)");
+    assert!(error.contains("permission denied"), "{error:?}");
+    let error = psql_as_error(
+        &db,
+        &role,
+        "INSERT INTO sync_requests (source, trigger) VALUES ('bare', 'request')",
+    );
+    assert!(error.contains("permission denied"), "{error:?}");
+    // It may NOTIFY (PostgreSQL lets every role), but that alone syncs nothing.
+    let before = db.psql("SELECT count(*) FROM sync_attempts");
+    let notified = psql_as_error(
+        &db,
+        &role,
+        "SELECT pg_notify('meshploy_sync', '{\"source\": \"bare\", \"trigger\": \"request\"}')",
+    );
+    assert!(notified.is_empty(), "{notified}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(db.psql("SELECT count(*) FROM sync_attempts"), before);
+    // Meshploy's own request still works.
+    let sync = db.meshploy(&Dir::new(), &["sync", "bare"]);
+    assert_eq!(sync.code, 0, "{}", sync.stderr);
+    assert_ne!(db.psql("SELECT count(*) FROM sync_attempts"), before);
+}

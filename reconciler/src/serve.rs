@@ -152,6 +152,8 @@ impl Daemon {
             .iter()
             .map(|(s, _)| (s.name.clone(), Trigger::Start))
             .collect();
+        // Requests made while no process led.
+        self.requested(&mut pending).await?;
         loop {
             while let Some((name, trigger)) = pending.pop_first() {
                 let Some((source, _)) = self.sources.iter().find(|(s, _)| s.name == name) else {
@@ -164,38 +166,33 @@ impl Daemon {
                 while let Ok((name, trigger)) = rx.try_recv() {
                     merge(&mut pending, name, trigger);
                 }
-                while let Some(notification) = listener.next_buffered() {
-                    self.requested(&mut pending, notification.payload());
+                if listener.next_buffered().is_some() {
+                    while listener.next_buffered().is_some() {}
+                    self.requested(&mut pending).await?;
                 }
             }
             tokio::select! {
                 Some((name, trigger)) = rx.recv() => merge(&mut pending, name, trigger),
                 notification = listener.recv() => {
-                    let notification = notification.map_err(db("listening for sync requests"))?;
-                    self.requested(&mut pending, notification.payload());
+                    notification.map_err(db("listening for sync requests"))?;
+                    self.requested(&mut pending).await?;
                 }
                 _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
             }
         }
     }
 
-    /// Queues a sync asked for through NOTIFY, if the payload names a source of ours.
-    fn requested(&self, pending: &mut BTreeMap<String, Trigger>, payload: &str) {
-        #[derive(serde::Deserialize)]
-        struct Request {
-            source: String,
-            trigger: String,
+    /// Queues the syncs requested in `sync_requests` for sources of ours. A NOTIFY only wakes
+    /// this up: what is synced comes from rows that only Meshploy's role may insert.
+    async fn requested(&self, pending: &mut BTreeMap<String, Trigger>) -> Result<(), Error> {
+        for (source, trigger) in store::take_sync_requests(&self.pool).await? {
+            if self.sources.iter().any(|(s, _)| s.name == source) {
+                merge(pending, source, trigger);
+            } else {
+                tracing::warn!(%source, "ignoring a sync request for an unknown source");
+            }
         }
-        let Ok(request) = serde_json::from_str::<Request>(payload) else {
-            tracing::warn!(payload, "ignoring a malformed sync request");
-            return;
-        };
-        if !self.sources.iter().any(|(s, _)| s.name == request.source) {
-            tracing::warn!(source = %request.source, "ignoring a sync request for an unknown source");
-            return;
-        }
-        let trigger = request.trigger.parse().unwrap_or(Trigger::Request);
-        merge(pending, request.source, trigger);
+        Ok(())
     }
 
     /// Watches the refs of every local repository; each change queues a sync of its source.

@@ -26,7 +26,7 @@ pub use revisions::{CHANNEL, Revision, RevisionMeta, RevisionPlan, revision, rev
 pub use sources::{
     Attempt, LatestAttempt, SYNC_CHANNEL, SourcePosition, SourceRow, SourceStatus,
     interrupt_applying, latest_attempt, mark_applying, record_attempt, request_sync,
-    source_position, source_statuses, touch_source, upsert_source,
+    source_position, source_statuses, take_sync_requests, touch_source, upsert_source,
 };
 pub use state::{Live, Stored, load_state, stored_resources};
 

@@ -6,8 +6,8 @@ use crate::Error;
 use crate::error::db;
 use crate::names::{AttemptOutcome, Policy, SourceState, Trigger};
 
-/// The channel that asks the active reconciler to sync one source now; the payload is
-/// `{"source": NAME, "trigger": TRIGGER}`.
+/// The channel that wakes the active reconciler to take the rows of `sync_requests`. The
+/// payload means nothing: any role may NOTIFY, but only Meshploy's may insert a request.
 pub const SYNC_CHANNEL: &str = "meshploy_sync";
 
 /// A tracked source as registered by `meshploy serve`.
@@ -220,14 +220,29 @@ pub async fn latest_attempt(pool: &PgPool, source: &str) -> Result<Option<Latest
     .map_err(db("reading the latest sync attempt"))
 }
 
-/// Asks the active reconciler, whichever process it is, to sync `source` now.
+/// Asks the active reconciler, whichever process it is, to sync `source` now: a row, and a
+/// NOTIFY to wake it.
 pub async fn request_sync(pool: &PgPool, source: &str, trigger: Trigger) -> Result<(), Error> {
-    let payload = serde_json::json!({ "source": source, "trigger": trigger }).to_string();
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(SYNC_CHANNEL)
-        .bind(payload)
-        .execute(pool)
-        .await
-        .map_err(db("requesting a sync"))?;
+    sqlx::query(
+        "WITH r AS (INSERT INTO sync_requests (source, trigger) VALUES ($1, $2) RETURNING id) \
+         SELECT pg_notify($3, '') FROM r",
+    )
+    .bind(source)
+    .bind(trigger)
+    .bind(SYNC_CHANNEL)
+    .execute(pool)
+    .await
+    .map_err(db("requesting a sync"))?;
     Ok(())
+}
+
+/// Takes (and deletes) every pending sync request, oldest first.
+pub async fn take_sync_requests(pool: &PgPool) -> Result<Vec<(String, Trigger)>, Error> {
+    sqlx::query_as(
+        "WITH taken AS (DELETE FROM sync_requests RETURNING id, source, trigger) \
+         SELECT source, trigger FROM taken ORDER BY id",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(db("taking sync requests"))
 }
