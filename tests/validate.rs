@@ -363,3 +363,50 @@ fn a_fifo_named_like_a_manifest_is_an_error_not_skipped() {
     let run = dir.meshploy(&["validate", "."]);
     run.assert_fails_with("pipe.yaml is a FIFO; manifests must be regular files");
 }
+
+#[test]
+fn plain_text_pasted_under_secrets_is_never_echoed_by_any_error() {
+    let dir = Dir::new();
+    dir.write("project.yaml", PROJECT);
+    let values = [
+        "@hunter2-at",
+        "\"hunter2-open-quote",
+        "'hunter2-single",
+        "%hunter2-percent",
+        "*hunter2-alias",
+        "[hunter2-flow",
+        "{hunter2-brace",
+        "hunter2: colon x",
+        "!!binary aHVudGVyMg==-hunter2",
+        "&hunter2-anchor",
+        "meshploy:v1:HUNTER2_KEY:aGVsbG8",
+        "`hunter2-backtick",
+        "|hunter2-pipe",
+    ];
+    for (i, value) in values.iter().enumerate() {
+        dir.write(
+            &format!("g{i}.yaml"),
+            format!(
+                "apiVersion: meshploy.dev/v1\nkind: VariableGroup\nmetadata:\n  name: g{i}\n  project: shop\nspec:\n  secrets:\n    PASSWORD: {value}\n"
+            ),
+        );
+    }
+    let text = dir.meshploy(&["validate", "."]);
+    assert_eq!(text.code, 1, "{}", text.stderr);
+    let json = dir.meshploy(&["validate", ".", "--format", "json"]);
+    for (form, output) in [("text", &text.stderr), ("json", &json.stdout)] {
+        let lower = output.to_lowercase();
+        assert!(
+            !lower.contains("hunter2"),
+            "{form} output echoes a secret:\n{output}"
+        );
+    }
+    // Every file is reported, each at its own place.
+    for i in 0..values.len() {
+        assert!(
+            text.stderr.contains(&format!("g{i}.yaml")),
+            "g{i}.yaml:\n{}",
+            text.stderr
+        );
+    }
+}

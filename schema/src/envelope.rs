@@ -35,10 +35,11 @@ pub enum EnvelopeError {
     TooLong,
     #[error("envelope has no key id (expected `{PREFIX}<key-id>:<payload>`)")]
     MissingKeyId,
+    /// The key id is not shown: what sits there may be a secret pasted in plain text.
     #[error(
-        "envelope key id `{0}` is not valid (1 to 32 lowercase letters, digits and `-`, starting with a letter or digit)"
+        "envelope key id is not valid (1 to 32 lowercase letters, digits and `-`, starting with a letter or digit)"
     )]
-    BadKeyId(String),
+    BadKeyId,
     #[error("envelope payload is not URL-safe base64")]
     BadBase64,
     #[error("envelope payload is too short to hold a nonce and an authentication tag (truncated?)")]
@@ -64,7 +65,7 @@ impl Envelope {
             .ok_or(EnvelopeError::MissingPrefix)?;
         let (key_id, payload) = rest.split_once(':').ok_or(EnvelopeError::MissingKeyId)?;
         if !is_key_id(key_id) {
-            return Err(EnvelopeError::BadKeyId(key_id.to_owned()));
+            return Err(EnvelopeError::BadKeyId);
         }
         let bytes = URL_SAFE_NO_PAD
             .decode(payload)
@@ -153,10 +154,7 @@ mod tests {
         let cases = [
             ("hunter2", EnvelopeError::MissingPrefix),
             ("meshploy:v1:k1", EnvelopeError::MissingKeyId),
-            (
-                "meshploy:v1:K_1:AAAA",
-                EnvelopeError::BadKeyId("K_1".into()),
-            ),
+            ("meshploy:v1:K_1:AAAA", EnvelopeError::BadKeyId),
             ("meshploy:v1:k1:not base64!", EnvelopeError::BadBase64),
             (truncated, EnvelopeError::Truncated),
         ];

@@ -93,12 +93,75 @@ fn parse_file(file: &ManifestFile, limits: &Limits) -> Parsed {
     options.alias_limits.max_replay_stack_depth = 16;
     options.with_snippet = false;
     let documents: Vec<Option<Spanned<RawDocument>>> =
-        serde_saphyr::from_multiple_with_options(text, options)
-            .map_err(|e| Box::new(yaml_diagnostic(&file.path, &e, limits)))?;
+        serde_saphyr::from_multiple_with_options(text, options).map_err(|e| {
+            Box::new(redact_secrets(
+                text,
+                yaml_diagnostic(&file.path, &e, limits),
+            ))
+        })?;
     Ok(documents.into_iter().flatten().collect())
 }
 
 /// Turns a parser error into a diagnostic, with a suggestion for misspelt fields.
+/// A parser's message may quote the text it stopped at (`unknown anchor`, an unexpected
+/// character, an invalid tag). When that text is inside a `secrets` mapping, or the message
+/// quotes any value written under one, it may be a secret pasted in plain text: the message
+/// is replaced and the line is never shown, so it reaches no output, status row or log.
+fn redact_secrets(text: &str, diagnostic: Diagnostic) -> Diagnostic {
+    let blocks = secrets_blocks(text);
+    let located = blocks
+        .iter()
+        .any(|(first, last)| (*first..=*last).contains(&(diagnostic.line as usize)));
+    let lines: Vec<&str> = text.lines().collect();
+    let quoted = blocks.iter().any(|(first, last)| {
+        lines[first - 1..*last].iter().any(|line| {
+            let value = line.split_once(':').map_or(*line, |(_, v)| v);
+            value
+                .split(|c: char| c.is_whitespace() || "\"'{}[],".contains(c))
+                .any(|word| word.len() >= 4 && diagnostic.message.contains(word))
+        })
+    });
+    if !located && !quoted {
+        return diagnostic;
+    }
+    Diagnostic {
+        message: "the YAML cannot be read here, inside `secrets` (the text is not shown: it may be a secret)".into(),
+        hint: Some("a secret's value must be an envelope made by `meshploy secret encrypt`; check the quoting of the lines around it".into()),
+        ..diagnostic
+    }
+    .redacted()
+}
+
+/// The line ranges (1-based, inclusive) of every `secrets:` mapping: the key's line and the
+/// lines below it that are indented deeper, blank or comments. A flow mapping written on the
+/// key's line is inside its range too.
+fn secrets_blocks(text: &str) -> Vec<(usize, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let indent = |line: &str| line.len() - line.trim_start().len();
+    let mut blocks = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let trimmed = line.trim_start();
+        let key = trimmed
+            .trim_start_matches(['{', ' ', ','])
+            .trim_start_matches(['"', '\''])
+            .starts_with("secrets");
+        if !key || !trimmed.contains(':') {
+            continue;
+        }
+        let own = indent(line);
+        let mut last = i;
+        for (j, next) in lines.iter().enumerate().skip(i + 1) {
+            let blank = next.trim().is_empty() || next.trim_start().starts_with('#');
+            if !blank && indent(next) <= own {
+                break;
+            }
+            last = j;
+        }
+        blocks.push((i + 1, last + 1));
+    }
+    blocks
+}
+
 fn yaml_diagnostic(path: &str, error: &serde_saphyr::Error, limits: &Limits) -> Diagnostic {
     use serde_saphyr::Error as E;
     let mut inner = error.without_snippet();
