@@ -499,3 +499,47 @@ fn apply_on_a_terminal_asks_and_only_yes_applies() {
         "{screen}"
     );
 }
+
+#[test]
+fn an_edited_saved_plan_is_refused_rather_than_applying_what_it_does_not_show() {
+    let (db, dir) = (Db::new(), shop());
+    assert_eq!(db.meshploy(&dir, &["apply", "--auto-approve"]).code, 0);
+    dir.write("a.yaml", service("a", 2));
+    assert_eq!(db.meshploy(&dir, &["plan", "--out", "a.plan"]).code, 0);
+    let saved = std::fs::read_to_string(dir.path().join("a.plan")).expect("plan file");
+    // The attack: what the file writes is edited, what it shows is not.
+    let evil = saved.replace("registry.example.com/a:1", "evil.example.com/miner:6");
+    assert_ne!(evil, saved, "the file holds what it writes");
+    dir.write("evil.plan", &evil);
+    db.meshploy(&dir, &["apply", "evil.plan"])
+        .assert_fails_with(
+            "the saved plan does not match the manifests saved with it (was the file edited?)",
+        );
+    // Editing what it shows instead is refused as well.
+    let shown = saved.replace(
+        "\"after\":{\"type\":\"int\",\"value\":2}",
+        "\"after\":{\"type\":\"int\",\"value\":3}",
+    );
+    assert_ne!(shown, saved);
+    dir.write("shown.plan", &shown);
+    db.meshploy(&dir, &["apply", "shown.plan"])
+        .assert_fails_with("It differs for:\n  - service/shop/a");
+    // Manifests edited to break the rules are refused by the rules.
+    let invalid = saved.replace("replicas: 2", "replicas: 5000");
+    assert_ne!(invalid, saved);
+    dir.write("invalid.plan", &invalid);
+    db.meshploy(&dir, &["apply", "invalid.plan"])
+        .assert_fails_with("the manifests saved in invalid.plan do not validate");
+    assert_eq!(
+        db.psql("SELECT image || ' ' || replicas FROM services WHERE name = 'a'"),
+        "registry.example.com/a:1 1"
+    );
+    assert_eq!(db.psql("SELECT count(*) FROM revisions"), "1");
+    // The file as saved applies.
+    let apply = db.meshploy(&dir, &["apply", "a.plan"]);
+    assert_eq!(apply.code, 0, "{}", apply.stderr);
+    assert_eq!(
+        db.psql("SELECT image || ' ' || replicas FROM services WHERE name = 'a'"),
+        "registry.example.com/a:1 2"
+    );
+}

@@ -3,7 +3,7 @@
 //! locked transaction, and `reseal` re-seals stored secrets. Nothing here commits or takes a
 //! lock: [`crate::pipeline`] does, so an error anywhere leaves the database as it was.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use schema::model::Spec;
 use schema::{Address, DesiredState, Envelope, Kind};
@@ -30,28 +30,11 @@ pub struct Desired {
     pub envelopes: BTreeMap<String, Envelope>,
 }
 
-impl Desired {
-    /// Keeps only what `plan` writes: entries it creates or updates, and their secrets.
-    pub fn for_plan(mut self, plan: &Plan) -> Desired {
-        let written: BTreeSet<&Address> = plan
-            .changes
-            .iter()
-            .filter(|c| c.action != Action::Delete)
-            .map(|c| &c.address)
-            .collect();
-        self.entries.retain(|address, _| written.contains(address));
-        self.envelopes.retain(|key, _| {
-            written.iter().any(|a| {
-                a.kind == Kind::VariableGroup
-                    && key.starts_with(&format!("{}/{}/", a.project, a.name))
-            })
-        });
-        self
-    }
-}
-
-/// A plan saved by `meshploy plan --out`, applied by `meshploy apply FILE`. It holds the plan,
-/// what it writes, and sealed secrets only (the git envelopes), never a plaintext.
+/// A plan saved by `meshploy plan --out`, applied by `meshploy apply FILE`: the plan and the
+/// manifests it was made from (sealed secrets only, never a plaintext). Applying validates
+/// those manifests again and recomputes the plan from them against the locked state; any
+/// difference from the saved plan refuses the file, so an edited file cannot apply changes
+/// it does not show.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SavedPlan {
@@ -63,11 +46,27 @@ pub struct SavedPlan {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit: Option<String>,
     pub plan: Plan,
-    pub desired: Desired,
+    pub files: Vec<SavedFile>,
+}
+
+/// One manifest file as the plan was made from it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedFile {
+    pub path: String,
+    pub text: String,
 }
 
 impl SavedPlan {
-    pub const FORMAT: &str = "meshploy-plan/1";
+    pub const FORMAT: &str = "meshploy-plan/2";
+
+    /// The saved manifests, ready for `schema::load`.
+    pub fn manifest_files(&self) -> Vec<schema::ManifestFile> {
+        self.files
+            .iter()
+            .map(|f| schema::ManifestFile::new(f.path.clone(), f.text.clone().into_bytes()))
+            .collect()
+    }
 }
 
 /// Whether any resource holds a secret (and so keys and a digester are needed).

@@ -48,6 +48,9 @@ pub enum Error {
     Locked { holder: String, waited_ms: u64 },
     #[error("the saved plan is stale, nothing was applied; run `meshploy plan` again:\n{}", lines(.0))]
     Stale(Vec<Stale>),
+    /// The saved plan is not what its own manifests plan: the file was edited.
+    #[error("the saved plan does not match the manifests saved with it (was the file edited?); nothing was applied; make a new one with `meshploy plan --out`. It differs for:\n{}", lines(.0))]
+    Tampered(Vec<String>),
     #[error("the plan is refused, nothing was applied:\n{}", lines(.0))]
     Refused(Vec<Refusal>),
     #[error("source `{source_name}` declares resources that another source owns; nothing was applied:\n{}", lines(.conflicts))]

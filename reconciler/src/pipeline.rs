@@ -16,9 +16,13 @@
 use sqlx::{PgPool, Postgres, Transaction};
 
 use crate::Error;
-use crate::apply::{self, Desired, SavedPlan};
+use std::collections::{BTreeMap, BTreeSet};
+
+use schema::{Address, ManifestFile};
+
+use crate::apply::{self, Desired, SavedFile, SavedPlan};
 use crate::error::db;
-use crate::plan::{self, Guard, Plan, Refusal};
+use crate::plan::{self, Change, Guard, Plan, Refusal};
 use crate::secrets::Keyring;
 use crate::store::{self, Live, RevisionMeta, locks};
 
@@ -74,18 +78,35 @@ impl Locked {
         })
     }
 
-    /// A saved plan, refused if any resource it touches changed since it was made or if it
-    /// writes what another source owns.
-    pub fn saved(self, saved: SavedPlan) -> Result<Planned, Error> {
+    /// A saved plan, with `desired` prepared from its own manifests (validated again). It is
+    /// refused if any resource it touches changed since it was made, if it writes what
+    /// another source owns, or if the plan recomputed from its manifests for the resources
+    /// it touches differs from the saved one (the file was edited).
+    pub fn saved(self, saved: SavedPlan, desired: Desired) -> Result<Planned, Error> {
         let stale = plan::stale(&saved.plan, &self.live.state);
         if !stale.is_empty() {
             return Err(Error::Stale(stale));
         }
-        check_ownership(&self.live, &self.source, &saved.desired)?;
+        check_ownership(&self.live, &self.source, &desired)?;
+        // Only the touched resources are compared: others may have changed since, which a
+        // saved plan allows (per-resource staleness).
+        let touched: BTreeSet<&Address> = saved.plan.changes.iter().map(|c| &c.address).collect();
+        let only = |state: &plan::State| -> plan::State {
+            state
+                .iter()
+                .filter(|(address, _)| touched.contains(address))
+                .map(|(address, entry)| (address.clone(), entry.clone()))
+                .collect()
+        };
+        let recomputed = plan::diff(&only(&desired.entries), &only(&self.live.state));
+        if recomputed != saved.plan {
+            let differing = differing(&recomputed, &saved.plan);
+            return Err(Error::Tampered(differing));
+        }
         Ok(Planned {
             locked: self,
             plan: saved.plan,
-            desired: saved.desired,
+            desired,
         })
     }
 }
@@ -145,7 +166,6 @@ pub struct Preview {
     pub plan: Plan,
     /// Why the guard would refuse the plan at apply, if it would.
     pub refusals: Vec<Refusal>,
-    desired: Desired,
 }
 
 /// Plans `desired` for `source` against one consistent snapshot, without the lock: the plan
@@ -162,24 +182,40 @@ pub async fn preview(
     };
     let plan = plan_for(&live, source, &desired)?;
     let refusals = guard.check(&plan, &live.state);
-    Ok(Preview {
-        plan,
-        refusals,
-        desired,
-    })
+    Ok(Preview { plan, refusals })
 }
 
 impl Preview {
-    /// The plan as a file for `meshploy apply FILE`: what it writes and nothing else.
-    pub fn save(self, source: String, commit: Option<String>) -> SavedPlan {
+    /// The plan as a file for `meshploy apply FILE`, with the manifests it was made from.
+    pub fn save(self, source: String, commit: Option<String>, files: &[ManifestFile]) -> SavedPlan {
         SavedPlan {
             format: SavedPlan::FORMAT.into(),
             source,
             commit,
-            desired: self.desired.for_plan(&self.plan),
             plan: self.plan,
+            files: files
+                .iter()
+                .map(|f| SavedFile {
+                    path: f.path.clone(),
+                    text: String::from_utf8_lossy(&f.bytes).into_owned(),
+                })
+                .collect(),
         }
     }
+}
+
+/// The addresses whose change differs between two plans (or is in only one of them).
+fn differing(a: &Plan, b: &Plan) -> Vec<String> {
+    let index = |plan: &Plan| -> BTreeMap<String, Change> {
+        plan.changes
+            .iter()
+            .map(|c| (c.address.to_string(), c.clone()))
+            .collect()
+    };
+    let (a, b) = (index(a), index(b));
+    let mut addresses: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    addresses.retain(|address| a.get(*address) != b.get(*address));
+    addresses.into_iter().cloned().collect()
 }
 
 fn plan_for(live: &Live, source: &str, desired: &Desired) -> Result<Plan, Error> {

@@ -60,12 +60,18 @@ async fn apply_saved(args: ApplyArgs) -> Result<ExitCode> {
             SavedPlan::FORMAT
         );
     }
+    // The manifests saved with the plan are validated again; what is applied is planned from
+    // them, and must be exactly the saved plan.
+    let state = schema::load(&saved.manifest_files(), &schema::Limits::default())
+        .map_err(reconciler::Error::Invalid)
+        .with_context(|| format!("the manifests saved in {} do not validate", path.display()))?;
     let pool = database::connect(&args.db, "apply").await?;
     let keys = keyring(&args.keys)?;
+    let desired = apply::prepare_for(&pool, &state, keys.as_ref()).await?;
     let meta = meta(&args, saved.source.clone(), saved.commit.clone());
     let checked = pipeline::lock(&pool, &saved.source, millis(&args))
         .await?
-        .saved(saved)?
+        .saved(saved, desired)?
         .check(&guard(&args.guard))?;
     print(checked.plan(), PlanFormat::Text, "");
     if checked.plan().is_empty() {

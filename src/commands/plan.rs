@@ -28,7 +28,7 @@ pub async fn run(args: PlanArgs) -> Result<ExitCode> {
     }
     let changes = !preview.plan.is_empty();
     if let Some(out) = &args.out {
-        let saved = preview.save(manifests.source, manifests.commit);
+        let saved = preview.save(manifests.source, manifests.commit, &manifests.files);
         let json = serde_json::to_vec(&saved)?;
         std::fs::write(out, json).with_context(|| format!("cannot write {}", out.display()))?;
         eprintln!(
