@@ -126,6 +126,16 @@ impl Drop for Process {
     }
 }
 
+/// A new login role holding `meshploy_proxy`, as the proxy's would: roles belong to the
+/// whole test cluster, so each name is unique in it.
+pub fn proxy_login(db: &crate::util::Db) -> String {
+    static ROLES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = ROLES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let role = format!("proxy_{}_{n}", std::process::id());
+    db.psql(&format!("CREATE ROLE {role} LOGIN IN ROLE meshploy_proxy"));
+    role
+}
+
 /// Waits until something accepts connections on loopback `port`.
 pub fn listening(port: u16, timeout: Duration) -> bool {
     wait_for(timeout, || {

@@ -210,8 +210,7 @@ fn routes_by_exact_wildcard_and_longest_prefix_with_forwarded_headers_as_a_read_
     apply(&db, &dir);
 
     // The proxy connects as a login role holding only `meshploy_proxy`.
-    let role = format!("proxy_{}", std::process::id());
-    db.psql(&format!("CREATE ROLE {role} LOGIN IN ROLE meshploy_proxy"));
+    let role = crate::fixtures::proxy_login(&db);
     let denied = db
         .psql_command_as(&role)
         .args(["-c", "DELETE FROM routes"])

@@ -698,8 +698,7 @@ fn the_proxy_role_can_neither_take_the_locks_nor_trigger_syncs_nor_make_temporar
         &["--repo", repo, "--path", "deploy", "--poll-interval", "1h"],
     );
     applied(&db, &first);
-    let role = format!("proxy_{}", std::process::id());
-    db.psql(&format!("CREATE ROLE {role} LOGIN IN ROLE meshploy_proxy"));
+    let role = crate::fixtures::proxy_login(&db);
     // A real login as the proxy's role: the leader and apply locks are out of its reach.
     for lock in [
         "SELECT pg_try_advisory_lock(1818584420)",
