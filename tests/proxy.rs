@@ -18,7 +18,7 @@ use reconciler::postgres::Cluster;
 use tokio::runtime::Runtime;
 
 use crate::fixtures::{PROJECT, Process};
-use crate::util::{Db, Dir, closed_port, meshploy, open_tempdir, wait_every, wait_for};
+use crate::util::{Db, Dir, closed_port, meshploy, open_tempdir, status_of, wait_every, wait_for};
 
 /// A running `meshploy proxy` on ports it chose, killed when dropped.
 struct Proxy {
@@ -407,12 +407,7 @@ fn raw(proxy: &Proxy, request: &str) -> (u16, String) {
     stream.write_all(request.as_bytes()).expect("send");
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, response)
+    (status_of(&response), response)
 }
 
 #[test]
@@ -818,11 +813,7 @@ fn get_on(stream: &mut TcpStream, host: &str) -> (u16, String) {
         head.push(byte[0]);
     }
     let head = String::from_utf8_lossy(&head).to_lowercase();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let status = status_of(&head);
     let length: usize = head
         .lines()
         .find_map(|l| l.strip_prefix("content-length:"))

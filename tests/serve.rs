@@ -73,6 +73,21 @@ fn applied(db: &Db, commit: &str) -> serde_json::Value {
     })
 }
 
+/// The shop remote (see [`shop_remote`]) followed by `meshploy serve` from its bare
+/// repository's `deploy/`, polling hourly (so only the watch and requests trigger syncs) with
+/// `extra` arguments, once its first commit is applied. Returns the remote, that commit and
+/// the server.
+fn following_shop(db: &Db, extra: &[&str]) -> (Remote, String, Serve) {
+    let (remote, first) = shop_remote();
+    let bare = remote.bare();
+    let repo = bare.to_str().expect("utf-8 path");
+    let mut args = vec!["--repo", repo, "--path", "deploy", "--poll-interval", "1h"];
+    args.extend_from_slice(extra);
+    let serve = Serve::start(db, &args);
+    applied(db, &first);
+    (remote, first, serve)
+}
+
 #[test]
 fn pushes_are_applied_failures_leave_the_state_and_force_pushes_are_followed() {
     let db = Db::new();
@@ -523,25 +538,10 @@ fn open_files(pid: u32) -> usize {
 fn idle_connections_are_capped_and_timed_out_and_the_api_still_answers() {
     use std::io::{Read, Write};
     let db = Db::new();
-    let (remote, first) = shop_remote();
-    let bare = remote.bare();
-    let repo = bare.to_str().expect("utf-8 path");
-    let serve = Serve::start(
+    let (remote, _, serve) = following_shop(
         &db,
-        &[
-            "--repo",
-            repo,
-            "--path",
-            "deploy",
-            "--poll-interval",
-            "1h",
-            "--max-connections-per-ip",
-            "20",
-            "--header-timeout",
-            "1s",
-        ],
+        &["--max-connections-per-ip", "20", "--header-timeout", "1s"],
     );
-    applied(&db, &first);
     let before = open_files(serve.process.id());
     // 200 clients from 127.0.0.1 each send half a request head and wait.
     let mut idle: Vec<std::net::TcpStream> = (0..200)
@@ -610,12 +610,7 @@ async fn readyz_from(source: [u8; 4], port: u16) -> (u16, String) {
         .expect("send");
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response).await;
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, response)
+    (crate::util::status_of(&response), response)
 }
 
 #[test]
@@ -652,13 +647,11 @@ fn an_empty_webhook_secret_or_api_token_is_refused_at_start() {
 #[test]
 fn a_new_leader_records_a_sync_its_predecessor_was_killed_in_as_interrupted() {
     let db = Db::new();
-    let (remote, first) = shop_remote();
+    let (remote, _, serve) = following_shop(&db, &[]);
+    drop(serve);
     let bare = remote.bare();
     let repo = bare.to_str().expect("utf-8 path");
     let args = ["--repo", repo, "--path", "deploy", "--poll-interval", "1h"];
-    let serve = Serve::start(&db, &args);
-    applied(&db, &first);
-    drop(serve);
     // What a leader killed mid-sync leaves: the source shown `applying` a commit.
     let second = remote.push("an empty commit");
     db.psql(&format!(
@@ -690,14 +683,7 @@ fn psql_as_error(db: &Db, role: &str, sql: &str) -> String {
 #[test]
 fn the_proxy_role_can_neither_take_the_locks_nor_trigger_syncs_nor_make_temporary_tables() {
     let db = Db::new();
-    let (remote, first) = shop_remote();
-    let bare = remote.bare();
-    let repo = bare.to_str().expect("utf-8 path");
-    let _serve = Serve::start(
-        &db,
-        &["--repo", repo, "--path", "deploy", "--poll-interval", "1h"],
-    );
-    applied(&db, &first);
+    let (_remote, _, _serve) = following_shop(&db, &[]);
     let role = crate::fixtures::proxy_login(&db);
     // A real login as the proxy's role: the leader and apply locks are out of its reach.
     for lock in [

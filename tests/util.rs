@@ -365,6 +365,15 @@ pub fn closed_port() -> u16 {
         .port()
 }
 
+/// The status code of a raw HTTP/1 response (its head, or all of it); 0 without one.
+pub fn status_of(response: &str) -> u16 {
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
 /// One HTTP/1.1 request over a real socket; returns the status and the body.
 pub fn http(
     port: u16,
@@ -389,11 +398,8 @@ pub fn http(
     let mut response = Vec::new();
     let _ = stream.read_to_end(&mut response);
     let response = String::from_utf8_lossy(&response).into_owned();
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP status in {response:?}"));
+    let status = status_of(&response);
+    assert_ne!(status, 0, "no HTTP status in {response:?}");
     let body = response
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_owned())

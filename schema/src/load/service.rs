@@ -181,7 +181,7 @@ impl Loader {
 
     fn build(&mut self, doc: &Doc, build: BuildSpec, loc: Loc) -> Option<Build> {
         let strategy = build.strategy.unwrap_or(Spanned {
-            value: "auto".to_owned(),
+            value: Strategy::Auto.as_str().to_owned(),
             loc,
         });
         let only_for =
