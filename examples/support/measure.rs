@@ -11,8 +11,14 @@ pub struct Measurement {
     pub stderr: String,
 }
 
-/// Builds the release binary and returns its path next to this program's.
+/// Builds the release binary and returns its path next to this program's, or returns the
+/// binary `MESHPLOY_BENCH_BINARY` names (to compare two builds on one machine).
 pub fn build_binary() -> Result<PathBuf, String> {
+    // Another build (an older commit's, for an A/B comparison on the same machine) may be
+    // measured instead.
+    if let Some(binary) = std::env::var_os("MESHPLOY_BENCH_BINARY") {
+        return Ok(PathBuf::from(binary));
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .args(["build", "--release", "--quiet", "--bin", "meshploy"])
