@@ -12,12 +12,15 @@
 //! `git` and `/usr/bin/time` (Debian's `time` package).
 
 // The support modules are shared by several programs; not every one uses every helper.
+#[path = "support/git_cli.rs"]
+mod git_cli;
 #[allow(dead_code)]
 #[path = "support/measure.rs"]
 mod measure;
 
-use std::path::Path;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
+
+use git_cli::{git, git_with_input};
 
 fn main() -> ExitCode {
     match run() {
@@ -53,8 +56,7 @@ fn run() -> Result<(), String> {
     let listing: String = (0..3_000)
         .map(|i| format!("100644 blob {blob}\tm{i:05}.yaml\n"))
         .collect();
-    std::fs::write(many.join("listing"), listing).map_err(|e| e.to_string())?;
-    let tree = sh(&many, "git mktree < listing")?;
+    let tree = git_with_input(&many, &["mktree"], &listing)?;
     let commit = git(&many, &["commit-tree", &tree, "-m", "many"])?;
     git(&many, &["update-ref", "refs/heads/main", &commit])?;
 
@@ -82,38 +84,4 @@ fn run() -> Result<(), String> {
     }
     println!("target: peak RSS under 100 MB for each");
     Ok(())
-}
-
-fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
-    let output = Command::new("git")
-        .current_dir(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "bench")
-        .env("GIT_AUTHOR_EMAIL", "bench@meshploy.invalid")
-        .env("GIT_COMMITTER_NAME", "bench")
-        .env("GIT_COMMITTER_EMAIL", "bench@meshploy.invalid")
-        .output()
-        .map_err(|e| format!("cannot run git: {e}"))?;
-    if !output.status.success() {
-        return Err(format!(
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        ));
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
-}
-
-fn sh(dir: &Path, script: &str) -> Result<String, String> {
-    let output = Command::new("sh")
-        .current_dir(dir)
-        .args(["-c", script])
-        .output()
-        .map_err(|e| format!("cannot run sh: {e}"))?;
-    if !output.status.success() {
-        return Err(format!(
-            "{script}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        ));
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }

@@ -23,6 +23,9 @@
 #[path = "support/generate.rs"]
 mod generate;
 #[allow(dead_code)]
+#[path = "support/git_cli.rs"]
+mod git_cli;
+#[allow(dead_code)]
 #[path = "support/measure.rs"]
 mod measure;
 
@@ -31,6 +34,7 @@ use std::path::Path;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use git_cli::git;
 use hmac::{Hmac, KeyInit, Mac};
 use reconciler::postgres::Cluster;
 use sha2::Sha256;
@@ -386,27 +390,6 @@ impl Drop for Server {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
-    let output = Command::new("git")
-        .current_dir(dir)
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_AUTHOR_NAME", "Meshploy Bench")
-        .env("GIT_AUTHOR_EMAIL", "bench@meshploy.invalid")
-        .env("GIT_COMMITTER_NAME", "Meshploy Bench")
-        .env("GIT_COMMITTER_EMAIL", "bench@meshploy.invalid")
-        .output()
-        .map_err(|e| format!("cannot run git: {e}"))?;
-    if !output.status.success() {
-        return Err(format!(
-            "git {args:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        ));
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
 fn sql(cluster: &Cluster, database: &str, sql: &str) -> Result<String, String> {

@@ -278,7 +278,7 @@ impl Repo {
                 .repo
                 .find_object(oid)
                 .map_err(|e| object_error(format!("`{full}`"), &e))?;
-            collected.push(ManifestFile::new(full, blob.data.clone()));
+            collected.push(ManifestFile::new(full, blob.detach().data));
         }
         Ok(Snapshot {
             commit: commit.to_owned(),
