@@ -31,6 +31,13 @@ pub enum GitError {
         path: String,
         what: &'static str,
     },
+    #[error("cannot check out commit {commit} of {url} into {}: {error}", dest.display())]
+    Export {
+        url: String,
+        commit: String,
+        dest: PathBuf,
+        error: std::io::Error,
+    },
     #[error("cannot read {what} in {url}: {detail}")]
     Object {
         url: String,

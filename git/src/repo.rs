@@ -51,6 +51,35 @@ pub fn open(url: &str, cache_root: &Path) -> Result<Repo, GitError> {
     }
 }
 
+/// Opens a repository as [`open`] does, without fetching: a remote one is read from its
+/// cache as the last fetch left it.
+pub fn open_cached(url: &str, cache_root: &Path) -> Result<Repo, GitError> {
+    let shown = redact(url);
+    match Location::parse(url) {
+        Location::Local(_) => open(url, cache_root),
+        Location::Remote(url) => {
+            let repo = gix::open_opts(cache_dir(&url, cache_root), options()).map_err(|e| {
+                GitError::Open {
+                    url: shown.clone(),
+                    detail: format!("not fetched yet ({e})"),
+                }
+            })?;
+            Ok(Repo { repo, url: shown })
+        }
+    }
+}
+
+/// One cache per URL (credentials excluded, so rotating a token keeps the cache).
+fn cache_dir(url: &str, cache_root: &Path) -> std::path::PathBuf {
+    let digest = Sha256::digest(redact(url).as_bytes());
+    cache_root.join(
+        digest[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
+    )
+}
+
 /// Opening options that honour the user's and the system's git configuration, which is
 /// where credential helpers are configured.
 fn options() -> gix::open::Options {
@@ -66,14 +95,7 @@ fn fetch(url: &str, cache_root: &Path) -> Result<Repo, GitError> {
         url: shown.clone(),
         detail: scrub(url, causes(e)),
     };
-    // One cache per URL (credentials excluded, so rotating a token keeps the cache).
-    let digest = Sha256::digest(shown.as_bytes());
-    let dir = cache_root.join(
-        digest[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>(),
-    );
+    let dir = cache_dir(url, cache_root);
     private_dir(cache_root).map_err(|e| failed(&e))?;
     let repo = if dir.join("HEAD").exists() {
         gix::open_opts(&dir, options()).map_err(|e| failed(&e))?
@@ -180,51 +202,110 @@ impl Repo {
         }
     }
 
-    /// Every manifest (`*.yaml`, `*.yml`, not hidden) under `path` in `commit`'s tree,
-    /// sorted by path. Files are named by their path in the repository.
-    pub fn read(&self, commit: &str, path: &str, limits: &Limits) -> Result<Snapshot, GitError> {
-        let object_error = |what: String, e: &dyn std::fmt::Display| GitError::Object {
+    /// Writes the tree under `path` in `commit` into `dest`, a new directory: the checkout a
+    /// build runs in. Executable files keep their mode and symbolic links stay links; a
+    /// submodule becomes an empty directory, as `git clone` without `--recursive` leaves it.
+    /// Returns the number of files written.
+    pub fn export(&self, commit: &str, path: &str, dest: &Path) -> Result<u64, GitError> {
+        use std::os::unix::fs::PermissionsExt;
+        let root = self.subtree(commit, path)?;
+        let written = |e: std::io::Error| GitError::Export {
             url: self.url.clone(),
-            what,
-            detail: e.to_string(),
-        };
-        let id = gix::ObjectId::from_hex(commit.as_bytes())
-            .map_err(|e| object_error(format!("commit {commit}"), &e))?;
-        let tree = self
-            .repo
-            .find_commit(id)
-            .and_then(|c| c.tree())
-            .map_err(|e| object_error(format!("the tree of commit {commit}"), &e))?;
-        let path = path.trim_matches('/');
-        let root = if path.is_empty() || path == "." {
-            tree
-        } else {
-            let located = |e: &dyn std::fmt::Display| object_error(format!("`{path}`"), e);
-            let entry = tree
-                .lookup_entry_by_path(path)
-                .map_err(|e| located(&e))?
-                .ok_or_else(|| GitError::MissingPath {
-                    url: self.url.clone(),
-                    commit: commit.to_owned(),
-                    path: path.to_owned(),
-                })?;
-            if !entry.mode().is_tree() {
-                return Err(GitError::NotADirectory {
-                    url: self.url.clone(),
-                    commit: commit.to_owned(),
-                    path: path.to_owned(),
-                });
-            }
-            entry
-                .object()
-                .map_err(|e| located(&e))?
-                .peel_to_tree()
-                .map_err(|e| located(&e))?
+            commit: commit.to_owned(),
+            dest: dest.to_owned(),
+            error: e,
         };
         let mut recorder = gix::traverse::tree::Recorder::default();
         root.traverse()
             .breadthfirst(&mut recorder)
-            .map_err(|e| object_error(format!("the tree of commit {commit}"), &e))?;
+            .map_err(|e| self.object_error(format!("the tree of commit {commit}"), &e))?;
+        std::fs::create_dir(dest).map_err(written)?;
+        let mut files = 0;
+        // Breadth first: every directory is recorded before what it holds.
+        for entry in recorder.records {
+            let relative = entry.filepath.to_str_lossy();
+            let target = dest.join(relative.as_ref());
+            let blob = || {
+                self.repo
+                    .find_object(entry.oid)
+                    .map(|o| o.detach().data)
+                    .map_err(|e| self.object_error(format!("`{relative}`"), &e))
+            };
+            match entry.mode.kind() {
+                EntryKind::Tree | EntryKind::Commit => {
+                    std::fs::create_dir(&target).map_err(written)?;
+                }
+                EntryKind::Blob | EntryKind::BlobExecutable => {
+                    std::fs::write(&target, blob()?).map_err(written)?;
+                    if entry.mode.kind() == EntryKind::BlobExecutable {
+                        let mode = std::fs::Permissions::from_mode(0o755);
+                        std::fs::set_permissions(&target, mode).map_err(written)?;
+                    }
+                    files += 1;
+                }
+                EntryKind::Link => {
+                    let link = String::from_utf8_lossy(&blob()?).into_owned();
+                    std::os::unix::fs::symlink(link, &target).map_err(written)?;
+                    files += 1;
+                }
+            }
+        }
+        Ok(files)
+    }
+
+    fn object_error(&self, what: String, error: &dyn std::fmt::Display) -> GitError {
+        GitError::Object {
+            url: self.url.clone(),
+            what,
+            detail: error.to_string(),
+        }
+    }
+
+    /// The tree at `path` (`""` or `"."` for the root) in `commit`.
+    fn subtree(&self, commit: &str, path: &str) -> Result<gix::Tree<'_>, GitError> {
+        let id = gix::ObjectId::from_hex(commit.as_bytes())
+            .map_err(|e| self.object_error(format!("commit {commit}"), &e))?;
+        let tree = self
+            .repo
+            .find_commit(id)
+            .and_then(|c| c.tree())
+            .map_err(|e| self.object_error(format!("the tree of commit {commit}"), &e))?;
+        let path = path.trim_matches('/');
+        if path.is_empty() || path == "." {
+            return Ok(tree);
+        }
+        let located = |e: &dyn std::fmt::Display| self.object_error(format!("`{path}`"), e);
+        let entry = tree
+            .lookup_entry_by_path(path)
+            .map_err(|e| located(&e))?
+            .ok_or_else(|| GitError::MissingPath {
+                url: self.url.clone(),
+                commit: commit.to_owned(),
+                path: path.to_owned(),
+            })?;
+        if !entry.mode().is_tree() {
+            return Err(GitError::NotADirectory {
+                url: self.url.clone(),
+                commit: commit.to_owned(),
+                path: path.to_owned(),
+            });
+        }
+        entry
+            .object()
+            .map_err(|e| located(&e))?
+            .peel_to_tree()
+            .map_err(|e| located(&e))
+    }
+
+    /// Every manifest (`*.yaml`, `*.yml`, not hidden) under `path` in `commit`'s tree,
+    /// sorted by path. Files are named by their path in the repository.
+    pub fn read(&self, commit: &str, path: &str, limits: &Limits) -> Result<Snapshot, GitError> {
+        let root = self.subtree(commit, path)?;
+        let path = path.trim_matches('/');
+        let mut recorder = gix::traverse::tree::Recorder::default();
+        root.traverse()
+            .breadthfirst(&mut recorder)
+            .map_err(|e| self.object_error(format!("the tree of commit {commit}"), &e))?;
         // First every manifest's size from its object header, without inflating any: a
         // hostile tree (a huge blob, or thousands of entries naming one blob) is refused or
         // skipped before it costs memory.
@@ -251,7 +332,7 @@ impl Repo {
                     let size = self
                         .repo
                         .find_header(entry.oid)
-                        .map_err(|e| object_error(format!("`{full}`"), &e))?
+                        .map_err(|e| self.object_error(format!("`{full}`"), &e))?
                         .size();
                     found.push((full, entry.oid, size));
                 }
@@ -277,7 +358,7 @@ impl Repo {
             let blob = self
                 .repo
                 .find_object(oid)
-                .map_err(|e| object_error(format!("`{full}`"), &e))?;
+                .map_err(|e| self.object_error(format!("`{full}`"), &e))?;
             collected.push(ManifestFile::new(full, blob.detach().data));
         }
         Ok(Snapshot {

@@ -1,5 +1,6 @@
 //! The closed sets of names that cross the database, the API and the CLI: a source's state,
-//! an attempt's outcome, what triggered it, and a source's policy.
+//! an attempt's outcome, what triggered it, and a source's policy; a deployment's state and
+//! trigger, and a build's state.
 //!
 //! Each is an enum whose text form is written once, in [`closed_set!`]: `as_str`, `Display`,
 //! `FromStr`, serde, and sqlx's text encoding all come from that one list, so a misspelt
@@ -167,6 +168,57 @@ closed_set! {
     }
 }
 
+closed_set! {
+    /// Where a deployment stands (the `deployments.state` column).
+    DeploymentState {
+        /// Decided, not started.
+        Queued = "queued",
+        /// Its source is being built.
+        Building = "building",
+        /// Its replicas are starting and being checked.
+        Deploying = "deploying",
+        /// Its replicas passed their health checks and serve the service.
+        Healthy = "healthy",
+        /// It never served; `reason` says why.
+        Failed = "failed",
+        /// It served until a newer release replaced it.
+        Superseded = "superseded",
+        /// It served until a rollback replaced it.
+        RolledBack = "rolled-back",
+    }
+}
+
+impl DeploymentState {
+    /// Whether a deployment in this state is still under way.
+    pub fn active(self) -> bool {
+        matches!(
+            self,
+            DeploymentState::Queued | DeploymentState::Building | DeploymentState::Deploying
+        )
+    }
+}
+
+closed_set! {
+    /// What caused a deployment.
+    DeployTrigger {
+        /// An applied revision changed the service's release.
+        Revision = "revision",
+        /// `meshploy rollback`: an earlier healthy release, pinned.
+        Rollback = "rollback",
+        /// The release was healthy but nothing runs it (after a restart of the runtime).
+        Restart = "restart",
+    }
+}
+
+closed_set! {
+    /// Where a build stands (the `builds.state` column).
+    BuildState {
+        Building = "building",
+        Succeeded = "succeeded",
+        Failed = "failed",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,6 +234,15 @@ mod tests {
         }
         for trigger in Trigger::ALL {
             assert_eq!(trigger.as_str().parse::<Trigger>(), Ok(*trigger));
+        }
+        for state in DeploymentState::ALL {
+            assert_eq!(state.as_str().parse::<DeploymentState>(), Ok(*state));
+        }
+        for trigger in DeployTrigger::ALL {
+            assert_eq!(trigger.as_str().parse::<DeployTrigger>(), Ok(*trigger));
+        }
+        for state in BuildState::ALL {
+            assert_eq!(state.as_str().parse::<BuildState>(), Ok(*state));
         }
         let error = "Manual"
             .parse::<Policy>()

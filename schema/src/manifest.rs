@@ -88,7 +88,7 @@ pub struct SourceSpec {
 #[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct BuildSpec {
-    /// `auto` (detect), `dockerfile`, `nixpacks`, `railpack` or `command`. Default `auto`.
+    /// `auto` (detect), `dockerfile`, `nixpacks`, `railpack`, `command` or `none` (run the checkout as it is). Default `auto`.
     pub strategy: Option<Spanned<String>>,
     /// Path of the Dockerfile for `strategy: dockerfile`. Default `Dockerfile`.
     pub dockerfile: Option<Spanned<String>>,

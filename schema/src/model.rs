@@ -221,10 +221,16 @@ pub struct Checkout {
 #[serde(tag = "strategy", rename_all = "camelCase")]
 pub enum Build {
     Auto,
-    Dockerfile { dockerfile: String },
+    Dockerfile {
+        dockerfile: String,
+    },
     Nixpacks,
     Railpack,
-    Command { command: String },
+    Command {
+        command: String,
+    },
+    /// Run the checkout as it is, without a build step.
+    None,
 }
 
 impl Build {
@@ -235,6 +241,7 @@ impl Build {
             Build::Nixpacks => Strategy::Nixpacks,
             Build::Railpack => Strategy::Railpack,
             Build::Command { .. } => Strategy::Command,
+            Build::None => Strategy::None,
         }
     }
 }
@@ -248,15 +255,17 @@ pub enum Strategy {
     Nixpacks,
     Railpack,
     Command,
+    None,
 }
 
 impl Strategy {
-    pub const ALL: [Strategy; 5] = [
+    pub const ALL: [Strategy; 6] = [
         Strategy::Auto,
         Strategy::Dockerfile,
         Strategy::Nixpacks,
         Strategy::Railpack,
         Strategy::Command,
+        Strategy::None,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -266,6 +275,7 @@ impl Strategy {
             Strategy::Nixpacks => "nixpacks",
             Strategy::Railpack => "railpack",
             Strategy::Command => "command",
+            Strategy::None => "none",
         }
     }
 

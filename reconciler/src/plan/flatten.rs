@@ -33,7 +33,7 @@ pub fn flatten<E>(
                     f.text("source.ref", &source.git_ref);
                     f.text("source.path", &source.path);
                     let detail = match build {
-                        Build::Auto | Build::Nixpacks | Build::Railpack => None,
+                        Build::Auto | Build::Nixpacks | Build::Railpack | Build::None => None,
                         Build::Dockerfile { dockerfile } => Some(("build.dockerfile", dockerfile)),
                         Build::Command { command } => Some(("build.command", command)),
                     };

@@ -202,6 +202,7 @@ impl Loader {
             Some(Strategy::Auto) => Some(Build::Auto),
             Some(Strategy::Nixpacks) => Some(Build::Nixpacks),
             Some(Strategy::Railpack) => Some(Build::Railpack),
+            Some(Strategy::None) => Some(Build::None),
             Some(Strategy::Dockerfile) => {
                 only_for(self, &build.command, "command", "command");
                 let dockerfile = match build.dockerfile {

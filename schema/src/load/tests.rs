@@ -254,6 +254,13 @@ fn build_settings_must_match_the_strategy() {
                 "c.yaml",
                 &service("c", "  image: nginx\n  build:\n    strategy: auto\n"),
             ),
+            (
+                "d.yaml",
+                &service(
+                    "d",
+                    &format!("{source}  build:\n    strategy: none\n    command: make\n"),
+                ),
+            ),
         ],
         &[
             (
@@ -271,7 +278,40 @@ fn build_settings_must_match_the_strategy() {
                 "conflict",
                 "`build` applies only to a service with `source`",
             ),
+            (
+                "d.yaml:11:14",
+                "conflict",
+                "`build.command` applies only to `strategy: command`",
+            ),
         ],
+    );
+}
+
+#[test]
+fn a_source_may_run_as_checked_out_with_strategy_none() {
+    let text = service(
+        "a",
+        "  source:\n    git: https://example.com/a.git\n  build:\n    strategy: none\n  command: ./run\n",
+    );
+    let files = [
+        ManifestFile::new("project.yaml", PROJECT.into()),
+        ManifestFile::new("a.yaml", text.into_bytes()),
+    ];
+    let state = load(&files, &Limits::default()).expect("strategy none is valid");
+    let service = state.resources.values().find_map(|r| match &r.spec {
+        crate::model::Spec::Service(s) => Some(s.clone()),
+        _ => None,
+    });
+    let workload = service.expect("one service").workload;
+    assert!(
+        matches!(
+            workload,
+            crate::model::Workload::Source {
+                build: crate::model::Build::None,
+                ..
+            }
+        ),
+        "{workload:?}"
     );
 }
 

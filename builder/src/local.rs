@@ -1,0 +1,477 @@
+//! The local runtime: each replica is a supervised child process on this machine.
+//!
+//! A replica is `command` run by a shell in the build directory, with `PORT` set to a free
+//! port the runtime picked and the release's environment (secrets opened by the caller and
+//! held in memory only, for restarts). Its output goes, redacted, into its log stream.
+//! Until the deployment serves, an exit is final and fails the rollout with the exit code and
+//! last lines; once it serves, an exit is restarted with exponential backoff, and repeated
+//! exits mark the deployment degraded. Each running replica leaves a file under the state
+//! directory with its process group, so a runtime started after a crash stops what the dead
+//! one left running before it starts anything.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reconciler::secrets::Plaintext;
+use rustix::process::Signal;
+use schema::model::{HealthCheck, Workload};
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::Error;
+use crate::decide::ServiceKey;
+use crate::health::{Probe, probe};
+use crate::lines::Redactor;
+use crate::logs::{LogWriter, Owner};
+use crate::process::{self, Tail};
+use crate::runtime::{Endpoint, Launch, Running, Runtime};
+
+/// How the local runtime treats its processes.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Where running replicas are recorded (`<home>/runtime`).
+    pub state_dir: PathBuf,
+    /// From SIGTERM to SIGKILL.
+    pub stop_grace: Duration,
+    /// Lines kept per replica's log.
+    pub log_lines: u64,
+}
+
+/// Exits within this window that mark a deployment degraded.
+const DEGRADED_EXITS: usize = 5;
+const DEGRADED_WINDOW: Duration = Duration::from_secs(60);
+/// Times a replica is moved to a new port when its port was taken before it listened.
+const PORT_RETRIES: u32 = 3;
+
+#[derive(Debug)]
+pub struct LocalRuntime {
+    pool: PgPool,
+    settings: Settings,
+    deployments: Mutex<BTreeMap<i64, Deployment>>,
+}
+
+#[derive(Debug)]
+struct Deployment {
+    service: ServiceKey,
+    port: u16,
+    check: Option<HealthCheck>,
+    replicas: Vec<Replica>,
+}
+
+#[derive(Debug)]
+struct Replica {
+    state: Arc<Mutex<ReplicaState>>,
+    tail: Tail,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+#[derive(Debug, Default)]
+struct ReplicaState {
+    port: u16,
+    /// Set once the deployment serves: exits are restarted from then on.
+    serving: bool,
+    /// How it ended before it served: final.
+    ended: Option<String>,
+    /// Recent exits while serving, for the degraded verdict.
+    exits: VecDeque<(Instant, String)>,
+}
+
+/// What a replica runs, shared by its restarts.
+#[derive(Debug)]
+struct Spawn {
+    command: String,
+    workdir: PathBuf,
+    env: Vec<(String, Plaintext)>,
+    redactor: Arc<Redactor>,
+    deployment: i64,
+    replica: i32,
+}
+
+impl LocalRuntime {
+    /// A runtime keeping its records in `settings.state_dir`. Replicas that a previous
+    /// runtime left running (it was killed) are stopped first; returns how many.
+    pub fn new(pool: PgPool, settings: Settings) -> Result<(LocalRuntime, usize), Error> {
+        let dir = &settings.state_dir;
+        let failed = |error| Error::StateDir {
+            path: dir.clone(),
+            error,
+        };
+        std::fs::create_dir_all(dir).map_err(failed)?;
+        let mut stopped = 0;
+        for entry in std::fs::read_dir(dir).map_err(failed)? {
+            let path = entry.map_err(failed)?.path();
+            let recorded = std::fs::read_to_string(&path).unwrap_or_default();
+            let mut parts = recorded.split_whitespace();
+            let (Some(Ok(pid)), Some(started)) =
+                (parts.next().map(str::parse::<u32>), parts.next())
+            else {
+                let _ = std::fs::remove_file(&path);
+                continue;
+            };
+            // The same process only if it started when recorded: a pid may be reused.
+            if start_time(pid).as_deref() == Some(started) {
+                process::signal_group(pid, Signal::KILL);
+                stopped += 1;
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+        let runtime = LocalRuntime {
+            pool,
+            settings,
+            deployments: Mutex::new(BTreeMap::new()),
+        };
+        Ok((runtime, stopped))
+    }
+
+    fn replica_states(&self, deployment: i64) -> Option<ReplicaView> {
+        let deployments = self.deployments.lock().ok()?;
+        let d = deployments.get(&deployment)?;
+        Some(ReplicaView {
+            port: d.port,
+            check: d.check.clone(),
+            replicas: d
+                .replicas
+                .iter()
+                .map(|r| (r.state.clone(), r.tail.clone()))
+                .collect(),
+        })
+    }
+}
+
+struct ReplicaView {
+    port: u16,
+    check: Option<HealthCheck>,
+    replicas: Vec<(Arc<Mutex<ReplicaState>>, Tail)>,
+}
+
+impl Runtime for LocalRuntime {
+    async fn start(&self, launch: Launch) -> Result<(), String> {
+        let spec = &launch.release.spec;
+        if let Workload::Image(image) = &spec.workload {
+            return Err(format!(
+                "`{image}` is an image; running images on one machine needs a container engine, \
+                 which the local runtime does not drive yet. Build the service from `source` \
+                 (strategy `command` or `none`) to run it here"
+            ));
+        }
+        let Some(command) = spec.command.clone() else {
+            return Err(
+                "the service has no `command`: the local runtime needs one to start it".into(),
+            );
+        };
+        let Some(workdir) = launch.workdir.clone() else {
+            return Err("the release has no build directory".into());
+        };
+        let mut replicas = Vec::new();
+        let env = Arc::new(launch.env);
+        for index in 0..spec.replicas {
+            let index = i32::try_from(index).unwrap_or(i32::MAX);
+            let port = free_port().map_err(|e| format!("cannot find a free port: {e}"))?;
+            let state = Arc::new(Mutex::new(ReplicaState {
+                port,
+                ..ReplicaState::default()
+            }));
+            let tail = Tail::default();
+            let (stop, stopped) = watch::channel(false);
+            let spawn = Spawn {
+                command: command.clone(),
+                workdir: workdir.clone(),
+                env: env
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Plaintext::new(v.expose().to_vec())))
+                    .collect(),
+                redactor: launch.redactor.clone(),
+                deployment: launch.deployment,
+                replica: index,
+            };
+            let task = tokio::spawn(supervise(
+                self.pool.clone(),
+                self.settings.clone(),
+                spawn,
+                state.clone(),
+                tail.clone(),
+                stopped,
+            ));
+            replicas.push(Replica {
+                state,
+                tail,
+                stop,
+                task,
+            });
+        }
+        let deployment = Deployment {
+            service: launch.service,
+            port: spec.port,
+            check: spec.health_check.clone(),
+            replicas,
+        };
+        if let Ok(mut deployments) = self.deployments.lock() {
+            deployments.insert(launch.deployment, deployment);
+        }
+        Ok(())
+    }
+
+    async fn ready(&self, deployment: i64, deadline: Instant) -> Result<Vec<Endpoint>, String> {
+        let view = self
+            .replica_states(deployment)
+            .ok_or("the deployment has no replicas running")?;
+        let mut endpoints = Vec::new();
+        for (index, (state, tail)) in view.replicas.iter().enumerate() {
+            let port = healthy(index, state, tail, view.check.as_ref(), deadline).await?;
+            endpoints.push(Endpoint {
+                port: view.port,
+                address: format!("127.0.0.1:{port}"),
+            });
+        }
+        for (state, _) in &view.replicas {
+            if let Ok(mut state) = state.lock() {
+                state.serving = true;
+            }
+        }
+        Ok(endpoints)
+    }
+
+    async fn stop(&self, deployment: i64) {
+        let removed = self
+            .deployments
+            .lock()
+            .ok()
+            .and_then(|mut d| d.remove(&deployment));
+        let Some(removed) = removed else {
+            return;
+        };
+        for replica in &removed.replicas {
+            let _ = replica.stop.send(true);
+        }
+        for replica in removed.replicas {
+            let _ = replica.task.await;
+        }
+    }
+
+    fn running(&self) -> BTreeMap<i64, Running> {
+        let Ok(deployments) = self.deployments.lock() else {
+            return BTreeMap::new();
+        };
+        deployments
+            .iter()
+            .map(|(id, d)| {
+                let degraded = d.replicas.iter().enumerate().find_map(|(i, r)| {
+                    let state = r.state.lock().ok()?;
+                    let recent = state
+                        .exits
+                        .iter()
+                        .filter(|(at, _)| at.elapsed() < DEGRADED_WINDOW)
+                        .count();
+                    let last = &state.exits.back()?.1;
+                    (recent >= DEGRADED_EXITS)
+                        .then(|| format!("replica {i} {last} ({recent} exits in 60 s)"))
+                });
+                let running = Running {
+                    service: d.service.clone(),
+                    degraded,
+                };
+                (*id, running)
+            })
+            .collect()
+    }
+}
+
+/// Waits until one replica passes its health check; returns its port.
+async fn healthy(
+    index: usize,
+    state: &Mutex<ReplicaState>,
+    tail: &Tail,
+    check: Option<&HealthCheck>,
+    deadline: Instant,
+) -> Result<u16, String> {
+    let mut failures = 0;
+    let mut last_failure = None;
+    loop {
+        let (port, ended) = match state.lock() {
+            Ok(s) => (s.port, s.ended.clone()),
+            Err(_) => return Err("the replica's state is lost".into()),
+        };
+        if let Some(ended) = ended {
+            let lines = tail.text();
+            return Err(if lines.is_empty() {
+                format!("replica {index} {ended} before it was healthy, printing nothing")
+            } else {
+                format!("replica {index} {ended} before it was healthy; its last lines:\n{lines}")
+            });
+        }
+        if Instant::now() >= deadline {
+            return Err(match last_failure {
+                Some(why) => format!("replica {index} was not healthy in time: {why}"),
+                None => format!(
+                    "replica {index} did not accept connections on its PORT ({port}) in time"
+                ),
+            });
+        }
+        let pause = match probe(port, check).await {
+            Probe::Healthy => return Ok(port),
+            Probe::Refused => Duration::from_millis(50),
+            Probe::Unhealthy(why) => {
+                failures += 1;
+                let threshold = check.map_or(1, |c| c.failure_threshold.max(1));
+                if failures >= threshold {
+                    return Err(format!(
+                        "replica {index} failed its health check {failures} times in a row: {why}"
+                    ));
+                }
+                last_failure = Some(why);
+                Duration::from_secs(check.map_or(1, |c| u64::from(c.period_seconds.max(1))))
+            }
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        tokio::time::sleep(pause.min(remaining)).await;
+    }
+}
+
+/// Runs one replica until it is told to stop: spawns it, captures its output, and restarts it
+/// when it exits after its deployment started serving.
+async fn supervise(
+    pool: PgPool,
+    settings: Settings,
+    spawn: Spawn,
+    state: Arc<Mutex<ReplicaState>>,
+    tail: Tail,
+    mut stop: watch::Receiver<bool>,
+) {
+    let owner = Owner::Replica {
+        deployment: spawn.deployment,
+        replica: spawn.replica,
+    };
+    let log = Arc::new(LogWriter::start(pool, owner, settings.log_lines));
+    let record = (settings.state_dir).join(format!("{}-{}", spawn.deployment, spawn.replica));
+    let mut backoff = Duration::from_millis(100);
+    let mut moved = 0;
+    loop {
+        let port = state.lock().map(|s| s.port).unwrap_or_default();
+        let mut env: Vec<(String, Plaintext)> = spawn
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), Plaintext::new(v.expose().to_vec())))
+            .collect();
+        env.push(("PORT".into(), Plaintext::new(port.to_string().into_bytes())));
+        let mut child = match process::shell(&spawn.command, &spawn.workdir, &env).spawn() {
+            Ok(child) => child,
+            Err(error) => {
+                let why = format!("could not be started: {error}");
+                log.line(format!("[meshploy] the replica {why}")).await;
+                end(&state, why);
+                break;
+            }
+        };
+        drop(env);
+        if let Some(pid) = child.id()
+            && let Some(started) = start_time(pid)
+        {
+            let _ = std::fs::write(&record, format!("{pid} {started}\n"));
+        }
+        let capture = process::capture(&mut child, &log, &spawn.redactor, &tail);
+        let started = Instant::now();
+        let status = tokio::select! {
+            status = child.wait() => status,
+            () = stopped(&mut stop) => {
+                process::terminate(&mut child, settings.stop_grace).await;
+                process::drain(capture).await;
+                let _ = std::fs::remove_file(&record);
+                break;
+            }
+        };
+        // The replica is its process group: what it started goes with it.
+        if let Some(pid) = child.id() {
+            process::signal_group(pid, Signal::KILL);
+        }
+        process::drain(capture).await;
+        let _ = std::fs::remove_file(&record);
+        let how = match status {
+            Ok(status) => process::describe(status),
+            Err(error) => format!("could not be waited for: {error}"),
+        };
+        let serving = state.lock().map(|s| s.serving).unwrap_or(false);
+        if !serving {
+            // A port taken by someone else between the pick and the listen is not the
+            // service's fault: move to another port, a few times.
+            if moved < PORT_RETRIES && !port_free(port) {
+                moved += 1;
+                let moved_to = free_port()
+                    .ok()
+                    .filter(|new| state.lock().map(|mut s| s.port = *new).is_ok());
+                if let Some(new) = moved_to {
+                    log.line(format!(
+                        "[meshploy] port {port} was taken by another process; starting again on {new}"
+                    ))
+                    .await;
+                    tail.clear();
+                    continue;
+                }
+            }
+            end(&state, how);
+            break;
+        }
+        let last = tail.last().unwrap_or_default();
+        let said = if last.is_empty() {
+            how.clone()
+        } else {
+            format!("{how}: {last}")
+        };
+        if let Ok(mut s) = state.lock() {
+            s.exits.push_back((Instant::now(), said));
+            while s.exits.len() > DEGRADED_EXITS * 2 {
+                s.exits.pop_front();
+            }
+        }
+        if started.elapsed() > DEGRADED_WINDOW {
+            backoff = Duration::from_millis(100);
+        }
+        log.line(format!(
+            "[meshploy] the replica {how}; starting it again in {} ms",
+            backoff.as_millis()
+        ))
+        .await;
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            () = stopped(&mut stop) => break,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+    if let Ok(log) = Arc::try_unwrap(log) {
+        log.close().await;
+    }
+}
+
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+fn end(state: &Mutex<ReplicaState>, how: String) {
+    if let Ok(mut s) = state.lock() {
+        s.ended = Some(how);
+    }
+}
+
+/// A port nothing listens on now. Another process may take it before the replica listens;
+/// the supervisor moves the replica when that happens.
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?
+        .local_addr()?
+        .port())
+}
+
+fn port_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// A process's start time in clock ticks since boot (`/proc/PID/stat`, field 22), which
+/// tells a recorded process from a later one with the same pid.
+fn start_time(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses; fields after it do not.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19).map(str::to_owned)
+}
