@@ -74,6 +74,37 @@ pub enum Command {
     /// Run the reverse proxy: route requests by host and path to services' endpoints or
     /// upstream URLs, with the route table kept in memory and followed from PostgreSQL.
     Proxy(ProxyArgs),
+    /// Run the whole platform on this machine: the embedded database, DIR applied on every
+    /// edit (or --repo followed), builds and deployments as local processes, the proxy and
+    /// the API. Ctrl-C stops it all.
+    Up(UpArgs),
+    /// List deployments, newest first: state, trigger, release, timings and failure reasons.
+    Deployments {
+        /// A service, as `project/name` (or `name` when only one project has it).
+        service: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Print a service's logs: its serving deployment's replicas, or a build's.
+    Logs(LogsArgs),
+    /// Deploy an earlier healthy release of a service and pin it there until the next change
+    /// to the service in git.
+    Rollback {
+        /// The service, as `project/name` (or `name` when only one project has it).
+        service: String,
+        /// The deployment to return to. Default: the newest healthy one before the current.
+        #[arg(long, value_name = "DEPLOYMENT")]
+        to: Option<i64>,
+        /// How long to wait for the rollback to be healthy (0 to return at once).
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        wait: Duration,
+        #[command(flatten)]
+        db: DbArgs,
+    },
     /// Show each git source's sync status: last seen and applied commits, state, errors.
     Status {
         #[arg(long, value_enum, default_value_t = Format::Text)]
@@ -275,7 +306,84 @@ pub struct ServeArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Directory holding the manifests; edits are applied as they are saved.
+    #[arg(default_value = ".", conflicts_with = "repo")]
+    pub dir: PathBuf,
+    /// Follow a repository's branch instead, as `meshploy serve --repo` does.
+    #[arg(long, value_name = "PATH|URL")]
+    pub repo: Option<String>,
+    /// Name of the --repo source. Default: `up`.
+    #[arg(long, requires = "repo")]
+    pub name: Option<String>,
+    /// Branch of --repo to follow.
+    #[arg(long, default_value = "main", requires = "repo")]
+    pub branch: String,
+    /// Directory inside --repo holding the manifests.
+    #[arg(long, default_value = "", requires = "repo")]
+    pub path: String,
+    /// How often to fetch --repo, and remote service sources, for new commits.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+    /// Address for the HTTP API.
+    #[arg(long, default_value = "127.0.0.1:8001")]
+    pub api_listen: std::net::SocketAddr,
+    /// The longest a build may run.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub build_timeout: Duration,
+    /// The longest a new release may take to be healthy before it fails.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub rollout_timeout: Duration,
+    /// How long replaced replicas keep serving requests already sent to them.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub drain: Duration,
+    /// From SIGTERM to SIGKILL when a replica is stopped.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub stop_grace: Duration,
+    /// Lines kept per build log and per replica log (the oldest go first).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(2..))]
+    pub log_lines: u64,
+    #[command(flatten)]
+    pub proxy: ProxyOptions,
+    #[command(flatten)]
+    pub guard: GuardArgs,
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The service, as `project/name` (or `name` when only one project has it).
+    pub service: String,
+    /// Keep printing new lines as they are captured.
+    #[arg(long, short)]
+    pub follow: bool,
+    /// A deployment of the service. Default: the healthy one, else the newest.
+    #[arg(long, value_name = "N")]
+    pub deployment: Option<i64>,
+    /// The deployment's build log instead of its replicas'.
+    #[arg(long)]
+    pub build: bool,
+    /// How many of the last lines to print first.
+    #[arg(long, default_value_t = 200)]
+    pub tail: i64,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct ProxyArgs {
+    #[command(flatten)]
+    pub proxy: ProxyOptions,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+/// How the proxy listens, times out and forwards; `proxy` and `up` share them.
+#[derive(Debug, Args)]
+pub struct ProxyOptions {
     /// Address for traffic (HTTP/1.1 and h2c).
     #[arg(long, default_value = "127.0.0.1:8000")]
     pub listen: std::net::SocketAddr,
@@ -322,8 +430,6 @@ pub struct ProxyArgs {
     /// among them, are forwarded as plain requests.
     #[arg(long, value_delimiter = ',', default_value = "websocket")]
     pub upgrade_protocols: Vec<String>,
-    #[command(flatten)]
-    pub db: DbArgs,
 }
 
 #[derive(Debug, Subcommand)]

@@ -17,7 +17,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     // The daemon reports what it does; one-shot commands only warn.
-    let default_level = if matches!(cli.command, cli::Command::Serve(_) | cli::Command::Proxy(_)) {
+    let default_level = if matches!(
+        cli.command,
+        cli::Command::Serve(_) | cli::Command::Proxy(_) | cli::Command::Up(_)
+    ) {
         "info,sqlx=warn"
     } else {
         "warn"
@@ -30,7 +33,7 @@ fn main() -> ExitCode {
     // hold up a health check: it gets a thread per core. Every other command is one task at
     // a time (the proxy starts its own worker threads).
     let runtime = match cli.command {
-        cli::Command::Serve(_) => tokio::runtime::Builder::new_multi_thread()
+        cli::Command::Serve(_) | cli::Command::Up(_) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build(),
         _ => tokio::runtime::Builder::new_current_thread()

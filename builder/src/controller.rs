@@ -96,7 +96,7 @@ impl<R: Runtime> Controller<R> {
                     }
                 }
                 () = tokio::time::sleep(this.settings.resync) => {}
-                _ = stop.wait_for(|s| *s) => break,
+                () = stopping(&mut stop) => break,
             }
             // Whatever else ended meanwhile.
             while let Some(done) = tasks.try_join_next() {
@@ -387,6 +387,10 @@ impl<R: Runtime> Controller<R> {
         }
         Ok((env, Redactor::new(secrets)))
     }
+}
+
+async fn stopping(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// `source.git` as a URL or path to open: a relative path (`./app`, `../..`) is taken

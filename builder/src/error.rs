@@ -21,8 +21,12 @@ pub enum Error {
     },
     #[error("deployment {deployment} of {service} never became healthy; roll back to one that did")]
     NeverHealthy { deployment: i64, service: String },
-    #[error("{0} is not applied")]
+    #[error("no service `{0}` is applied or was deployed")]
     NoService(String),
+    #[error("`{name}` is a service of several projects ({projects}); name it as PROJECT/{name}")]
+    Ambiguous { name: String, projects: String },
+    #[error("the applied {service} cannot be read: {reason}")]
+    Unreadable { service: String, reason: String },
     #[error("cannot use the runtime's state directory {path}: {error}")]
     StateDir {
         path: std::path::PathBuf,

@@ -24,6 +24,7 @@ pub mod local;
 pub mod logs;
 mod process;
 pub mod release;
+pub mod rollback;
 pub mod runtime;
 pub mod store;
 

@@ -101,30 +101,33 @@ impl LocalRuntime {
             error,
         };
         std::fs::create_dir_all(dir).map_err(failed)?;
-        let mut stopped = 0;
-        for entry in std::fs::read_dir(dir).map_err(failed)? {
-            let path = entry.map_err(failed)?.path();
-            let recorded = std::fs::read_to_string(&path).unwrap_or_default();
-            let mut parts = recorded.split_whitespace();
-            let (Some(Ok(pid)), Some(started)) =
-                (parts.next().map(str::parse::<u32>), parts.next())
-            else {
-                let _ = std::fs::remove_file(&path);
-                continue;
-            };
-            // The same process only if it started when recorded: a pid may be reused.
-            if start_time(pid).as_deref() == Some(started) {
-                process::signal_group(pid, Signal::KILL);
-                stopped += 1;
-            }
-            let _ = std::fs::remove_file(&path);
-        }
+        let stopped = kill_recorded(dir).map_err(failed)?;
         let runtime = LocalRuntime {
             pool,
             settings,
             deployments: Mutex::new(BTreeMap::new()),
         };
         Ok((runtime, stopped))
+    }
+
+    /// Stops every replica, each as `stop` does, all at once.
+    pub async fn shutdown(&self) {
+        let all = match self.deployments.lock() {
+            Ok(mut d) => std::mem::take(&mut *d),
+            Err(_) => return,
+        };
+        let replicas: Vec<Replica> = all.into_values().flat_map(|d| d.replicas).collect();
+        for replica in &replicas {
+            let _ = replica.stop.send(true);
+        }
+        for replica in replicas {
+            let _ = replica.task.await;
+        }
+    }
+
+    /// Kills every replica now, without a grace period: for a second Ctrl-C.
+    pub fn kill_all(&self) {
+        let _ = kill_recorded(&self.settings.state_dir);
     }
 
     fn replica_states(&self, deployment: i64) -> Option<ReplicaView> {
@@ -453,6 +456,26 @@ fn end(state: &Mutex<ReplicaState>, how: String) {
     if let Ok(mut s) = state.lock() {
         s.ended = Some(how);
     }
+}
+
+/// Kills the process group of every replica recorded in `dir` that still runs, and forgets
+/// the records. Returns how many were running.
+fn kill_recorded(dir: &std::path::Path) -> std::io::Result<usize> {
+    let mut killed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let recorded = std::fs::read_to_string(&path).unwrap_or_default();
+        let mut parts = recorded.split_whitespace();
+        if let (Some(Ok(pid)), Some(started)) = (parts.next().map(str::parse::<u32>), parts.next())
+            // The same process only if it started when recorded: a pid may be reused.
+            && start_time(pid).as_deref() == Some(started)
+        {
+            process::signal_group(pid, Signal::KILL);
+            killed += 1;
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    Ok(killed)
 }
 
 /// A port nothing listens on now. Another process may take it before the replica listens;

@@ -554,3 +554,41 @@ pub async fn prune_logs(pool: &PgPool, service: &ServiceKey, keep: i64) -> Resul
     .map_err(db("dropping old deployments' logs"))?;
     Ok(())
 }
+
+/// The service `text` names: `project/name`, or `name` when one project has a service (applied
+/// or deployed before) of that name.
+pub async fn find_service(pool: &PgPool, text: &str) -> Result<ServiceKey, Error> {
+    let (project, name) = match text.split_once('/') {
+        Some((project, name)) => (Some(project), name),
+        None => (None, text),
+    };
+    let found: Vec<String> = sqlx::query_scalar(
+        "SELECT project FROM services WHERE name = $2 AND ($1::text IS NULL OR project = $1) \
+         UNION SELECT project FROM deployments WHERE service = $2 AND ($1::text IS NULL OR project = $1) \
+         ORDER BY 1",
+    )
+    .bind(project)
+    .bind(name)
+    .fetch_all(pool)
+    .await
+    .map_err(db("looking up a service"))?;
+    match found.as_slice() {
+        [project] => Ok(ServiceKey {
+            project: project.clone(),
+            name: name.to_owned(),
+        }),
+        [] => Err(Error::NoService(text.to_owned())),
+        several => Err(Error::Ambiguous {
+            name: name.to_owned(),
+            projects: several.join(", "),
+        }),
+    }
+}
+
+/// Every route's name, host and path, for printing where services are reachable.
+pub async fn routes(pool: &PgPool) -> Result<Vec<(String, String, String)>, Error> {
+    sqlx::query_as("SELECT project || '/' || name, host, path FROM routes ORDER BY 2, 3")
+        .fetch_all(pool)
+        .await
+        .map_err(db("listing the routes"))
+}

@@ -24,21 +24,55 @@ pub async fn run(args: ApplyArgs) -> Result<ExitCode> {
     let state = validate::load(&manifests)?;
     let pool = database::connect(&args.db, "apply").await?;
     let keys = keyring(&args.keys)?;
-    let desired = apply::prepare_for(&pool, &state, keys.as_ref()).await?;
-    let planned = pipeline::lock(&pool, &manifests.source, millis(&args))
+    let auto_approve = args.auto_approve;
+    let approve = || if auto_approve { Ok(true) } else { confirm() };
+    let actor = args.actor.clone().unwrap_or_else(actor);
+    let how = How {
+        keys: keys.as_ref(),
+        guard: guard(&args.guard),
+        lock_timeout_ms: millis(&args),
+        actor,
+    };
+    plan_and_apply(&pool, manifests, &state, &how, approve).await
+}
+
+/// How `plan_and_apply` works: with which keys, under which guard, as whom.
+#[derive(Debug)]
+pub struct How<'a> {
+    pub keys: Option<&'a Keyring>,
+    pub guard: reconciler::plan::Guard,
+    pub lock_timeout_ms: u64,
+    pub actor: String,
+}
+
+/// Plans `manifests` (loaded as `state`) against the state as their source, shows the plan,
+/// and applies it when it is not empty and `approve` says yes.
+pub async fn plan_and_apply(
+    pool: &sqlx::PgPool,
+    manifests: manifests::Manifests,
+    state: &schema::DesiredState,
+    how: &How<'_>,
+    approve: impl FnOnce() -> Result<bool>,
+) -> Result<ExitCode> {
+    let desired = apply::prepare_for(pool, state, how.keys).await?;
+    let planned = pipeline::lock(pool, &manifests.source, how.lock_timeout_ms)
         .await?
         .plan(desired)?;
     print(planned.plan(), PlanFormat::Text, "");
     if planned.plan().is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
-    let checked = planned.check(&guard(&args.guard))?;
-    if !args.auto_approve && !confirm()? {
+    let checked = planned.check(&how.guard)?;
+    if !approve()? {
         eprintln!("Apply cancelled; nothing was changed.");
         return Ok(ExitCode::FAILURE);
     }
-    let meta = meta(&args, manifests.source, manifests.commit);
-    finish(checked, keys.as_ref(), &meta).await
+    let meta = RevisionMeta {
+        actor: how.actor.clone(),
+        source: manifests.source,
+        commit: manifests.commit,
+    };
+    finish(checked, how.keys, &meta).await
 }
 
 /// Applies a saved plan exactly, or refuses it as stale. A saved plan was reviewed already,
@@ -107,7 +141,7 @@ fn meta(args: &ApplyArgs, source: String, commit: Option<String>) -> RevisionMet
 }
 
 /// `USER@hostname`, as far as the environment tells.
-fn actor() -> String {
+pub fn actor() -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".into());

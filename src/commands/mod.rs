@@ -2,12 +2,14 @@
 
 mod apply;
 mod db;
+mod deployments;
 mod history;
 mod plan;
 mod proxy;
 mod secret;
 mod serve;
 mod status;
+mod up;
 mod validate;
 
 use std::process::ExitCode;
@@ -35,6 +37,20 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Secret(command) => secret::run(command).await,
         Command::Serve(args) => serve::run(args).await,
         Command::Proxy(args) => proxy::run(args).await,
+        Command::Up(args) => up::run(args).await,
+        Command::Deployments {
+            service,
+            limit,
+            format,
+            db,
+        } => deployments::list(&db, service.as_deref(), limit, format).await,
+        Command::Logs(args) => deployments::logs(args).await,
+        Command::Rollback {
+            service,
+            to,
+            wait,
+            db,
+        } => deployments::rollback(&db, &service, to, wait).await,
         Command::Status { format, db } => status::status(&db, format).await,
         Command::Sync {
             source,

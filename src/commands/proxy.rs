@@ -6,37 +6,15 @@ use std::time::Instant;
 use anyhow::Result;
 
 use super::serve::shutdown_signal;
-use crate::cli::ProxyArgs;
+use crate::cli::{ProxyArgs, ProxyOptions};
 use crate::database;
 
 pub async fn run(args: ProxyArgs) -> Result<ExitCode> {
     // The proxy only reads, so it does not migrate: it may run as the read-only role.
     let database = database::options(&args.db, "proxy").await?;
-    let config = proxy::Config {
-        listen: args.listen,
-        admin: Some(args.admin_listen),
-        resync: args.resync_interval,
-        connect_timeout: args.connect_timeout,
-        upstream_timeout: args.upstream_timeout,
-        header_timeout: args.header_timeout,
-        idle_timeout: args.idle_timeout,
-        drain_timeout: args.drain_timeout,
-        eject_for: args.eject_for,
-        max_header_bytes: args.max_header_size as usize,
-        access_log: args.access_log,
-        trusted_proxies: args.trusted_proxies,
-        upgrade_protocols: args
-            .upgrade_protocols
-            .iter()
-            .map(|p| p.to_ascii_lowercase())
-            .collect(),
-        workers: args
-            .workers
-            .or_else(|| std::thread::available_parallelism().ok())
-            .unwrap_or(std::num::NonZeroUsize::MIN),
-    };
     let started = Instant::now();
-    let proxy = proxy::Proxy::start(config, database).await?;
+    let proxy =
+        proxy::Proxy::start(config(&args.proxy, Some(args.proxy.admin_listen)), database).await?;
     let show = |a: Option<std::net::SocketAddr>| a.map_or("?".to_owned(), |a| a.to_string());
     let routes = match proxy.routes() {
         1 => "1 route".to_owned(),
@@ -55,4 +33,32 @@ pub async fn run(args: ProxyArgs) -> Result<ExitCode> {
         })
         .await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The proxy's configuration from its options; `admin` is where metrics are served, if
+/// anywhere.
+pub fn config(args: &ProxyOptions, admin: Option<std::net::SocketAddr>) -> proxy::Config {
+    proxy::Config {
+        listen: args.listen,
+        admin,
+        resync: args.resync_interval,
+        connect_timeout: args.connect_timeout,
+        upstream_timeout: args.upstream_timeout,
+        header_timeout: args.header_timeout,
+        idle_timeout: args.idle_timeout,
+        drain_timeout: args.drain_timeout,
+        eject_for: args.eject_for,
+        max_header_bytes: args.max_header_size as usize,
+        access_log: args.access_log,
+        trusted_proxies: args.trusted_proxies.clone(),
+        upgrade_protocols: args
+            .upgrade_protocols
+            .iter()
+            .map(|p| p.to_ascii_lowercase())
+            .collect(),
+        workers: args
+            .workers
+            .or_else(|| std::thread::available_parallelism().ok())
+            .unwrap_or(std::num::NonZeroUsize::MIN),
+    }
 }
