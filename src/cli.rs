@@ -77,7 +77,7 @@ pub enum Command {
     /// Run the whole platform on this machine: the embedded database, DIR applied on every
     /// edit (or --repo followed), builds and deployments as local processes, the proxy and
     /// the API. Ctrl-C stops it all.
-    Up(UpArgs),
+    Up(Box<UpArgs>),
     /// List deployments, newest first: state, trigger, release, timings and failure reasons.
     Deployments {
         /// A service, as `project/name` (or `name` when only one project has it).

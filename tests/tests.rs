@@ -9,6 +9,7 @@ mod generate;
 mod git_source;
 mod plan_apply;
 mod proxy;
+mod runtime;
 mod schema_export;
 mod secret;
 mod secrets_db;

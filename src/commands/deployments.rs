@@ -132,14 +132,16 @@ pub async fn logs(args: LogsArgs) -> Result<ExitCode> {
         show(&line);
         last = line.seq;
     }
-    while args.follow {
+    if !args.follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
         for line in logs::read(&pool, selection, last, 1000, false).await? {
             show(&line);
             last = line.seq;
         }
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// The deployment whose logs to show by default: the healthy one, else the newest.

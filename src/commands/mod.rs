@@ -37,7 +37,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Secret(command) => secret::run(command).await,
         Command::Serve(args) => serve::run(args).await,
         Command::Proxy(args) => proxy::run(args).await,
-        Command::Up(args) => up::run(args).await,
+        Command::Up(args) => up::run(*args).await,
         Command::Deployments {
             service,
             limit,

@@ -1,0 +1,702 @@
+//! Builds and deployments with `meshploy up`: real git repositories, real builds, real
+//! processes (a small Python HTTP server) behind the real proxy.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::fixtures::Process;
+use crate::secret::{encrypt, keygen};
+use crate::util::{Db, Dir, Remote, wait_for};
+
+/// The service every test runs: answers `MESSAGE` (and, for `/secret`, whether `TOKEN` has
+/// the value the test expects, without saying it), `/healthz` with `HEALTH_STATUS`; with
+/// `CRASH_AFTER`, it dies that many seconds after it starts, saying why.
+const APP: &str = r#"import hashlib, os, sys, threading, time, http.server
+port = int(os.environ["PORT"])
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        code, body = 200, os.environ.get("MESSAGE", "hello")
+        if self.path == "/healthz":
+            code = int(os.environ.get("HEALTH_STATUS", "200"))
+        if self.path == "/secret":
+            body = hashlib.sha256(os.environ.get("TOKEN", "").encode()).hexdigest()
+        if self.path == "/built":
+            body = open("built.txt").read().strip()
+        data = (body + "\n").encode()
+        self.send_response(code)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    def log_message(self, *args):
+        pass
+print("starting on", port, "with token", os.environ.get("TOKEN", "none"), flush=True)
+if "CRASH_AFTER" in os.environ:
+    def crash():
+        time.sleep(float(os.environ["CRASH_AFTER"]))
+        print("fatal: the cache is corrupt", flush=True)
+        os._exit(3)
+    threading.Thread(target=crash, daemon=True).start()
+http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+"#;
+
+/// A pushed repository holding the app.
+fn app_repo() -> Remote {
+    let remote = Remote::new();
+    remote.write("app/server.py", APP);
+    // 100 MB of output (a million lines) before it serves.
+    remote.write(
+        "app/loud.sh",
+        "head -c 100000000 /dev/zero | tr '\\0' x | fold -w 100\nexec python3 server.py\n",
+    );
+    remote.push("the app");
+    remote
+}
+
+/// The `shop` project with service `web` built from `git` by `build` (a shell command) and
+/// run as the app with `spec` lines added, and a route from web.test to it.
+fn manifests(git: &Path, build: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: meshploy.dev/v1\nkind: Project\nmetadata:\n  name: shop\n---\n\
+         apiVersion: meshploy.dev/v1\nkind: Service\nmetadata:\n  name: web\n  project: shop\nspec:\n  \
+         source:\n    git: {}\n    ref: main\n    path: app\n  build:\n    strategy: command\n    command: {build}\n  \
+         command: python3 server.py\n  replicas: 2\n{spec}---\n\
+         apiVersion: meshploy.dev/v1\nkind: Route\nmetadata:\n  name: web\n  project: shop\nspec:\n  host: web.test\n  service: web\n",
+        git.display()
+    )
+}
+
+/// `meshploy up` on a directory, stopped with SIGTERM (as Ctrl-C would) when dropped, so the
+/// services it runs stop with it.
+struct Up {
+    process: Option<Process>,
+    proxy: SocketAddr,
+}
+
+impl Up {
+    fn start(db: &Db, dir: &Dir, args: &[&str]) -> Up {
+        let mut command = db.command(
+            dir,
+            &[
+                "up",
+                ".",
+                "--listen",
+                "127.0.0.1:0",
+                "--api-listen",
+                "127.0.0.1:0",
+                "--stop-grace",
+                "2s",
+                "--drain",
+                "300ms",
+            ],
+        );
+        command.args(args);
+        Up::announced(&mut command)
+    }
+
+    fn announced(command: &mut std::process::Command) -> Up {
+        let (process, addresses) = Process::announced(command, "meshploy up: proxy on");
+        Up {
+            process: Some(process),
+            proxy: addresses[0],
+        }
+    }
+
+    /// SIGKILL: nothing of `up` gets to clean up.
+    fn kill(&mut self) {
+        drop(self.process.take());
+    }
+
+    fn pid(&self) -> u32 {
+        self.process.as_ref().map_or(0, Process::id)
+    }
+
+    /// GET `path` on web.test through the proxy: the status and body, or `None` when the
+    /// proxy could not be reached.
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        get(self.proxy, path)
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Some(process) = &mut self.process
+            && !process.exited()
+        {
+            process.terminate();
+        }
+    }
+}
+
+fn get(proxy: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(proxy).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = crate::util::status_of(&response);
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    Some((status, body))
+}
+
+/// The deployments of `shop/web` as `id|state|trigger|reason|degraded`, oldest first.
+fn deployments(db: &Db) -> Vec<String> {
+    let rows = db.psql(
+        "SELECT id || '|' || state || '|' || trigger || '|' || replace(coalesce(reason, ''), E'\\n', ' / ') || '|' || coalesce(degraded, '') \
+         FROM deployments ORDER BY id",
+    );
+    rows.lines().map(str::to_owned).collect()
+}
+
+/// Waits until the newest deployment reaches `state`; returns its row.
+fn newest_in(db: &Db, state: &str, timeout: Duration) -> String {
+    wait_for(timeout, || {
+        deployments(db)
+            .last()
+            .filter(|row| row.split('|').nth(1) == Some(state))
+            .cloned()
+    })
+    .unwrap_or_else(|| panic!("no deployment became {state}: {:#?}", deployments(db)))
+}
+
+/// Waits until the proxy answers web.test's `path` with `body`.
+fn serves(up: &Up, path: &str, body: &str, timeout: Duration) {
+    let found = wait_for(timeout, || {
+        up.get(path).filter(|(_, b)| b == body).map(|_| ())
+    });
+    assert!(
+        found.is_some(),
+        "web.test{path} did not answer `{body}`; last answer {:?}",
+        up.get(path)
+    );
+}
+
+const ROLLOUT: Duration = Duration::from_secs(60);
+
+#[test]
+fn a_source_service_is_built_by_its_command_and_served_through_the_proxy() {
+    let (db, dir, repo) = (Db::new(), Dir::new(), app_repo());
+    dir.write(
+        "shop.yaml",
+        manifests(
+            &repo.bare(),
+            "echo compiling; echo built at build time > built.txt",
+            "  env:\n    MESSAGE: first\n",
+        ),
+    );
+    let up = Up::start(&db, &dir, &[]);
+    serves(&up, "/", "first", ROLLOUT);
+    assert_eq!(
+        up.get("/built"),
+        Some((200, "built at build time".into())),
+        "the replica runs in the build's output"
+    );
+    let row = newest_in(&db, "healthy", ROLLOUT);
+    assert!(row.contains("|revision|"), "{row}");
+    // Both replicas answer, each on its own port, through the proxy's endpoints.
+    let endpoints = db.psql("SELECT count(DISTINCT address) FROM endpoints WHERE service = 'web'");
+    assert_eq!(endpoints, "2");
+    let build = db.meshploy(&dir, &["logs", "shop/web", "--build"]);
+    assert_eq!(build.code, 0, "{}", build.stderr);
+    assert!(build.stdout.contains("compiling"), "{}", build.stdout);
+    assert!(
+        build.stdout.contains("[meshploy] checked out"),
+        "{}",
+        build.stdout
+    );
+    // Lines reach the database within a second of being printed.
+    logs_with(
+        &db,
+        &dir,
+        &["logs", "web"],
+        &["[0] starting on", "[1] starting on"],
+    );
+    let listed = db
+        .meshploy(&dir, &["deployments", "--format", "json"])
+        .json();
+    assert_eq!(listed[0]["state"], "healthy");
+    assert_eq!(listed[0]["commit"].as_str().map(str::len), Some(40));
+}
+
+#[test]
+fn an_env_change_rolls_out_while_requests_flow_with_none_failing() {
+    let (db, dir, repo) = (Db::new(), Dir::new(), app_repo());
+    let write = |message: &str| {
+        dir.write(
+            "shop.yaml",
+            manifests(
+                &repo.bare(),
+                "true",
+                &format!("  env:\n    MESSAGE: {message}\n  healthCheck:\n    path: /healthz\n    periodSeconds: 1\n"),
+            ),
+        )
+    };
+    write("before");
+    let up = Up::start(&db, &dir, &[]);
+    serves(&up, "/", "before", ROLLOUT);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let client = {
+        let (stop, sent, failed, proxy) = (stop.clone(), sent.clone(), failed.clone(), up.proxy);
+        std::thread::spawn(move || {
+            let mut answers = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                sent.fetch_add(1, Ordering::SeqCst);
+                match get(proxy, "/") {
+                    Some((200, body)) if body == "before" || body == "after" => answers.push(body),
+                    other => {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                        eprintln!("failed request: {other:?}");
+                    }
+                }
+            }
+            answers
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    write("after");
+    serves(&up, "/", "after", ROLLOUT);
+    // Keep sending while the old replicas drain and stop.
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::SeqCst);
+    let answers = client.join().expect("the client thread");
+    let sent = sent.load(Ordering::SeqCst);
+    assert!(sent > 50, "only {sent} requests were sent");
+    assert_eq!(failed.load(Ordering::SeqCst), 0, "of {sent} requests");
+    assert_eq!(answers.last().map(String::as_str), Some("after"));
+    let rows = deployments(&db);
+    assert!(rows[0].contains("|superseded|"), "{rows:#?}");
+    assert!(rows[1].contains("|healthy|"), "{rows:#?}");
+}
+
+#[test]
+fn a_release_that_fails_its_health_check_fails_and_the_old_one_keeps_serving() {
+    let (db, dir, repo) = (Db::new(), Dir::new(), app_repo());
+    let write = |status: u16, message: &str| {
+        dir.write(
+            "shop.yaml",
+            manifests(
+                &repo.bare(),
+                "true",
+                &format!(
+                    "  env:\n    MESSAGE: {message}\n    HEALTH_STATUS: \"{status}\"\n  healthCheck:\n    path: /healthz\n    periodSeconds: 1\n    failureThreshold: 2\n"
+                ),
+            ),
+        )
+    };
+    write(200, "good");
+    let up = Up::start(&db, &dir, &[]);
+    serves(&up, "/", "good", ROLLOUT);
+    write(503, "broken");
+    let row = newest_in(&db, "failed", ROLLOUT);
+    assert!(
+        row.contains("failed its health check 2 times in a row: GET /healthz answered 503"),
+        "{row}"
+    );
+    assert_eq!(
+        up.get("/"),
+        Some((200, "good".into())),
+        "the old release serves"
+    );
+    assert!(deployments(&db)[0].contains("|healthy|"));
+}
+
+#[test]
+fn a_replica_that_keeps_crashing_marks_its_deployment_degraded_with_the_exit_code_and_last_line() {
+    let (db, dir, repo) = (Db::new(), Dir::new(), app_repo());
+    dir.write(
+        "shop.yaml",
+        manifests(&repo.bare(), "true", "  env:\n    CRASH_AFTER: \"1.5\"\n"),
+    );
+    let _up = Up::start(&db, &dir, &[]);
+    let degraded = wait_for(Duration::from_secs(60), || {
+        let run = db.meshploy(&dir, &["deployments", "shop/web"]);
+        run.stdout.contains("degraded:").then_some(run.stdout)
+    })
+    .unwrap_or_else(|| panic!("not degraded: {:#?}", deployments(&db)));
+    assert!(
+        degraded.contains("exited with code 3: fatal: the cache is corrupt"),
+        "{degraded}"
+    );
+    let logs = db.meshploy(&dir, &["logs", "shop/web"]);
+    assert!(
+        logs.stdout
+            .contains("[meshploy] the replica exited with code 3; starting it again"),
+        "{}",
+        logs.stdout
+    );
+}
+
+#[test]
+fn a_failed_build_fails_its_deployment_with_the_log_kept() {
+    let (db, dir, repo) = (Db::new(), Dir::new(), app_repo());
+    dir.write(
+        "shop.yaml",
+        manifests(
+            &repo.bare(),
+            "'echo compiling; echo \"error: expected one of ; or }\" >&2; exit 2'",
+            "",
+        ),
+    );
+    let _up = Up::start(&db, &dir, &[]);
+    let row = newest_in(&db, "failed", ROLLOUT);
+    assert!(
+        row.contains("the build failed: the build command exited with code 2"),
+        "{row}"
+    );
+    assert!(row.contains("meshploy logs web --build"), "{row}");
+    let logs = db.meshploy(&dir, &["logs", "shop/web", "--build"]);
+    assert!(
+        logs.stdout.contains("error: expected one of ; or }"),
+        "{}",
+        logs.stdout
+    );
+    assert_eq!(db.psql("SELECT count(*) FROM endpoints"), "0");
+}
+
+#[test]
+fn a_rollback_pins_the_old_release_until_the_next_change_to_the_service() {
+    let (db, dir, repo) = (Db::new(), Dir::new(), app_repo());
+    let write = |message: &str| {
+        dir.write(
+            "shop.yaml",
+            manifests(
+                &repo.bare(),
+                "true",
+                &format!("  env:\n    MESSAGE: {message}\n"),
+            ),
+        )
+    };
+    write("one");
+    let up = Up::start(&db, &dir, &[]);
+    serves(&up, "/", "one", ROLLOUT);
+    write("two");
+    serves(&up, "/", "two", ROLLOUT);
+    newest_in(&db, "healthy", ROLLOUT);
+
+    let rollback = db.meshploy(&dir, &["rollback", "web", "--wait", "60s"]);
+    assert_eq!(rollback.code, 0, "{}{}", rollback.stdout, rollback.stderr);
+    assert!(
+        rollback
+            .stdout
+            .contains("Pinned service/shop/web to deployment 1"),
+        "{}",
+        rollback.stdout
+    );
+    assert!(
+        rollback.stdout.contains("Rolled back"),
+        "{}",
+        rollback.stdout
+    );
+    assert_eq!(up.get("/"), Some((200, "one".into())));
+    let listed = db.meshploy(&dir, &["deployments", "web"]);
+    assert!(
+        listed.stdout.contains("pinned to deployment 1"),
+        "{}",
+        listed.stdout
+    );
+    assert!(listed.stdout.contains("rolled-back"), "{}", listed.stdout);
+    // The controller wakes every few seconds and must not fight the pin.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(up.get("/"), Some((200, "one".into())));
+
+    write("three");
+    serves(&up, "/", "three", ROLLOUT);
+    assert_eq!(
+        db.psql("SELECT count(*) FROM pins"),
+        "0",
+        "the change released the pin"
+    );
+    let bad = db.meshploy(&dir, &["rollback", "shop/nothing"]);
+    bad.assert_fails_with("no service `shop/nothing` is applied or was deployed");
+    let never = db.meshploy(&dir, &["rollback", "web", "--to", "999"]);
+    never.assert_fails_with("deployment 999 does not exist");
+}
+
+#[test]
+fn after_a_sigkill_a_restart_stops_the_orphans_and_serves_the_last_healthy_release() {
+    let (db, dir, repo) = (Db::new(), Dir::new(), app_repo());
+    dir.write(
+        "shop.yaml",
+        manifests(&repo.bare(), "true", "  env:\n    MESSAGE: kept\n"),
+    );
+    let mut first = Up::start(&db, &dir, &[]);
+    serves(&first, "/", "kept", ROLLOUT);
+    let old: Vec<u16> = db
+        .psql("SELECT split_part(address, ':', 2) FROM endpoints")
+        .lines()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    assert_eq!(old.len(), 2);
+    // SIGKILL: nothing of `up` runs any more, and its replicas are orphans still listening.
+    first.kill();
+    for port in &old {
+        assert!(
+            crate::fixtures::listening(*port, Duration::from_secs(1)),
+            "orphan on {port}"
+        );
+    }
+    let second = Up::start(&db, &dir, &[]);
+    serves(&second, "/", "kept", ROLLOUT);
+    for port in &old {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", *port)).is_err(),
+            "the orphan on port {port} still runs"
+        );
+    }
+    let rows = deployments(&db);
+    assert!(
+        rows.last().is_some_and(|r| r.contains("|healthy|restart|")),
+        "{rows:#?}"
+    );
+}
+
+#[test]
+fn a_sealed_secret_reaches_the_process_and_nothing_else() {
+    const TOKEN: &str = "tok_live_4b1d_never_print";
+    let (db, dir, repo) = (Db::new(), Dir::new(), app_repo());
+    let keys = keygen("k1");
+    let place = ["--project", "shop", "--group", "creds", "--name", "TOKEN"];
+    let sealed = encrypt(&keys, &place, TOKEN.as_bytes());
+    assert_eq!(sealed.code, 0, "{}", sealed.stderr);
+    let group = format!(
+        "apiVersion: meshploy.dev/v1\nkind: VariableGroup\nmetadata:\n  name: creds\n  project: shop\nspec:\n  secrets:\n    TOKEN: {}\n",
+        sealed.stdout.trim()
+    );
+    dir.write("creds.yaml", group);
+    dir.write(
+        "shop.yaml",
+        manifests(
+            &repo.bare(),
+            "echo building with $TOKEN",
+            "  variableGroups: [creds]\n",
+        ),
+    );
+    let mut command = db.command(
+        &dir,
+        &[
+            "up",
+            ".",
+            "--listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    command
+        .env("MESHPLOY_SECRET_KEYS", &keys)
+        .env("RUST_LOG", "debug");
+    let up = Up::announced(&mut command);
+    let digest = {
+        use sha2::Digest;
+        sha2::Sha256::digest(TOKEN.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    serves(&up, "/secret", &digest, ROLLOUT);
+    let logs = logs_with(&db, &dir, &["logs", "web"], &["with token (redacted)"]);
+    let build = logs_with(
+        &db,
+        &dir,
+        &["logs", "web", "--build"],
+        &["building with (redacted)"],
+    );
+    let mut seen = logs + &build + &db.dump();
+    for args in [
+        &["deployments", "--format", "json"][..],
+        &["history"],
+        &["show", "1", "--format", "json"],
+    ] {
+        seen.push_str(&db.meshploy(&dir, args).stdout);
+    }
+    assert!(!seen.contains(TOKEN), "the secret leaked");
+    let on_disk = grep(db.home(), TOKEN.as_bytes());
+    assert_eq!(on_disk, Vec::<String>::new(), "the secret is on disk");
+}
+
+/// The output of `meshploy ARGS` once it contains every one of `wanted`.
+fn logs_with(db: &Db, dir: &Dir, args: &[&str], wanted: &[&str]) -> String {
+    let mut last = String::new();
+    wait_for(Duration::from_secs(10), || {
+        last = db.meshploy(dir, args).stdout;
+        wanted.iter().all(|w| last.contains(w)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("`{}` never showed {wanted:?}:\n{last}", args.join(" ")));
+    last
+}
+
+/// Files under `dir` (recursively) that contain `needle`.
+fn grep(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() {
+            // The embedded database is checked through pg_dump instead.
+            if path.file_name().is_some_and(|n| n == "postgres") {
+                continue;
+            }
+            found.extend(grep(&path, needle));
+        } else if kind.is_file()
+            && std::fs::read(&path).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
+        {
+            found.push(path.display().to_string());
+        }
+    }
+    found
+}
+
+#[test]
+fn bad_sources_and_commands_end_in_clear_reasons_and_nothing_half_done() {
+    let (db, dir, repo) = (Db::new(), Dir::new(), app_repo());
+    let service = |name: &str, body: &str| {
+        format!(
+            "---\napiVersion: meshploy.dev/v1\nkind: Service\nmetadata:\n  name: {name}\n  project: shop\nspec:\n{body}"
+        )
+    };
+    let source = |reference: &str| {
+        format!(
+            "  source:\n    git: {}\n    ref: {reference}\n    path: app\n",
+            repo.bare().display()
+        )
+    };
+    let mut text =
+        "apiVersion: meshploy.dev/v1\nkind: Project\nmetadata:\n  name: shop\n".to_owned();
+    text += &service(
+        "noref",
+        &format!(
+            "{}  build:\n    strategy: none\n  command: python3 server.py\n",
+            source("no-such-branch")
+        ),
+    );
+    text += &service(
+        "silent",
+        &format!(
+            "{}  build:\n    strategy: none\n  command: sleep 600\n",
+            source("main")
+        ),
+    );
+    text += &service(
+        "hang",
+        &format!(
+            "{}  build:\n    strategy: command\n    command: sleep 600\n  command: python3 server.py\n",
+            source("main")
+        ),
+    );
+    text += &service("image", "  image: nginx:1.27\n");
+    text += &service(
+        "auto",
+        &format!("{}  command: python3 server.py\n", source("main")),
+    );
+    text += &service(
+        "ok",
+        &format!(
+            "{}  build:\n    strategy: none\n  command: python3 server.py\n",
+            source("main")
+        ),
+    );
+    dir.write("shop.yaml", text);
+    let _up = Up::start(
+        &db,
+        &dir,
+        &["--rollout-timeout", "3s", "--build-timeout", "2s"],
+    );
+    let reasons = wait_for(Duration::from_secs(60), || {
+        let rows = db.psql("SELECT service || ': ' || state || ': ' || coalesce(reason, '') FROM deployments ORDER BY service");
+        let settled = rows.lines().count() == 6
+            && rows.lines().all(|r| r.contains(": failed: ") || r.contains(": healthy: "));
+        settled.then_some(rows)
+    })
+    .unwrap_or_else(|| panic!("not settled: {}", db.psql("SELECT service, state FROM deployments")));
+    let expect = [
+        ("auto: failed", "strategy `auto` found no Dockerfile"),
+        ("hang: failed", "the build ran past its timeout of 2 s"),
+        ("image: failed", "needs a container engine"),
+        (
+            "noref: failed",
+            "`no-such-branch` is not a branch, tag or commit",
+        ),
+        ("ok: healthy", ""),
+        ("silent: failed", "did not accept connections on its PORT"),
+    ];
+    for (line, (head, fragment)) in reasons.lines().zip(expect) {
+        assert!(
+            line.starts_with(head) && line.contains(fragment),
+            "`{line}` should be `{head}` with `{fragment}`"
+        );
+    }
+    // Nothing half-done: no endpoints but ok's, no build directory left in the making, and
+    // no process of the failed services still running.
+    assert_eq!(db.psql("SELECT DISTINCT service FROM endpoints"), "ok");
+    let builds = std::fs::read_dir(db.home().join("builds"))
+        .expect("builds")
+        .flatten();
+    let making: Vec<String> = builds
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp-"))
+        .collect();
+    assert_eq!(making, Vec::<String>::new());
+    assert!(pgrep("sleep 600").is_empty(), "{:?}", pgrep("sleep 600"));
+}
+
+/// Pids of processes whose command line contains `pattern`.
+fn pgrep(pattern: &str) -> Vec<String> {
+    let output = std::process::Command::new("pgrep")
+        .args(["-f", pattern])
+        .output()
+        .expect("pgrep");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_process_that_prints_100_mb_keeps_a_bounded_log_and_memory() {
+    let (db, dir, repo) = (Db::new(), Dir::new(), app_repo());
+    dir.write(
+        "shop.yaml",
+        manifests(&repo.bare(), "true", "  env:\n    MESSAGE: loud\n")
+            .replace("command: python3 server.py", "command: sh loud.sh"),
+    );
+    let up = Up::start(&db, &dir, &["--log-lines", "1000"]);
+    serves(&up, "/", "loud", Duration::from_secs(120));
+    let (lines, marker) = wait_for(Duration::from_secs(30), || {
+        let lines: u64 = db
+            .psql("SELECT count(*) FROM log_lines WHERE deployment_id IS NOT NULL AND replica = 0")
+            .parse()
+            .ok()?;
+        let marker = db.psql("SELECT line FROM log_lines WHERE line LIKE '[meshploy] % earlier lines dropped%' AND replica = 0");
+        (lines <= 1000 && !marker.is_empty()).then_some((lines, marker))
+    })
+    .expect("the log is trimmed with a marker");
+    assert!(lines > 900, "{lines} lines kept");
+    assert!(
+        marker.contains("a stream keeps its last 1000 lines"),
+        "{marker}"
+    );
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", up.pid()))
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:").map(|v| v.trim().to_owned()))
+        .unwrap_or_default();
+    let kb: u64 = rss.trim_end_matches(" kB").parse().unwrap_or(u64::MAX);
+    assert!(kb < 150_000, "meshploy up peaked at {rss}");
+}
