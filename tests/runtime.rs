@@ -77,11 +77,16 @@ struct Up {
 
 impl Up {
     fn start(db: &Db, dir: &Dir, args: &[&str]) -> Up {
+        Up::of(db, dir, ".", args)
+    }
+
+    /// `meshploy up TARGET ARGS`, run in `dir`.
+    fn of(db: &Db, dir: &Dir, target: &str, args: &[&str]) -> Up {
         let mut command = db.command(
             dir,
             &[
                 "up",
-                ".",
+                target,
                 "--listen",
                 "127.0.0.1:0",
                 "--api-listen",
@@ -116,7 +121,7 @@ impl Up {
     /// GET `path` on web.test through the proxy: the status and body, or `None` when the
     /// proxy could not be reached.
     fn get(&self, path: &str) -> Option<(u16, String)> {
-        get(self.proxy, path)
+        get(self.proxy, "web.test", path)
     }
 }
 
@@ -130,13 +135,13 @@ impl Drop for Up {
     }
 }
 
-fn get(proxy: SocketAddr, path: &str) -> Option<(u16, String)> {
+fn get(proxy: SocketAddr, host: &str, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(proxy).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
@@ -253,7 +258,7 @@ fn an_env_change_rolls_out_while_requests_flow_with_none_failing() {
             let mut answers = Vec::new();
             while !stop.load(Ordering::SeqCst) {
                 sent.fetch_add(1, Ordering::SeqCst);
-                match get(proxy, "/") {
+                match get(proxy, "web.test", "/") {
                     Some((200, body)) if body == "before" || body == "after" => answers.push(body),
                     other => {
                         failed.fetch_add(1, Ordering::SeqCst);
@@ -407,6 +412,15 @@ fn a_rollback_pins_the_old_release_until_the_next_change_to_the_service() {
         listed.stdout
     );
     assert!(listed.stdout.contains("rolled-back"), "{}", listed.stdout);
+    let status = db.meshploy(&dir, &["status"]);
+    assert!(
+        status.stdout.contains("service/shop/web: healthy")
+            && status
+                .stdout
+                .contains("pinned to deployment 1 by a rollback"),
+        "{}",
+        status.stdout
+    );
     // The controller wakes every few seconds and must not fight the pin.
     std::thread::sleep(Duration::from_secs(6));
     assert_eq!(up.get("/"), Some((200, "one".into())));
@@ -699,4 +713,16 @@ fn a_process_that_prints_100_mb_keeps_a_bounded_log_and_memory() {
         .unwrap_or_default();
     let kb: u64 = rss.trim_end_matches(" kB").parse().unwrap_or(u64::MAX);
     assert!(kb < 150_000, "meshploy up peaked at {rss}");
+}
+
+#[test]
+fn the_readme_example_is_built_from_this_repository_and_served() {
+    let (db, dir) = (Db::new(), Dir::new());
+    let example = crate::util::repo_root().join("examples/local");
+    let up = Up::of(&db, &dir, &example.display().to_string(), &[]);
+    let answer = wait_for(Duration::from_secs(120), || {
+        get(up.proxy, "hello.localhost", "/").filter(|(status, _)| *status == 200)
+    });
+    let (_, body) = answer.unwrap_or_else(|| panic!("not served: {:#?}", deployments(&db)));
+    assert!(body.starts_with("Hello from the replica on port"), "{body}");
 }

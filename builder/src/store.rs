@@ -177,6 +177,21 @@ pub async fn deployments(
     .map_err(db("listing deployments"))
 }
 
+/// Per service, its newest deployment and, when that is not the one serving, the healthy one
+/// too: what `meshploy status` shows.
+pub async fn current(pool: &PgPool) -> Result<Vec<Deployment>, Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT * FROM (SELECT DISTINCT ON (project, service) * FROM ({DEPLOYMENT}) d \
+           ORDER BY project, service, id DESC) newest \
+         UNION SELECT * FROM (SELECT DISTINCT ON (project, service) * FROM ({DEPLOYMENT}) d \
+           WHERE state = 'healthy' ORDER BY project, service, id DESC) serving \
+         ORDER BY project, service, id DESC"
+    )))
+    .fetch_all(pool)
+    .await
+    .map_err(db("reading the current deployments"))
+}
+
 pub async fn insert_deployment(
     pool: &PgPool,
     service: &ServiceKey,

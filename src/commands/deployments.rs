@@ -79,6 +79,46 @@ pub async fn list(
     Ok(ExitCode::SUCCESS)
 }
 
+/// What runs, per service: the serving deployment, a newer one that failed or is under way,
+/// the pin and the degradation, as `meshploy status` prints it.
+pub async fn services(pool: &PgPool) -> Result<String> {
+    use std::fmt::Write;
+    let rows = store::current(pool).await?;
+    let pins = store::pins(pool).await?;
+    let mut out = String::new();
+    if !rows.is_empty() {
+        out.push_str("\nServices:\n");
+    }
+    for row in rows {
+        let key = builder::decide::ServiceKey {
+            project: row.project.clone(),
+            name: row.service.clone(),
+        };
+        let reason = row.reason.as_deref().and_then(|r| r.lines().next());
+        let _ = writeln!(
+            out,
+            "{key}: {} (deployment {}, release {}){}",
+            row.state,
+            row.id,
+            &row.release_digest[..12],
+            reason.map(|r| format!(": {r}")).unwrap_or_default()
+        );
+        if row.state == DeploymentState::Healthy {
+            if let Some(pin) = pins.get(&key) {
+                let _ = writeln!(
+                    out,
+                    "  pinned to deployment {} by a rollback; the next change to the service in git releases it",
+                    pin.deployment
+                );
+            }
+            if let Some(degraded) = &row.degraded {
+                let _ = writeln!(out, "  degraded: {degraded}");
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// A deployment as JSON: the row without the release's environment (which names secrets by
 /// digest), with the commit it deployed.
 fn json(row: &Deployment) -> serde_json::Value {

@@ -26,6 +26,9 @@ pub async fn status(db: &DbArgs, format: Format) -> Result<ExitCode> {
             }
         }
     }
+    if format == Format::Text {
+        print!("{}", super::deployments::services(&pool).await?);
+    }
     let failed = sources.iter().any(|s| s.state == SourceState::Failed);
     Ok(if failed {
         ExitCode::FAILURE
