@@ -3,6 +3,7 @@
 //! output streaming into the build's log. A build is cached by commit, path and build
 //! settings: an unchanged source is not built again.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,9 @@ pub struct Builder {
     pub timeout: Duration,
     /// Lines kept per build log.
     pub log_lines: u64,
+    /// One lock per cache key, so services built from the same source and settings wait
+    /// for one build and share it rather than all building at once.
+    pub building: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 /// A finished build: its row and the directory replicas run in.
@@ -63,6 +67,12 @@ impl Builder {
     pub async fn build(&self, request: Request<'_>) -> Result<Built, Failed> {
         let key = cache_key(request.url, request.source, request.build, request.commit);
         let dir = self.dir.join(&key[..32]);
+        let lock = self
+            .building
+            .lock()
+            .map(|mut locks| locks.entry(key.clone()).or_default().clone())
+            .unwrap_or_default();
+        let _building = lock.lock().await;
         let cached = store::cached_build(&self.pool, &key)
             .await
             .map_err(|e| Failed {

@@ -157,6 +157,7 @@ impl<R: Runtime> Controller<R> {
                     });
                 }
                 Decision::Unpin { service } => store::unpin(&self.pool, &service).await?,
+                Decision::Unroute { service } => store::unroute(&self.pool, &service).await?,
                 Decision::Stop { deployment, .. } => {
                     let runtime = self.runtime.clone();
                     tokio::spawn(async move { runtime.stop(deployment).await });

@@ -82,6 +82,9 @@ pub enum Decision {
         service: ServiceKey,
         deployment: i64,
     },
+    /// The service's endpoints point at replicas nothing runs (the runtime restarted): the
+    /// proxies should stop trying them until a deployment serves again.
+    Unroute { service: ServiceKey },
     /// The healthy deployment of a deleted service: it no longer serves.
     Retire {
         service: ServiceKey,
@@ -115,6 +118,11 @@ pub fn decide(desired: &BTreeMap<ServiceKey, Desired>, observed: &Observed) -> V
         };
         let healthy = observed.healthy.get(service);
         let serving = healthy.filter(|h| observed.running.contains_key(&h.id));
+        if healthy.is_some() && serving.is_none() {
+            decisions.push(Decision::Unroute {
+                service: service.clone(),
+            });
+        }
         if serving.is_some_and(|s| &s.release_digest == digest) {
             continue;
         }
@@ -253,7 +261,12 @@ mod tests {
         observed.running.clear();
         assert_eq!(
             decide(&desired(&[("api", "r1")]), &observed),
-            [deploy("api", Target::Desired, DeployTrigger::Restart)]
+            [
+                Decision::Unroute {
+                    service: key("api")
+                },
+                deploy("api", Target::Desired, DeployTrigger::Restart)
+            ]
         );
     }
 

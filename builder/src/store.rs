@@ -314,6 +314,19 @@ async fn replace_endpoints(
     Ok(())
 }
 
+/// Removes a service's endpoints: nothing runs behind them.
+pub async fn unroute(pool: &PgPool, service: &ServiceKey) -> Result<(), Error> {
+    replace_endpoints(
+        &mut *pool
+            .acquire()
+            .await
+            .map_err(db("removing stale endpoints"))?,
+        service,
+        &[],
+    )
+    .await
+}
+
 /// A deployment that no longer serves because its service was deleted.
 pub async fn retire(pool: &PgPool, id: i64) -> Result<(), Error> {
     sqlx::query(

@@ -130,6 +130,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
             git_cache: home.join("git"),
             timeout: args.build_timeout,
             log_lines: args.log_lines,
+            building: Arc::default(),
         },
         keys,
         settings: controller::Settings {
