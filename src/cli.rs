@@ -297,12 +297,44 @@ pub struct ServeArgs {
     /// How long a sync waits for another apply to finish.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub lock_timeout: Duration,
+    /// What runs the applied services: `none` (another process does), or `local`: the
+    /// leader builds and runs them as processes on its machine, as `meshploy up` does.
+    #[arg(long, value_enum, default_value_t = RuntimeKind::None)]
+    pub runtime: RuntimeKind,
+    #[command(flatten)]
+    pub runtime_options: RuntimeOptions,
     #[command(flatten)]
     pub guard: GuardArgs,
     #[command(flatten)]
     pub db: DbArgs,
     #[command(flatten)]
     pub keys: KeyArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RuntimeKind {
+    None,
+    Local,
+}
+
+/// How builds and deployments run; `up` and `serve --runtime local` share them.
+#[derive(Debug, Args)]
+pub struct RuntimeOptions {
+    /// The longest a build may run.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub build_timeout: Duration,
+    /// The longest a new release may take to be healthy before it fails.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub rollout_timeout: Duration,
+    /// How long replaced replicas keep serving requests already sent to them.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub drain: Duration,
+    /// From SIGTERM to SIGKILL when a replica is stopped.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub stop_grace: Duration,
+    /// Lines kept per build log and per replica log (the oldest go first).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(2..))]
+    pub log_lines: u64,
 }
 
 #[derive(Debug, Args)]
@@ -328,21 +360,8 @@ pub struct UpArgs {
     /// Address for the HTTP API.
     #[arg(long, default_value = "127.0.0.1:8001")]
     pub api_listen: std::net::SocketAddr,
-    /// The longest a build may run.
-    #[arg(long, default_value = "10m", value_parser = parse_duration)]
-    pub build_timeout: Duration,
-    /// The longest a new release may take to be healthy before it fails.
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
-    pub rollout_timeout: Duration,
-    /// How long replaced replicas keep serving requests already sent to them.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
-    pub drain: Duration,
-    /// From SIGTERM to SIGKILL when a replica is stopped.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub stop_grace: Duration,
-    /// Lines kept per build log and per replica log (the oldest go first).
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(2..))]
-    pub log_lines: u64,
+    #[command(flatten)]
+    pub runtime: RuntimeOptions,
     #[command(flatten)]
     pub proxy: ProxyOptions,
     #[command(flatten)]

@@ -726,3 +726,49 @@ fn the_readme_example_is_built_from_this_repository_and_served() {
     let (_, body) = answer.unwrap_or_else(|| panic!("not served: {:#?}", deployments(&db)));
     assert!(body.starts_with("Hello from the replica on port"), "{body}");
 }
+
+#[test]
+fn the_serve_leader_runs_what_it_applies_from_git_and_stops_it_on_shutdown() {
+    let (db, dir, app) = (Db::new(), Dir::new(), app_repo());
+    let manifests_repo = Remote::new();
+    manifests_repo.write(
+        "deploy/shop.yaml",
+        &manifests(&app.bare(), "true", "  env:\n    MESSAGE: from-git\n"),
+    );
+    manifests_repo.push("shop");
+    let bare = manifests_repo.bare().display().to_string();
+    let mut command = db.command(
+        &dir,
+        &[
+            "serve",
+            "--repo",
+            &bare,
+            "--name",
+            "shop",
+            "--path",
+            "deploy",
+            "--listen",
+            "127.0.0.1:0",
+            "--runtime",
+            "local",
+            "--stop-grace",
+            "1s",
+        ],
+    );
+    let (mut serve, _) = Process::announced(&mut command, "meshploy serve: API on");
+    let address: SocketAddr = wait_for(Duration::from_secs(60), || {
+        db.psql("SELECT address FROM endpoints ORDER BY address LIMIT 1")
+            .parse()
+            .ok()
+    })
+    .unwrap_or_else(|| panic!("nothing runs: {:#?}", deployments(&db)));
+    assert_eq!(
+        get(address, "web.test", "/"),
+        Some((200, "from-git".into()))
+    );
+    assert!(serve.terminate().success());
+    assert!(
+        std::net::TcpStream::connect(address).is_err(),
+        "the replica outlived serve"
+    );
+}

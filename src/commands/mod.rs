@@ -6,6 +6,7 @@ mod deployments;
 mod history;
 mod plan;
 mod proxy;
+mod runtime;
 mod secret;
 mod serve;
 mod status;

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 use super::{guard, keyring};
-use crate::cli::{ServeArgs, parse_duration};
+use crate::cli::{RuntimeKind, ServeArgs, parse_duration};
 use crate::database;
 
 pub async fn run(args: ServeArgs) -> Result<ExitCode> {
@@ -56,6 +56,24 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         leading,
     };
     let (stop, stopped) = watch::channel(false);
+    let controller = match args.runtime {
+        RuntimeKind::None => None,
+        RuntimeKind::Local => {
+            let runtime = super::runtime::local(&daemon.pool, &home, &args.runtime_options)?;
+            let keys = keyring(&args.keys)?.map(Arc::new);
+            let (pool, runs) = (daemon.pool.clone(), runtime.clone());
+            let (options, poll) = (args.runtime_options, args.poll_interval);
+            let make = move || {
+                super::runtime::controller(&pool, &runs, &home, &options, keys.clone(), poll)
+            };
+            Some(tokio::spawn(super::runtime::while_leading(
+                make,
+                runtime,
+                daemon.leading.clone(),
+                stopped.clone(),
+            )))
+        }
+    };
     let server = {
         let mut stopped = stopped.clone();
         let graceful = async move {
@@ -76,6 +94,9 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         let _ = stop.send(true);
     });
     daemon.run(stopped).await?;
+    if let Some(controller) = controller {
+        let _ = controller.await;
+    }
     signals.abort();
     server.await.context("the API server stopped")?;
     Ok(ExitCode::SUCCESS)

@@ -13,9 +13,6 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use builder::build::Builder;
-use builder::controller::{self, Controller};
-use builder::local::{self, LocalRuntime};
 use reconciler::secrets::Keyring;
 use reconciler::serve::Daemon;
 use reconciler::sync::{Settings, Source};
@@ -32,18 +29,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     let home = database::home(args.db.home.clone())?;
     let pool = database::pool(&args.db, "up", 16).await?;
     let keys = keyring(&args.keys)?.map(Arc::new);
-    let (runtime, orphans) = LocalRuntime::new(
-        pool.clone(),
-        local::Settings {
-            state_dir: home.join("runtime"),
-            stop_grace: args.stop_grace,
-            log_lines: args.log_lines,
-        },
-    )?;
-    if orphans > 0 {
-        eprintln!("meshploy up: stopped {orphans} replicas that an earlier run left running");
-    }
-    let runtime = Arc::new(runtime);
+    let runtime = super::runtime::local(&pool, &home, &args.runtime)?;
     let proxy_database = database::options(&args.db, "up proxy").await?;
     let proxy = proxy::Proxy::start(super::proxy::config(&args.proxy, None), proxy_database)
         .await
@@ -121,26 +107,14 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
             })
         }
     };
-    let controller = Controller {
-        pool: pool.clone(),
-        runtime: runtime.clone(),
-        builder: Builder {
-            pool: pool.clone(),
-            dir: home.join("builds"),
-            git_cache: home.join("git"),
-            timeout: args.build_timeout,
-            log_lines: args.log_lines,
-            building: Arc::default(),
-        },
+    let controller = super::runtime::controller(
+        &pool,
+        &runtime,
+        &home,
+        &args.runtime,
         keys,
-        settings: controller::Settings {
-            rollout_timeout: args.rollout_timeout,
-            drain: args.drain,
-            resync: Duration::from_secs(5),
-            fetch_every: args.poll_interval,
-            keep_logs_of: 20,
-        },
-    };
+        args.poll_interval,
+    );
     let controller = tokio::spawn(controller.run(stopped.clone()));
     let proxy = tokio::spawn(proxy.serve(until(stopped)));
 
