@@ -51,6 +51,11 @@ fn app_repo() -> Remote {
         "app/loud.sh",
         "head -c 100000000 /dev/zero | tr '\\0' x | fold -w 100\nexec python3 server.py\n",
     );
+    // Takes the replica's port from outside its process group before it listens, once.
+    remote.write(
+        "app/squat.sh",
+        "if [ ! -e \"$SQUAT_MARK\" ]; then\n  touch \"$SQUAT_MARK\"\n  setsid python3 -c 'import socket, sys, time; s = socket.socket(); s.bind((\"127.0.0.1\", int(sys.argv[1]))); time.sleep(30)' \"$PORT\" &\n  sleep 0.5\nfi\nexec python3 server.py\n",
+    );
     remote.push("the app");
     remote
 }
@@ -771,4 +776,38 @@ fn the_serve_leader_runs_what_it_applies_from_git_and_stops_it_on_shutdown() {
         std::net::TcpStream::connect(address).is_err(),
         "the replica outlived serve"
     );
+}
+
+#[test]
+fn a_port_taken_before_the_replica_listens_moves_the_replica_to_another() {
+    let (db, dir, repo) = (Db::new(), Dir::new(), app_repo());
+    let mark = dir.path().join("squatted");
+    dir.write(
+        "shop.yaml",
+        manifests(
+            &repo.bare(),
+            "true",
+            &format!(
+                "  env:\n    MESSAGE: moved\n    SQUAT_MARK: {}\n",
+                mark.display()
+            ),
+        )
+        .replace("replicas: 2", "replicas: 1")
+        .replace("command: python3 server.py", "command: sh squat.sh"),
+    );
+    let up = Up::start(&db, &dir, &[]);
+    serves(&up, "/", "moved", ROLLOUT);
+    let logs = logs_with(
+        &db,
+        &dir,
+        &["logs", "web"],
+        &["was taken by another process"],
+    );
+    assert!(
+        logs.contains("OSError") || logs.contains("Address already in use"),
+        "{logs}"
+    );
+    let _ = std::process::Command::new("pkill")
+        .args(["-f", "time.sleep\\(30\\)"])
+        .status();
 }
