@@ -189,10 +189,16 @@ pub struct SourceArgs {
     #[arg(long, value_name = "DIR", requires = "repo", default_value = "")]
     pub path: String,
     /// The source that owns what this writes; a source never changes what another owns.
-    /// Default: `local:<directory>`, or the repository URL (and `//DIR`). Use the name of a
-    /// `meshploy serve` source to act as that source.
+    /// Default: for a directory in a git work tree, its remote's URL and `//PATH` in the
+    /// repository (the same for every clone); for another directory, `local:<directory>`;
+    /// with --repo, the repository URL (and `//DIR`). Use the name of a `meshploy serve`
+    /// source to act as that source.
     #[arg(long, value_name = "NAME")]
     pub source: Option<String>,
+    /// Take over every resource SOURCE owns (a renamed or moved source): the plan lists
+    /// them, and the apply makes them this source's, deleting those it no longer declares.
+    #[arg(long, value_name = "SOURCE")]
+    pub adopt_from: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -354,6 +360,9 @@ pub struct UpArgs {
     /// Directory inside --repo holding the manifests.
     #[arg(long, default_value = "", requires = "repo")]
     pub path: String,
+    /// Take over every resource SOURCE owns with the first apply of DIR (see `apply`).
+    #[arg(long, value_name = "SOURCE", conflicts_with = "repo")]
+    pub adopt_from: Option<String>,
     /// How often to fetch --repo, and remote service sources, for new commits.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub poll_interval: Duration,

@@ -19,6 +19,8 @@ pub struct Manifests {
     pub source: String,
     /// The commit they were read from, when read from git.
     pub commit: Option<String>,
+    /// The directory they were read from, when read from one (canonical).
+    pub directory: Option<String>,
 }
 
 /// Reads the manifests `dir` or `from.repo` names. Remote repositories are fetched into
@@ -31,11 +33,12 @@ pub async fn read(dir: &Path, from: &SourceArgs, home: &Path) -> Result<Manifest
         return Ok(Manifests {
             files: git::dir::read(dir, &limits)?,
             label: dir.display().to_string(),
-            source: from
-                .source
-                .clone()
-                .unwrap_or_else(|| format!("local:{}", canonical.display())),
+            source: from.source.clone().unwrap_or_else(|| {
+                git::dir::identity(&canonical)
+                    .unwrap_or_else(|| format!("local:{}", canonical.display()))
+            }),
             commit: None,
+            directory: Some(canonical.display().to_string()),
         });
     };
     let reference = match (&from.reference, git::Location::parse(&url)) {
@@ -67,6 +70,7 @@ pub async fn read(dir: &Path, from: &SourceArgs, home: &Path) -> Result<Manifest
         label: format!("{shown}@{}", short(&snapshot.commit)),
         source,
         commit: Some(snapshot.commit),
+        directory: None,
     })
 }
 

@@ -437,3 +437,83 @@ fn a_hostile_repository_is_refused_by_size_before_its_blobs_are_read() {
     db.meshploy(&dir, &["plan", "--repo", repo, "--ref", "main"])
         .assert_fails_with("file is 5242880 bytes; manifest files are limited to 1048576 bytes");
 }
+
+#[test]
+fn a_directory_in_a_clone_is_owned_by_its_repository_and_moves_only_by_adoption() {
+    let (db, dir, remote) = (Db::new(), Dir::new(), Remote::new());
+    remote.write("deploy/project.yaml", PROJECT);
+    remote.write("deploy/a.yaml", &service("a", 1));
+    remote.push("shop");
+    let deploy = remote.work().join("deploy").display().to_string();
+    let applied = db.meshploy(&dir, &["apply", &deploy, "--auto-approve"]);
+    assert_eq!(applied.code, 0, "{}", applied.stderr);
+    // The identity is the clone's remote and the path in it, whoever cloned it where.
+    let identity = format!("{}//deploy", remote.bare().display());
+    assert_eq!(
+        db.psql("SELECT DISTINCT source FROM services"),
+        identity,
+        "the owner is the repository, not the directory"
+    );
+    let other = dir.path().join("elsewhere");
+    git(
+        dir.path(),
+        &[
+            "clone",
+            "-q",
+            &remote.bare().display().to_string(),
+            "elsewhere",
+        ],
+    );
+    let plan = db.meshploy(&dir, &["plan", &other.join("deploy").display().to_string()]);
+    assert_eq!(plan.code, 0, "{}", plan.stderr);
+    assert!(plan.stdout.contains("No changes."), "{}", plan.stdout);
+
+    // A copy outside any work tree is another source: refused, with the way to take over.
+    let copy = Dir::new();
+    copy.write("project.yaml", PROJECT);
+    copy.write("a.yaml", service("a", 2));
+    let refused = db.meshploy(&copy, &["plan"]);
+    refused.assert_fails_with(&format!("project/shop is owned by source `{identity}`"));
+    refused.assert_fails_with("--adopt-from SOURCE");
+    db.meshploy(&copy, &["plan", "--adopt-from", "nobody"])
+        .assert_fails_with("source `nobody` owns nothing to adopt");
+    let adopting = db.meshploy(&copy, &["plan", "--adopt-from", &identity]);
+    assert_eq!(adopting.code, 0, "{}", adopting.stderr);
+    assert!(
+        adopting
+            .stdout
+            .contains(&format!("# adopted from source {identity}:"))
+            && adopting.stdout.contains("> service/shop/a")
+            && adopting.stdout.contains(&format!(
+                "Plan: 0 to add, 1 to change, 0 to destroy. 2 adopted from {identity}."
+            )),
+        "{}",
+        adopting.stdout
+    );
+    let json = db
+        .meshploy(
+            &copy,
+            &["plan", "--adopt-from", &identity, "--format", "json"],
+        )
+        .json();
+    assert_eq!(json["adoption"]["from"], identity.as_str());
+    assert_eq!(json["adoption"]["resources"][0], "project/shop");
+    // Nothing moved until applied; then everything did, and the old owner holds nothing.
+    assert_eq!(db.psql("SELECT DISTINCT source FROM projects"), identity);
+    let took = db.meshploy(
+        &copy,
+        &["apply", "--auto-approve", "--adopt-from", &identity],
+    );
+    assert_eq!(took.code, 0, "{}", took.stderr);
+    let owner = format!(
+        "local:{}",
+        copy.path().canonicalize().expect("canonical").display()
+    );
+    assert_eq!(
+        db.psql("SELECT string_agg(DISTINCT source, ',') FROM (SELECT source FROM projects UNION ALL SELECT source FROM services) s"),
+        owner
+    );
+    assert_eq!(db.psql("SELECT replicas FROM services"), "2");
+    let back = db.meshploy(&dir, &["plan", &other.join("deploy").display().to_string()]);
+    back.assert_fails_with(&format!("project/shop is owned by source `{owner}`"));
+}

@@ -46,10 +46,10 @@ http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
 fn app_repo() -> Remote {
     let remote = Remote::new();
     remote.write("app/server.py", APP);
-    // 100 MB of output (a million lines) before it serves.
+    // 100 MB of output (100,000 lines) before it serves.
     remote.write(
         "app/loud.sh",
-        "head -c 100000000 /dev/zero | tr '\\0' x | fold -w 100\nexec python3 server.py\n",
+        "head -c 100000000 /dev/zero | tr '\\0' x | fold -w 1000\nexec python3 server.py\n",
     );
     // Takes the replica's port from outside its process group before it listens, once.
     remote.write(
@@ -696,7 +696,7 @@ fn a_process_that_prints_100_mb_keeps_a_bounded_log_and_memory() {
             .replace("command: python3 server.py", "command: sh loud.sh"),
     );
     let up = Up::start(&db, &dir, &["--log-lines", "1000"]);
-    serves(&up, "/", "loud", Duration::from_secs(120));
+    serves(&up, "/", "loud", Duration::from_secs(300));
     let (lines, marker) = wait_for(Duration::from_secs(30), || {
         let lines: u64 = db
             .psql("SELECT count(*) FROM log_lines WHERE deployment_id IS NOT NULL AND replica = 0")

@@ -177,6 +177,7 @@ impl<R: Runtime> Controller<R> {
     ) -> Result<(BTreeMap<ServiceKey, Desired>, Wanted), Error> {
         let services = store::applied_services(&self.pool).await?;
         let groups = store::applied_groups(&self.pool).await?;
+        let directories = store::source_directories(&self.pool).await?;
         let none = BTreeMap::new();
         let mut desired = BTreeMap::new();
         let mut wanted = BTreeMap::new();
@@ -193,7 +194,8 @@ impl<R: Runtime> Controller<R> {
             let resolved = match &spec.workload {
                 Workload::Image(_) => Resolved::Image,
                 Workload::Source { source, .. } => {
-                    let url = absolute_url(&source.git, &service.source);
+                    let directory = directories.get(&service.source).map(String::as_str);
+                    let url = absolute_url(&source.git, directory);
                     match resolver.resolve(&url, &source.git_ref).await {
                         Ok(commit) => Resolved::Commit { commit },
                         Err(reason) => Resolved::Unresolved { reason },
@@ -244,11 +246,10 @@ impl<R: Runtime> Controller<R> {
             (_, Resolved::Unresolved { reason }) => return Err(reason.clone()),
             (Workload::Source { source, build }, Resolved::Commit { commit }) => {
                 self.advance(id, DeploymentState::Building, None).await?;
-                let source_url = store::source_of(&self.pool, service)
+                let directory = store::directory_of(&self.pool, service)
                     .await
-                    .map_err(|e| e.to_string())?
-                    .unwrap_or_default();
-                let url = absolute_url(&source.git, &source_url);
+                    .map_err(|e| e.to_string())?;
+                let url = absolute_url(&source.git, directory.as_deref());
                 let request = build::Request {
                     service,
                     url: &url,
@@ -395,10 +396,10 @@ async fn stopping(stop: &mut watch::Receiver<bool>) {
 }
 
 /// `source.git` as a URL or path to open: a relative path (`./app`, `../..`) is taken
-/// relative to the directory of a local source (`local:/path`) that declared the service.
-fn absolute_url(git: &str, owner: &str) -> String {
+/// relative to the directory its source was applied from.
+fn absolute_url(git: &str, directory: Option<&str>) -> String {
     let relative = git == "." || git == ".." || git.starts_with("./") || git.starts_with("../");
-    match owner.strip_prefix("local:") {
+    match directory {
         Some(dir) if relative => {
             let joined = Path::new(dir).join(git);
             std::fs::canonicalize(&joined)
@@ -461,24 +462,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn relative_sources_are_taken_from_the_local_source_directory() {
+    fn relative_sources_are_taken_from_the_directory_the_source_was_applied_from() {
         let dir = tempfile::tempdir().expect("temp dir");
         let root = std::fs::canonicalize(dir.path()).expect("canonical");
         std::fs::create_dir(root.join("app")).expect("mkdir");
         std::fs::create_dir(root.join("deploy")).expect("mkdir");
-        let owner = format!("local:{}", root.join("deploy").display());
+        let deploy = root.join("deploy").display().to_string();
         assert_eq!(
-            absolute_url("../app", &owner),
+            absolute_url("../app", Some(&deploy)),
             root.join("app").display().to_string()
         );
         assert_eq!(
-            absolute_url("https://example.com/a.git", &owner),
+            absolute_url("https://example.com/a.git", Some(&deploy)),
             "https://example.com/a.git"
         );
         assert_eq!(
-            absolute_url("./app", "shop"),
+            absolute_url("./app", None),
             "./app",
-            "git sources are left alone"
+            "a source never applied from a directory is left alone"
         );
     }
 }

@@ -64,14 +64,31 @@ pub async fn applied_services(pool: &PgPool) -> Result<Vec<Applied>, Error> {
         .collect())
 }
 
-/// The source that owns an applied service.
-pub async fn source_of(pool: &PgPool, service: &ServiceKey) -> Result<Option<String>, Error> {
-    sqlx::query_scalar("SELECT source FROM services WHERE project = $1 AND name = $2")
-        .bind(&service.project)
-        .bind(&service.name)
-        .fetch_optional(pool)
-        .await
-        .map_err(db("reading a service's source"))
+/// The directory each source was last applied from, for sources applied from one: where a
+/// relative `source.git` is taken from.
+pub async fn source_directories(pool: &PgPool) -> Result<BTreeMap<String, String>, Error> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT DISTINCT ON (source) source, directory FROM revisions \
+         WHERE directory IS NOT NULL ORDER BY source, id DESC",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(db("reading where sources were applied from"))?;
+    Ok(rows.into_iter().collect())
+}
+
+/// The directory the source of an applied service was last applied from.
+pub async fn directory_of(pool: &PgPool, service: &ServiceKey) -> Result<Option<String>, Error> {
+    sqlx::query_scalar(
+        "SELECT r.directory FROM services s JOIN revisions r ON r.source = s.source \
+         WHERE s.project = $1 AND s.name = $2 AND r.directory IS NOT NULL \
+         ORDER BY r.id DESC LIMIT 1",
+    )
+    .bind(&service.project)
+    .bind(&service.name)
+    .fetch_optional(pool)
+    .await
+    .map_err(db("reading where a service's source was applied from"))
 }
 
 /// Every applied variable group's fields by project and name, with each secret as its

@@ -140,3 +140,27 @@ fn collect(dir: &Path, root: &Path, out: &mut Vec<PathBuf>) -> Result<(), GitErr
     }
     Ok(())
 }
+
+/// The stable identity of a manifest directory inside a git work tree: the redacted URL of its
+/// repository's default remote, then `//` and the directory's path in the work tree (nothing
+/// at the root), as `plan --repo URL --path DIR` names it. The same repository cloned anywhere
+/// gives the same identity. `None` outside a work tree, or in one without a remote.
+pub fn identity(dir: &Path) -> Option<String> {
+    let canonical = dir.canonicalize().ok()?;
+    let repo = gix::discover(&canonical).ok()?;
+    let work = repo.workdir()?.canonicalize().ok()?;
+    let remote = repo
+        .find_default_remote(gix::remote::Direction::Fetch)?
+        .ok()?;
+    let url = remote
+        .url(gix::remote::Direction::Fetch)?
+        .to_bstring()
+        .to_string();
+    let shown = crate::url::redact(&url);
+    let inside = canonical.strip_prefix(&work).ok()?;
+    Some(if inside.as_os_str().is_empty() {
+        shown
+    } else {
+        format!("{shown}//{}", inside.display())
+    })
+}

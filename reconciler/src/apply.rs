@@ -45,6 +45,9 @@ pub struct SavedPlan {
     /// The git commit the manifests were read from, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit: Option<String>,
+    /// The source whose resources the plan adopts, if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopt_from: Option<String>,
     pub plan: Plan,
     pub files: Vec<SavedFile>,
 }

@@ -30,6 +30,8 @@ pub enum Error {
         name: String,
         error: SecretError,
     },
+    #[error("source `{from}` owns nothing to adopt; `meshploy state list` shows every owner")]
+    NothingToAdopt { from: String },
     #[error(
         "the stored state of {address} cannot be read ({detail}); was the database edited by hand?"
     )]
@@ -53,7 +55,7 @@ pub enum Error {
     Tampered(Vec<String>),
     #[error("the plan is refused, nothing was applied:\n{}", lines(.0))]
     Refused(Vec<Refusal>),
-    #[error("source `{source_name}` declares resources that another source owns; nothing was applied:\n{}", lines(.conflicts))]
+    #[error("source `{source_name}` declares resources that another source owns; nothing was applied:\n{}\nTo take over everything a source owns (one renamed or moved), plan and apply with `--adopt-from SOURCE`.", lines(.conflicts))]
     Conflict {
         source_name: String,
         conflicts: Vec<Conflict>,

@@ -47,21 +47,51 @@ pub async fn begin_locked(
     })
 }
 
+/// Who plans: the source that will own what is applied, and the source whose resources it
+/// takes over, if any (`--adopt-from`).
+#[derive(Clone, Copy, Debug)]
+pub struct Owner<'a> {
+    pub source: &'a str,
+    pub adopt_from: Option<&'a str>,
+}
+
+impl<'a> Owner<'a> {
+    /// A source planning only for itself.
+    pub fn source(source: &'a str) -> Owner<'a> {
+        Owner {
+            source,
+            adopt_from: None,
+        }
+    }
+
+    async fn load(&self, conn: &mut sqlx::PgConnection) -> Result<Live, Error> {
+        let live = store::load_state(conn, self.source, self.adopt_from).await?;
+        match self.adopt_from {
+            Some(from) if live.adopted.is_empty() => Err(Error::NothingToAdopt {
+                from: from.to_owned(),
+            }),
+            _ => Ok(live),
+        }
+    }
+}
+
 /// A transaction holding the apply lock, with the live state as one source sees it.
 #[derive(Debug)]
 pub struct Locked {
     tx: Transaction<'static, Postgres>,
     source: String,
+    adopt_from: Option<String>,
     live: Live,
 }
 
-/// Takes the apply lock (waiting up to `timeout_ms`) and reads the state as `source` sees it.
-pub async fn lock(pool: &PgPool, source: &str, timeout_ms: u64) -> Result<Locked, Error> {
+/// Takes the apply lock (waiting up to `timeout_ms`) and reads the state as `owner` sees it.
+pub async fn lock(pool: &PgPool, owner: Owner<'_>, timeout_ms: u64) -> Result<Locked, Error> {
     let mut tx = begin_locked(pool, timeout_ms).await?;
-    let live = store::load_state(&mut tx, source).await?;
+    let live = owner.load(&mut tx).await?;
     Ok(Locked {
         tx,
-        source: source.to_owned(),
+        source: owner.source.to_owned(),
+        adopt_from: owner.adopt_from.map(str::to_owned),
         live,
     })
 }
@@ -70,7 +100,12 @@ impl Locked {
     /// The plan from the locked state to `desired`, refused if `desired` declares what
     /// another source owns.
     pub fn plan(self, desired: Desired) -> Result<Planned, Error> {
-        let plan = plan_for(&self.live, &self.source, &desired)?;
+        let plan = plan_for(
+            &self.live,
+            &self.source,
+            self.adopt_from.as_deref(),
+            &desired,
+        )?;
         Ok(Planned {
             locked: self,
             plan,
@@ -98,7 +133,8 @@ impl Locked {
                 .map(|(address, entry)| (address.clone(), entry.clone()))
                 .collect()
         };
-        let recomputed = plan::diff(&only(&desired.entries), &only(&self.live.state));
+        let mut recomputed = plan::diff(&only(&desired.entries), &only(&self.live.state));
+        recomputed.adoption = adoption(&self.live, self.adopt_from.as_deref());
         if recomputed != saved.plan {
             let differing = differing(&recomputed, &saved.plan);
             return Err(Error::Tampered(differing));
@@ -153,7 +189,15 @@ impl Checked {
             plan,
             desired,
         } = self.0;
-        let Locked { mut tx, live, .. } = locked;
+        let Locked {
+            mut tx,
+            live,
+            source,
+            ..
+        } = locked;
+        if let Some(adoption) = &plan.adoption {
+            store::writes::transfer(&mut tx, &adoption.from, &source).await?;
+        }
         let revision = apply::write(&mut tx, &plan, &desired, &live.state, keys, meta).await?;
         tx.commit().await.map_err(db("committing the apply"))?;
         Ok(revision)
@@ -172,15 +216,15 @@ pub struct Preview {
 /// is a preview, and applying it as a saved plan checks it for staleness.
 pub async fn preview(
     pool: &PgPool,
-    source: &str,
+    owner: Owner<'_>,
     desired: Desired,
     guard: &Guard,
 ) -> Result<Preview, Error> {
     let live = {
         let mut tx = pool.begin().await.map_err(db("beginning the plan"))?;
-        store::load_state(&mut tx, source).await?
+        owner.load(&mut tx).await?
     };
-    let plan = plan_for(&live, source, &desired)?;
+    let plan = plan_for(&live, owner.source, owner.adopt_from, &desired)?;
     let refusals = guard.check(&plan, &live.state);
     Ok(Preview { plan, refusals })
 }
@@ -190,6 +234,7 @@ impl Preview {
     pub fn save(self, source: String, commit: Option<String>, files: &[ManifestFile]) -> SavedPlan {
         SavedPlan {
             format: SavedPlan::FORMAT.into(),
+            adopt_from: self.plan.adoption.as_ref().map(|a| a.from.clone()),
             source,
             commit,
             plan: self.plan,
@@ -218,9 +263,25 @@ fn differing(a: &Plan, b: &Plan) -> Vec<String> {
     addresses.into_iter().cloned().collect()
 }
 
-fn plan_for(live: &Live, source: &str, desired: &Desired) -> Result<Plan, Error> {
+fn plan_for(
+    live: &Live,
+    source: &str,
+    adopt_from: Option<&str>,
+    desired: &Desired,
+) -> Result<Plan, Error> {
     check_ownership(live, source, desired)?;
-    Ok(plan::diff(&desired.entries, &live.state))
+    let mut plan = plan::diff(&desired.entries, &live.state);
+    plan.adoption = adoption(live, adopt_from);
+    Ok(plan)
+}
+
+/// The takeover a plan shows, when it adopts another source's resources.
+fn adoption(live: &Live, adopt_from: Option<&str>) -> Option<plan::Adoption> {
+    let from = adopt_from?;
+    Some(plan::Adoption {
+        from: from.to_owned(),
+        resources: live.adopted.clone(),
+    })
 }
 
 /// Refuses `desired` if it declares what a source other than `source` owns.

@@ -352,7 +352,8 @@ async fn plan_and_apply(
         .map_err(|e| Error::Task(e.to_string()))?
         .map_err(Error::Invalid)?;
     let desired = apply::prepare_for(pool, &state, settings.keys.as_ref()).await?;
-    let locked = pipeline::lock(pool, &source.name, settings.lock_timeout_ms).await?;
+    let owner = pipeline::Owner::source(&source.name);
+    let locked = pipeline::lock(pool, owner, settings.lock_timeout_ms).await?;
     let planned = locked.plan(desired)?;
     let summary = planned.plan().summary();
     if planned.plan().is_empty() {
@@ -369,6 +370,7 @@ async fn plan_and_apply(
         actor: settings.actor.clone(),
         source: source.name.clone(),
         commit: Some(commit.to_owned()),
+        directory: None,
     };
     let revision = checked.apply(settings.keys.as_ref(), &meta).await?;
     Ok(Detail::Synced {

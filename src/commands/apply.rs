@@ -32,6 +32,7 @@ pub async fn run(args: ApplyArgs) -> Result<ExitCode> {
         guard: guard(&args.guard),
         lock_timeout_ms: millis(&args),
         actor,
+        adopt_from: args.from.adopt_from.clone(),
     };
     plan_and_apply(&pool, manifests, &state, &how, approve).await
 }
@@ -43,6 +44,8 @@ pub struct How<'a> {
     pub guard: reconciler::plan::Guard,
     pub lock_timeout_ms: u64,
     pub actor: String,
+    /// `--adopt-from`: the source whose resources this apply takes over.
+    pub adopt_from: Option<String>,
 }
 
 /// Plans `manifests` (loaded as `state`) against the state as their source, shows the plan,
@@ -55,7 +58,11 @@ pub async fn plan_and_apply(
     approve: impl FnOnce() -> Result<bool>,
 ) -> Result<ExitCode> {
     let desired = apply::prepare_for(pool, state, how.keys).await?;
-    let planned = pipeline::lock(pool, &manifests.source, how.lock_timeout_ms)
+    let owner = pipeline::Owner {
+        source: &manifests.source,
+        adopt_from: how.adopt_from.as_deref(),
+    };
+    let planned = pipeline::lock(pool, owner, how.lock_timeout_ms)
         .await?
         .plan(desired)?;
     print(planned.plan(), PlanFormat::Text, "");
@@ -71,6 +78,7 @@ pub async fn plan_and_apply(
         actor: how.actor.clone(),
         source: manifests.source,
         commit: manifests.commit,
+        directory: manifests.directory,
     };
     finish(checked, how.keys, &meta).await
 }
@@ -103,7 +111,11 @@ async fn apply_saved(args: ApplyArgs) -> Result<ExitCode> {
     let keys = keyring(&args.keys)?;
     let desired = apply::prepare_for(&pool, &state, keys.as_ref()).await?;
     let meta = meta(&args, saved.source.clone(), saved.commit.clone());
-    let checked = pipeline::lock(&pool, &saved.source, millis(&args))
+    let owner = pipeline::Owner {
+        source: &saved.source,
+        adopt_from: saved.adopt_from.as_deref(),
+    };
+    let checked = pipeline::lock(&pool, owner, millis(&args))
         .await?
         .saved(saved, desired)?
         .check(&guard(&args.guard))?;
@@ -137,6 +149,7 @@ fn meta(args: &ApplyArgs, source: String, commit: Option<String>) -> RevisionMet
         actor: args.actor.clone().unwrap_or_else(actor),
         source,
         commit,
+        directory: None,
     }
 }
 

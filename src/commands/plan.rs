@@ -18,7 +18,11 @@ pub async fn run(args: PlanArgs) -> Result<ExitCode> {
     let pool = database::connect(&args.db, "plan").await?;
     let keys = keyring(&args.keys)?;
     let desired = apply::prepare_for(&pool, &state, keys.as_ref()).await?;
-    let preview = pipeline::preview(&pool, &manifests.source, desired, &guard(&args.guard)).await?;
+    let owner = pipeline::Owner {
+        source: &manifests.source,
+        adopt_from: args.from.adopt_from.as_deref(),
+    };
+    let preview = pipeline::preview(&pool, owner, desired, &guard(&args.guard)).await?;
     print(&preview.plan, args.format, &manifests.label);
     if !preview.refusals.is_empty() {
         for refusal in &preview.refusals {

@@ -77,8 +77,13 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
                 home: home.clone(),
                 keys: keys.clone(),
                 guard: guard(&args.guard),
+                adopt_from: args.adopt_from.clone(),
             };
             applier.apply(&dir).await;
+            let applier = Applier {
+                adopt_from: None,
+                ..applier
+            };
             print_routes(&pool, proxy_address).await;
             let follow: Pin<Box<dyn Future<Output = ()>>> =
                 Box::pin(applier.follow(dir, stopped.clone()));
@@ -160,6 +165,8 @@ struct Applier {
     home: PathBuf,
     keys: Option<Arc<Keyring>>,
     guard: reconciler::plan::Guard,
+    /// Taken over by the first apply; every later one finds nothing left to adopt.
+    adopt_from: Option<String>,
 }
 
 impl Applier {
@@ -177,6 +184,7 @@ impl Applier {
             reference: None,
             path: String::new(),
             source: None,
+            adopt_from: None,
         };
         let manifests = manifests::read(dir, &from, &self.home).await?;
         let state = validate::load(&manifests)?;
@@ -185,6 +193,7 @@ impl Applier {
             guard: self.guard,
             lock_timeout_ms: 30_000,
             actor: actor(),
+            adopt_from: self.adopt_from.clone(),
         };
         plan_and_apply(&self.pool, manifests, &state, &how, || Ok(true)).await?;
         Ok(())

@@ -71,7 +71,10 @@ pub fn diff(desired: &State, actual: &State) -> Plan {
             Some(change)
         })
         .collect();
-    Plan { changes }
+    Plan {
+        changes,
+        adoption: None,
+    }
 }
 
 /// The fields that differ between `before` and `after`, sorted by path; none forces a

@@ -125,11 +125,23 @@ pub struct Summary {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     pub changes: Vec<Change>,
+    /// Resources another source owns that this plan takes over (`--adopt-from`): they
+    /// become the planning source's, changed as `changes` say or kept as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adoption: Option<Adoption>,
+}
+
+/// A takeover of every resource of another source, shown before it is applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Adoption {
+    pub from: String,
+    pub resources: Vec<Address>,
 }
 
 impl Plan {
+    /// Whether applying the plan would change nothing: no change and no adoption.
     pub fn is_empty(&self) -> bool {
-        self.changes.is_empty()
+        self.changes.is_empty() && self.adoption.is_none()
     }
 
     pub fn summary(&self) -> Summary {

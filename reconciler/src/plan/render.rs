@@ -20,6 +20,7 @@ pub fn text(plan: &Plan, color: bool) -> String {
         return format!("{NO_CHANGES}\n");
     }
     let mut out = String::from("Meshploy will perform the following actions:\n\n");
+    out.push_str(&adoption(plan));
     for change in &plan.changes {
         out.push_str(&block(change, color));
         out.push('\n');
@@ -29,16 +30,34 @@ pub fn text(plan: &Plan, color: bool) -> String {
     out
 }
 
-/// `Plan: 1 to add, 2 to change, 0 to destroy.`
+/// `Plan: 1 to add, 2 to change, 0 to destroy.`, and how many resources are adopted.
 pub fn summary_line(plan: &Plan) -> String {
     if plan.is_empty() {
         return NO_CHANGES.to_owned();
     }
     let s = plan.summary();
+    let adopted = plan
+        .adoption
+        .as_ref()
+        .map(|a| format!(" {} adopted from {}.", a.resources.len(), a.from))
+        .unwrap_or_default();
     format!(
-        "Plan: {} to add, {} to change, {} to destroy.",
+        "Plan: {} to add, {} to change, {} to destroy.{adopted}",
         s.add, s.change, s.destroy
     )
+}
+
+/// The adopted resources, one per line, before the changes.
+fn adoption(plan: &Plan) -> String {
+    let Some(adoption) = &plan.adoption else {
+        return String::new();
+    };
+    let mut out = format!("  # adopted from source {}:\n", adoption.from);
+    for address in &adoption.resources {
+        let _ = writeln!(out, "  > {address}");
+    }
+    out.push('\n');
+    out
 }
 
 fn paint(text: &str, code: &str, color: bool) -> String {
@@ -169,11 +188,18 @@ pub fn json(plan: &Plan) -> Json {
             })
         })
         .collect();
-    json!({
+    let mut out = json!({
         "formatVersion": "1",
         "summary": { "add": summary.add, "change": summary.change, "destroy": summary.destroy },
         "changes": changes,
-    })
+    });
+    if let Some(adoption) = &plan.adoption {
+        out["adoption"] = json!({
+            "from": adoption.from,
+            "resources": adoption.resources.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        });
+    }
+    out
 }
 
 /// The Markdown rendering for a pull-request comment: a summary line, then the text plan in
@@ -194,6 +220,7 @@ pub fn markdown(plan: &Plan, title: &str) -> String {
         );
     }
     out.push_str("```diff\n");
+    out.push_str(&diff_lines(&adoption(plan)));
     let closing = if fold { "```\n\n</details>\n" } else { "```\n" };
     let mut omitted = 0;
     for (i, change) in plan.changes.iter().enumerate() {

@@ -14,6 +14,8 @@ pub struct RevisionMeta {
     pub actor: String,
     pub source: String,
     pub commit: Option<String>,
+    /// The directory the manifests were read from, if they were read from one.
+    pub directory: Option<String>,
 }
 
 pub(crate) async fn insert_revision(
@@ -23,8 +25,8 @@ pub(crate) async fn insert_revision(
     plan: &str,
 ) -> Result<i64, Error> {
     sqlx::query_scalar(
-        "INSERT INTO revisions (actor, source, commit_id, added, changed, destroyed, plan) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb) RETURNING id",
+        "INSERT INTO revisions (actor, source, commit_id, added, changed, destroyed, plan, directory) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8) RETURNING id",
     )
     .bind(&meta.actor)
     .bind(&meta.source)
@@ -33,6 +35,7 @@ pub(crate) async fn insert_revision(
     .bind(changed)
     .bind(destroyed)
     .bind(plan)
+    .bind(&meta.directory)
     .fetch_one(conn)
     .await
     .map_err(db("recording the revision"))

@@ -16,13 +16,23 @@ pub struct Live {
     /// Every other resource's owner, and the other sources' routes by host and path. A plan
     /// never touches these.
     pub foreign: Foreign,
+    /// Of `state`, the resources another source owns that `source` adopts.
+    pub adopted: Vec<Address>,
 }
 
-/// Everything PostgreSQL holds, as `source` sees it.
-pub async fn load_state(conn: &mut PgConnection, source: &str) -> Result<Live, Error> {
+/// Everything PostgreSQL holds, as `source` sees it; with `adopt`, the resources of that
+/// source count as `source`'s own (and are listed in `adopted`).
+pub async fn load_state(
+    conn: &mut PgConnection,
+    source: &str,
+    adopt: Option<&str>,
+) -> Result<Live, Error> {
     let mut live = Live::default();
     let mut keep = |address: Address, owner: String, entry: Entry| {
         if owner == source {
+            live.state.insert(address, entry);
+        } else if adopt == Some(owner.as_str()) {
+            live.adopted.push(address.clone());
             live.state.insert(address, entry);
         } else {
             live.foreign.insert(address, owner, &entry);

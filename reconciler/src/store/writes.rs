@@ -356,3 +356,23 @@ async fn upsert_routes(
     .await.map_err(db("writing routes"))?;
     Ok(())
 }
+
+/// Makes `to` the owner of every resource `from` owns: an adoption, written with the apply
+/// that shows it.
+pub(crate) async fn transfer(conn: &mut PgConnection, from: &str, to: &str) -> Result<(), Error> {
+    for (table, operation) in [
+        ("projects", "adopting projects"),
+        ("variable_groups", "adopting variable groups"),
+        ("services", "adopting services"),
+        ("routes", "adopting routes"),
+    ] {
+        let query = format!("UPDATE {table} SET source = $2 WHERE source = $1");
+        sqlx::query(sqlx::AssertSqlSafe(query))
+            .bind(from)
+            .bind(to)
+            .execute(&mut *conn)
+            .await
+            .map_err(db(operation))?;
+    }
+    Ok(())
+}
