@@ -237,6 +237,26 @@ fn a_source_service_is_built_by_its_command_and_served_through_the_proxy() {
         .json();
     assert_eq!(listed[0]["state"], "healthy");
     assert_eq!(listed[0]["commit"].as_str().map(str::len), Some(40));
+
+    // A change to the route alone is applied, and is not a new release: the same replicas
+    // serve the new host.
+    let applied = db.psql("SELECT count(*) FROM revisions");
+    let text = std::fs::read_to_string(dir.path().join("shop.yaml")).expect("read");
+    dir.write(
+        "shop.yaml",
+        text.replace("host: web.test", "host: www.test"),
+    );
+    wait_for(Duration::from_secs(30), || {
+        (db.psql("SELECT count(*) FROM revisions") != applied).then_some(())
+    })
+    .expect("the route change is applied");
+    let found = wait_for(Duration::from_secs(10), || {
+        get(up.proxy, "www.test", "/").filter(|(_, body)| body == "first")
+    });
+    assert!(found.is_some(), "www.test is not served");
+    // The controller has woken on the apply; give it a resync too.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(deployments(&db).len(), 1, "{:#?}", deployments(&db));
 }
 
 #[test]
@@ -810,4 +830,156 @@ fn a_port_taken_before_the_replica_listens_moves_the_replica_to_another() {
     let _ = std::process::Command::new("pkill")
         .args(["-f", "time.sleep\\(30\\)"])
         .status();
+}
+
+#[test]
+fn up_follows_a_repository_and_applies_each_push() {
+    let (db, dir, app) = (Db::new(), Dir::new(), app_repo());
+    let manifests_repo = Remote::new();
+    let write = |message: &str| {
+        manifests_repo.write(
+            "deploy/shop.yaml",
+            &manifests(
+                &app.bare(),
+                "true",
+                &format!("  env:\n    MESSAGE: {message}\n"),
+            ),
+        );
+        manifests_repo.push(message);
+    };
+    write("pushed-one");
+    let bare = manifests_repo.bare().display().to_string();
+    let mut command = db.command(
+        &dir,
+        &[
+            "up",
+            "--repo",
+            &bare,
+            "--path",
+            "deploy",
+            "--listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let up = Up::announced(&mut command);
+    serves(&up, "/", "pushed-one", ROLLOUT);
+    write("pushed-two");
+    serves(&up, "/", "pushed-two", ROLLOUT);
+    assert_eq!(db.psql("SELECT DISTINCT source FROM services"), "up");
+}
+
+#[test]
+fn ctrl_c_stops_the_replicas_and_the_embedded_database_and_a_second_one_stops_at_once() {
+    let (dir, repo) = (Dir::new(), app_repo());
+    let home = crate::util::open_tempdir();
+    // `trap` makes the replicas ignore SIGTERM, so only the second Ctrl-C ends them quickly.
+    dir.write(
+        "shop.yaml",
+        manifests(&repo.bare(), "true", "  env:\n    MESSAGE: stubborn\n").replace(
+            "command: python3 server.py",
+            "command: trap '' TERM; python3 server.py",
+        ),
+    );
+    let command = |grace: &str| {
+        let mut command = crate::util::meshploy();
+        command
+            .current_dir(dir.path())
+            .args([
+                "up",
+                ".",
+                "--listen",
+                "127.0.0.1:0",
+                "--api-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--stop-grace", grace])
+            .env("MESHPLOY_HOME", home.path())
+            .env_remove("DATABASE_URL")
+            .env_remove("RUST_LOG");
+        command
+    };
+    let db_status = || {
+        crate::util::meshploy()
+            .args(["db", "status"])
+            .env("MESHPLOY_HOME", home.path())
+            .status()
+            .expect("db status")
+            .code()
+    };
+    // The ports the replicas listen on, from what they printed.
+    let ports = |up: &Up| -> Vec<u16> {
+        serves(up, "/", "stubborn", ROLLOUT);
+        let records = std::fs::read_dir(home.path().join("runtime")).expect("runtime records");
+        assert_eq!(records.count(), 2, "one record per running replica");
+        wait_for(Duration::from_secs(10), || {
+            let output = crate::util::meshploy()
+                .args(["logs", "web"])
+                .env("MESHPLOY_HOME", home.path())
+                .env_remove("DATABASE_URL")
+                .output()
+                .ok()?;
+            let ports: Vec<u16> = String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .filter_map(|l| {
+                    l.split("starting on ")
+                        .nth(1)?
+                        .split(' ')
+                        .next()?
+                        .parse()
+                        .ok()
+                })
+                .collect();
+            (ports.len() == 2).then_some(ports)
+        })
+        .expect("both replicas said where they listen")
+    };
+
+    // One Ctrl-C: the replicas get their grace period, then the database stops.
+    let mut first = Up::announced(&mut command("3s"));
+    let running = ports(&first);
+    let pid = first.pid();
+    interrupt(pid);
+    let stopped = first.process.as_mut().map(|p| p.finished().0);
+    assert_eq!(stopped, Some(0));
+    for port in &running {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", *port)).is_err(),
+            "{port} still served"
+        );
+    }
+    assert_eq!(db_status(), Some(3), "the embedded database stopped");
+
+    // Two: no grace period; everything is gone at once.
+    let mut second = Up::announced(&mut command("60s"));
+    let running = ports(&second);
+    let started = std::time::Instant::now();
+    interrupt(second.pid());
+    std::thread::sleep(Duration::from_millis(500));
+    interrupt(second.pid());
+    let code = second.process.as_mut().map(|p| p.finished().0);
+    assert_eq!(code, Some(130));
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    for port in &running {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", *port)).is_err(),
+            "{port} still served"
+        );
+    }
+    let _ = crate::util::meshploy()
+        .args(["db", "stop"])
+        .env("MESHPLOY_HOME", home.path())
+        .status();
+}
+
+fn interrupt(pid: u32) {
+    std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .expect("kill -INT");
 }

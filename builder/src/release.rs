@@ -289,15 +289,6 @@ mod tests {
     }
 
     #[test]
-    fn a_route_or_protect_change_is_not_a_new_release() {
-        // Routes are other resources and `protect` is not a field: the service's fields, and
-        // so its release, are the same whatever the routes say.
-        let before = release(&web(), &groups("d1"));
-        let after = release(&web(), &groups("d1"));
-        assert_eq!(before.digest(), after.digest());
-    }
-
-    #[test]
     fn a_reordered_environment_is_the_same_release() {
         let mut a = web();
         a.insert("env.A".into(), text("1"));
