@@ -23,13 +23,7 @@ use std::process::ExitCode;
 use git_cli::{git, git_with_input};
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    measure::exit(run())
 }
 
 fn run() -> Result<(), String> {

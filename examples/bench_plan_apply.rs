@@ -13,6 +13,7 @@
 #[allow(dead_code)]
 #[path = "support/generate.rs"]
 mod generate;
+#[allow(dead_code)]
 #[path = "support/measure.rs"]
 mod measure;
 
@@ -23,13 +24,7 @@ use measure::{Measurement, build_binary};
 use reconciler::postgres::Cluster;
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    measure::exit(run())
 }
 
 fn run() -> Result<(), String> {

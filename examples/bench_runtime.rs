@@ -29,27 +29,15 @@ use git_cli::git;
 use reconciler::postgres::Cluster;
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    measure::exit(run())
 }
 
 fn run() -> Result<(), String> {
-    let mut edits = 20;
-    let mut services = 50;
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    for pair in args.chunks(2) {
-        let number = |v: &str| v.parse().map_err(|_| format!("`{v}` is not a number"));
-        match pair {
-            [flag, value] if flag == "--edits" => edits = number(value)?,
-            [flag, value] if flag == "--services" => services = number(value)?,
-            _ => return Err("usage: bench_runtime [--edits N] [--services N]".into()),
-        }
-    }
+    let (mut edits, mut services) = (20, 50);
+    measure::numbers(
+        "bench_runtime [--edits N] [--services N]",
+        &mut [("--edits", &mut edits), ("--services", &mut services)],
+    )?;
     let binary = measure::build_binary()?;
     let root = tempfile::tempdir().map_err(|e| e.to_string())?;
     // The server user must be able to enter it when this runs as root.

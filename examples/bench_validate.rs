@@ -24,26 +24,15 @@ use std::process::ExitCode;
 use measure::build_binary;
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    measure::exit(run())
 }
 
 fn run() -> Result<(), String> {
-    let mut resources = 10_000;
-    let mut runs = 5;
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    for pair in args.chunks(2) {
-        match pair {
-            [flag, value] if flag == "--resources" => resources = parse(value)?,
-            [flag, value] if flag == "--runs" => runs = parse(value)?,
-            _ => return Err("usage: bench_validate [--resources N] [--runs K]".into()),
-        }
-    }
+    let (mut resources, mut runs) = (10_000, 5);
+    measure::numbers(
+        "bench_validate [--resources N] [--runs K]",
+        &mut [("--resources", &mut resources), ("--runs", &mut runs)],
+    )?;
     let binary = build_binary()?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let repo = dir.path().join("repo");
@@ -89,12 +78,6 @@ fn run() -> Result<(), String> {
         return Err("the alias bomb was not rejected".into());
     }
     Ok(())
-}
-
-fn parse(value: &str) -> Result<usize, String> {
-    value
-        .parse()
-        .map_err(|_| format!("`{value}` is not a number"))
 }
 
 fn measure(binary: &Path, dir: &Path) -> Result<measure::Measurement, String> {

@@ -90,6 +90,20 @@ impl Process {
         (process, addresses)
     }
 
+    /// The lines of its piped standard output, as they come.
+    pub fn stdout_lines(&mut self) -> std::sync::mpsc::Receiver<String> {
+        let stdout = self.child.stdout.take().expect("piped standard output");
+        let (send, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        lines
+    }
+
     pub fn id(&self) -> u32 {
         self.child.id()
     }

@@ -73,6 +73,11 @@ fn manifests(git: &Path, build: &str, spec: &str) -> String {
     )
 }
 
+/// Writes the manifests of `manifests` into `dir`, with a build that does nothing.
+fn web(dir: &Dir, repo: &Remote, spec: &str) {
+    dir.write("shop.yaml", manifests(&repo.bare(), "true", spec));
+}
+
 /// `meshploy up` on a directory, stopped with SIGTERM (as Ctrl-C would) when dropped, so the
 /// services it runs stop with it.
 struct Up {
@@ -263,12 +268,11 @@ fn a_source_service_is_built_by_its_command_and_served_through_the_proxy() {
 fn an_env_change_rolls_out_while_requests_flow_with_none_failing() {
     let (db, dir, repo) = (Db::new(), Dir::new(), app_repo());
     let write = |message: &str| {
-        dir.write(
-            "shop.yaml",
-            manifests(
-                &repo.bare(),
-                "true",
-                &format!("  env:\n    MESSAGE: {message}\n  healthCheck:\n    path: /healthz\n    periodSeconds: 1\n"),
+        web(
+            &dir,
+            &repo,
+            &format!(
+                "  env:\n    MESSAGE: {message}\n  healthCheck:\n    path: /healthz\n    periodSeconds: 1\n"
             ),
         )
     };
@@ -314,14 +318,11 @@ fn an_env_change_rolls_out_while_requests_flow_with_none_failing() {
 fn a_release_that_fails_its_health_check_fails_and_the_old_one_keeps_serving() {
     let (db, dir, repo) = (Db::new(), Dir::new(), app_repo());
     let write = |status: u16, message: &str| {
-        dir.write(
-            "shop.yaml",
-            manifests(
-                &repo.bare(),
-                "true",
-                &format!(
-                    "  env:\n    MESSAGE: {message}\n    HEALTH_STATUS: \"{status}\"\n  healthCheck:\n    path: /healthz\n    periodSeconds: 1\n    failureThreshold: 2\n"
-                ),
+        web(
+            &dir,
+            &repo,
+            &format!(
+                "  env:\n    MESSAGE: {message}\n    HEALTH_STATUS: \"{status}\"\n  healthCheck:\n    path: /healthz\n    periodSeconds: 1\n    failureThreshold: 2\n"
             ),
         )
     };
@@ -345,10 +346,7 @@ fn a_release_that_fails_its_health_check_fails_and_the_old_one_keeps_serving() {
 #[test]
 fn a_replica_that_keeps_crashing_marks_its_deployment_degraded_with_the_exit_code_and_last_line() {
     let (db, dir, repo) = (Db::new(), Dir::new(), app_repo());
-    dir.write(
-        "shop.yaml",
-        manifests(&repo.bare(), "true", "  env:\n    CRASH_AFTER: \"1.5\"\n"),
-    );
+    web(&dir, &repo, "  env:\n    CRASH_AFTER: \"1.5\"\n");
     let _up = Up::start(&db, &dir, &[]);
     let degraded = wait_for(Duration::from_secs(60), || {
         let run = db.meshploy(&dir, &["deployments", "shop/web"]);
@@ -398,22 +396,26 @@ fn a_failed_build_fails_its_deployment_with_the_log_kept() {
 #[test]
 fn a_rollback_pins_the_old_release_until_the_next_change_to_the_service() {
     let (db, dir, repo) = (Db::new(), Dir::new(), app_repo());
-    let write = |message: &str| {
-        dir.write(
-            "shop.yaml",
-            manifests(
-                &repo.bare(),
-                "true",
-                &format!("  env:\n    MESSAGE: {message}\n"),
-            ),
-        )
-    };
+    let write = |message: &str| web(&dir, &repo, &format!("  env:\n    MESSAGE: {message}\n"));
     write("one");
     let up = Up::start(&db, &dir, &[]);
     serves(&up, "/", "one", ROLLOUT);
+    // Following the serving deployment's log shows what its replicas print as they print it.
+    logs_with(&db, &dir, &["logs", "web"], &["[0] starting on", "[1] starting on"]);
+    let mut follow = db.command(&dir, &["logs", "web", "--follow", "--tail", "0"]);
+    let mut follower = Process::spawn(follow.stdout(std::process::Stdio::piped()));
+    let lines = follower.stdout_lines();
     write("two");
     serves(&up, "/", "two", ROLLOUT);
     newest_in(&db, "healthy", ROLLOUT);
+    // The follower started at the end of deployment 1's log and moves on to deployment 2's.
+    let first = lines
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a line while following");
+    assert_eq!(first, "[meshploy] deployment 2:");
+    let next = lines.recv_timeout(Duration::from_secs(10)).expect("a line");
+    assert!(next.contains("] starting on"), "{next}");
+    drop(follower);
 
     let rollback = db.meshploy(&dir, &["rollback", "web", "--wait", "60s"]);
     assert_eq!(rollback.code, 0, "{}{}", rollback.stdout, rollback.stderr);
@@ -466,10 +468,7 @@ fn a_rollback_pins_the_old_release_until_the_next_change_to_the_service() {
 #[test]
 fn after_a_sigkill_a_restart_stops_the_orphans_and_serves_the_last_healthy_release() {
     let (db, dir, repo) = (Db::new(), Dir::new(), app_repo());
-    dir.write(
-        "shop.yaml",
-        manifests(&repo.bare(), "true", "  env:\n    MESSAGE: kept\n"),
-    );
+    web(&dir, &repo, "  env:\n    MESSAGE: kept\n");
     let mut first = Up::start(&db, &dir, &[]);
     serves(&first, "/", "kept", ROLLOUT);
     let old: Vec<u16> = db

@@ -230,38 +230,53 @@ pub struct LogLine {
     pub seq: i64,
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
+    pub deployment_id: Option<i64>,
     pub replica: Option<i32>,
     pub line: String,
 }
 
 /// Which lines to read.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum Selection {
     Build(i64),
     /// Every replica of a deployment, interleaved in the order they were captured.
     Deployment(i64),
+    /// Every replica of every deployment of a service: what a follower sees across rollouts.
+    Service {
+        project: String,
+        name: String,
+    },
 }
 
 /// Up to `limit` lines of `selection` after sequence number `after`, oldest first; or, with
 /// `last`, the newest `limit` lines.
 pub async fn read(
     pool: &PgPool,
-    selection: Selection,
+    selection: &Selection,
     after: i64,
     limit: i64,
     last: bool,
 ) -> Result<Vec<LogLine>, Error> {
-    let (column, id) = match selection {
-        Selection::Build(id) => ("build_id", id),
-        Selection::Deployment(id) => ("deployment_id", id),
+    let (condition, id, service) = match selection {
+        Selection::Build(id) => ("build_id = $1", Some(*id), None),
+        Selection::Deployment(id) => ("deployment_id = $1", Some(*id), None),
+        Selection::Service { project, name } => (
+            "deployment_id IN (SELECT id FROM deployments WHERE project = $2 AND service = $3)",
+            None,
+            Some((project.as_str(), name.as_str())),
+        ),
     };
     let order = if last { "DESC" } else { "ASC" };
+    // The SQL text is built from this function's constants only; every value is bound (the
+    // parameters a condition does not use are sent typed, and ignored).
     let query = format!(
-        "SELECT seq, at, replica, line FROM log_lines WHERE {column} = $1 AND seq > $2 \
-         ORDER BY seq {order} LIMIT $3"
+        "SELECT seq, at, deployment_id, replica, line FROM log_lines \
+         WHERE {condition} AND seq > $4 ORDER BY seq {order} LIMIT $5"
     );
     let mut lines: Vec<LogLine> = sqlx::query_as(AssertSqlSafe(query))
         .bind(id)
+        .bind(service.map(|s| s.0))
+        .bind(service.map(|s| s.1))
         .bind(after)
         .bind(limit)
         .fetch_all(pool)

@@ -62,3 +62,32 @@ pub fn measure(binary: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<Mea
         stderr,
     })
 }
+
+/// A benchmark's exit code: success, or the error printed.
+pub fn exit(result: Result<(), String>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Reads the command line's `--flag N` pairs into `numbers`; anything else is `usage`.
+pub fn numbers(usage: &str, numbers: &mut [(&str, &mut usize)]) -> Result<(), String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    for pair in args.chunks(2) {
+        let [flag, value] = pair else {
+            return Err(format!("usage: {usage}"));
+        };
+        let slot = numbers
+            .iter_mut()
+            .find(|(name, _)| name == flag)
+            .ok_or_else(|| format!("usage: {usage}"))?;
+        *slot.1 = value
+            .parse()
+            .map_err(|_| format!("`{value}` is not a number"))?;
+    }
+    Ok(())
+}

@@ -167,17 +167,37 @@ pub async fn logs(args: LogsArgs) -> Result<ExitCode> {
         Some(replica) => println!("[{replica}] {}", line.line),
         None => println!("{}", line.line),
     };
-    let mut last = 0;
-    for line in logs::read(&pool, selection, 0, args.tail, true).await? {
-        show(&line);
-        last = line.seq;
-    }
+    // The newest `--tail` lines; `last` is where following goes on from, even with none.
+    let tail = logs::read(&pool, &selection, 0, args.tail.max(1), true).await?;
+    let mut last = tail.last().map_or(0, |l| l.seq);
+    let skip = tail
+        .len()
+        .saturating_sub(usize::try_from(args.tail).unwrap_or(0));
+    tail.iter().skip(skip).for_each(show);
     if !args.follow {
         return Ok(ExitCode::SUCCESS);
     }
+    // Without --deployment, following goes across rollouts: every deployment of the service.
+    let (following, mut current) = match (&selection, args.deployment) {
+        (Selection::Deployment(id), None) => (
+            Selection::Service {
+                project: service.project.clone(),
+                name: service.name.clone(),
+            },
+            Some(*id),
+        ),
+        _ => (selection.clone(), None),
+    };
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        for line in logs::read(&pool, selection, last, 1000, false).await? {
+        for line in logs::read(&pool, &following, last, 1000, false).await? {
+            if line.deployment_id.is_some() && current.is_some() && line.deployment_id != current {
+                current = line.deployment_id;
+                println!(
+                    "[meshploy] deployment {}:",
+                    line.deployment_id.unwrap_or_default()
+                );
+            }
             show(&line);
             last = line.seq;
         }
