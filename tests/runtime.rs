@@ -401,7 +401,12 @@ fn a_rollback_pins_the_old_release_until_the_next_change_to_the_service() {
     let up = Up::start(&db, &dir, &[]);
     serves(&up, "/", "one", ROLLOUT);
     // Following the serving deployment's log shows what its replicas print as they print it.
-    logs_with(&db, &dir, &["logs", "web"], &["[0] starting on", "[1] starting on"]);
+    logs_with(
+        &db,
+        &dir,
+        &["logs", "web"],
+        &["[0] starting on", "[1] starting on"],
+    );
     let mut follow = db.command(&dir, &["logs", "web", "--follow", "--tail", "0"]);
     let mut follower = Process::spawn(follow.stdout(std::process::Stdio::piped()));
     let lines = follower.stdout_lines();

@@ -288,6 +288,56 @@ mod tests {
         );
     }
 
+    /// The digest of the release of service `web` declared in `yaml`, through the loader and
+    /// the plan's flattening as an apply stores it.
+    fn digest_of(yaml: &str) -> String {
+        let files = [schema::ManifestFile::new(
+            "a.yaml",
+            yaml.as_bytes().to_vec(),
+        )];
+        let state = schema::load(&files, &schema::Limits::default()).expect("valid manifests");
+        let service = state
+            .resources
+            .values()
+            .find(|r| r.address.kind == schema::Kind::Service)
+            .expect("a service");
+        let entry = reconciler::plan::flatten(service, |_, _| Ok::<_, ()>(String::new()))
+            .expect("flattened");
+        let spec = spec(&entry.fields, &BTreeMap::new()).expect("a spec");
+        Release {
+            spec,
+            resolved: Resolved::Image,
+        }
+        .digest()
+    }
+
+    const MANIFESTS: &str = "apiVersion: meshploy.dev/v1\nkind: Project\nmetadata:\n  name: shop\n---\n\
+        apiVersion: meshploy.dev/v1\nkind: Service\nmetadata:\n  name: web\n  project: shop\nspec:\n  \
+        image: nginx:1\n  env:\n    A: \"1\"\n    B: \"2\"\n---\n\
+        apiVersion: meshploy.dev/v1\nkind: Route\nmetadata:\n  name: web\n  project: shop\nspec:\n  \
+        host: shop.example.com\n  path: /app\n  service: web\n";
+
+    #[test]
+    fn a_route_change_is_not_a_new_release_and_an_env_change_is() {
+        let base = digest_of(MANIFESTS);
+        let route = MANIFESTS
+            .replace("shop.example.com", "www.example.com")
+            .replace("path: /app", "path: /");
+        assert_eq!(base, digest_of(&route), "the route changed");
+        let protected = MANIFESTS.replace(
+            "  name: web\n  project: shop\nspec:\n  image",
+            "  name: web\n  project: shop\n  protect: true\nspec:\n  image",
+        );
+        assert_ne!(protected, MANIFESTS);
+        assert_eq!(base, digest_of(&protected), "protection changed");
+        let reordered =
+            MANIFESTS.replace("    A: \"1\"\n    B: \"2\"", "    B: \"2\"\n    A: \"1\"");
+        assert_ne!(reordered, MANIFESTS);
+        assert_eq!(base, digest_of(&reordered), "the env map was reordered");
+        assert_ne!(base, digest_of(&MANIFESTS.replace("B: \"2\"", "B: \"3\"")));
+        assert_ne!(base, digest_of(&MANIFESTS.replace("nginx:1", "nginx:2")));
+    }
+
     #[test]
     fn a_reordered_environment_is_the_same_release() {
         let mut a = web();
