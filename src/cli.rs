@@ -130,6 +130,9 @@ pub enum Command {
     /// Make keys and seal secrets for variable groups.
     #[command(subcommand)]
     Secret(SecretCommand),
+    /// Make, list and revoke API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
 }
 
 /// Where the state lives.
@@ -297,9 +300,13 @@ pub struct ServeArgs {
     /// are refused.
     #[arg(long, env = "MESHPLOY_WEBHOOK_SECRET", hide_env_values = true, value_parser = secret_value)]
     pub webhook_secret: Option<String>,
-    /// Bearer token for `POST /api/v1/sources/NAME/sync`. Without it, that endpoint is refused.
+    /// A bearer token with scope `operate` besides those of `meshploy token create` (for
+    /// `POST /api/v1/sources/NAME/sync` from CI).
     #[arg(long, env = "MESHPLOY_API_TOKEN", hide_env_values = true, value_parser = secret_value)]
     pub api_token: Option<String>,
+    /// Let requests without a token read the API (never write).
+    #[arg(long)]
+    pub anonymous_read: bool,
     /// How long a sync waits for another apply to finish.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub lock_timeout: Duration,
@@ -369,6 +376,9 @@ pub struct UpArgs {
     /// Address for the HTTP API.
     #[arg(long, default_value = "127.0.0.1:8001")]
     pub api_listen: std::net::SocketAddr,
+    /// Let requests without a token read the API (never write).
+    #[arg(long)]
+    pub anonymous_read: bool,
     #[command(flatten)]
     pub runtime: RuntimeOptions,
     #[command(flatten)]
@@ -509,6 +519,37 @@ pub enum SecretCommand {
     Reseal {
         #[command(flatten)]
         keys: KeyArgs,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a token and print it; it is shown this once (only its SHA-256 digest is kept).
+    Create {
+        /// A name for the token, shown in logs and `token list` (letters, digits, `.`, `_`,
+        /// `-`).
+        #[arg(long)]
+        name: String,
+        /// `read` sees everything the API shows; `operate` also syncs and rolls back;
+        /// `admin` may do everything.
+        #[arg(long)]
+        scope: reconciler::names::TokenScope,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// List the tokens: name, scope, when made and last used.
+    List {
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Revoke a token: it stops working at once.
+    Revoke {
+        /// The token's name.
+        name: String,
         #[command(flatten)]
         db: DbArgs,
     },

@@ -1,5 +1,6 @@
 //! End-to-end tests: they drive the `meshploy` binary as a user would.
 
+mod api;
 mod embedded_db;
 // Shared with the benchmarks; the tests use only the repository writer.
 mod fixtures;

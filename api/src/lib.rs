@@ -1,27 +1,29 @@
-//! The HTTP API: health, push webhooks and sync requests.
+//! The HTTP API: health, push webhooks, sync requests, the read endpoints and rollback.
 //!
 //! Every replica serves it; none syncs directly. A verified webhook or sync request is
 //! turned into a NOTIFY that the leading reconciler acts on, so it works whichever replica a
 //! load balancer picks. Errors answer with a short plain message and never with a database
 //! error's text.
 
+mod auth;
+mod read;
 mod server;
+pub mod tokens;
 mod webhook;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use reconciler::names::Trigger;
+use reconciler::names::{TokenScope, Trigger};
 use reconciler::sync::Source;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
-use subtle::ConstantTimeEq;
 
 pub use server::{Limits, serve};
 pub use webhook::MAX_BODY_BYTES;
@@ -38,6 +40,8 @@ pub struct AppState {
     pub api_token_sha256: Option<[u8; 32]>,
     /// Whether this process leads the reconcilers.
     pub leading: Arc<AtomicBool>,
+    /// Whether requests without a token may read (`--anonymous-read`).
+    pub anonymous_read: bool,
 }
 
 impl AppState {
@@ -49,6 +53,21 @@ impl AppState {
 
 /// The router, given its state.
 pub fn app(state: AppState) -> Router {
+    // Everything under /api/v1 but the webhook (which is signed instead) needs a caller.
+    let authenticated = Router::new()
+        .route("/api/v1/sources/{name}/sync", post(sync))
+        .route("/api/v1/projects", get(read::projects))
+        .route("/api/v1/services", get(read::services))
+        .route("/api/v1/services/{project}/{name}", get(read::service))
+        .route(
+            "/api/v1/services/{project}/{name}/rollback",
+            post(read::rollback),
+        )
+        .route("/api/v1/deployments", get(read::deployments))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -56,8 +75,13 @@ pub fn app(state: AppState) -> Router {
             "/api/v1/webhooks/github",
             post(webhook::github).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
         )
-        .route("/api/v1/sources/{name}/sync", post(sync))
+        .merge(authenticated)
+        .fallback(not_found)
         .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint".into())
 }
 
 /// Alive: answers as long as the process runs.
@@ -82,28 +106,14 @@ fn role(state: &AppState) -> &'static str {
     }
 }
 
-/// `POST /api/v1/sources/{name}/sync` with `Authorization: Bearer TOKEN`: asks for a full
-/// sync now, for forges other than GitHub and for CI.
+/// `POST /api/v1/sources/{name}/sync` (scope `operate`): asks for a full sync now, for
+/// forges other than GitHub and for CI.
 async fn sync(
     State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<tokens::Caller>,
     Path(name): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let Some(expected) = state.api_token_sha256 else {
-        return Err(ApiError::Unauthorized(
-            "no API token is configured on this server (--api-token)",
-        ));
-    };
-    let presented = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(ApiError::Unauthorized("a bearer token is required"))?;
-    // Digests of equal length, compared in constant time: neither the token nor its length
-    // leaks through timing.
-    if !bool::from(AppState::token_digest(presented).ct_eq(&expected)) {
-        return Err(ApiError::Unauthorized("the token is not valid"));
-    }
+    auth::require(&caller, TokenScope::Operate)?;
     if !state.sources.iter().any(|s| s.name == name) {
         return Err(ApiError::NotFound(format!("no source named `{name}`")));
     }
@@ -117,13 +127,16 @@ async fn sync(
         .into_response())
 }
 
-/// The one error type of the API. Database details are logged, never sent.
+/// The one error type of the API. Database details are logged, never sent. Every error
+/// answers `{"error": {"code", "message"}}`.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
     Unauthorized(&'static str),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
     #[error("the database is unavailable")]
@@ -132,15 +145,17 @@ pub enum ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = match &self {
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+        let (status, code) = match &self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Unavailable(detail) => {
                 tracing::error!(%detail, "database error while serving a request");
-                StatusCode::SERVICE_UNAVAILABLE
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }
         };
-        (status, Json(json!({ "error": self.to_string() }))).into_response()
+        let body = json!({ "error": { "code": code, "message": self.to_string() } });
+        (status, Json(body)).into_response()
     }
 }

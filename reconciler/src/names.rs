@@ -219,6 +219,18 @@ closed_set! {
     }
 }
 
+closed_set! {
+    /// What an API token may do; each scope includes the ones before it.
+    TokenScope {
+        /// Read everything the API shows.
+        Read = "read",
+        /// Also ask for syncs and roll services back.
+        Operate = "operate",
+        /// Everything.
+        Admin = "admin",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,6 +253,7 @@ mod tests {
         for trigger in DeployTrigger::ALL {
             assert_eq!(trigger.as_str().parse::<DeployTrigger>(), Ok(*trigger));
         }
+        assert!(TokenScope::Read < TokenScope::Operate && TokenScope::Operate < TokenScope::Admin);
         for state in BuildState::ALL {
             assert_eq!(state.as_str().parse::<BuildState>(), Ok(*state));
         }

@@ -10,6 +10,7 @@ mod runtime;
 mod secret;
 mod serve;
 mod status;
+mod token;
 mod up;
 mod validate;
 
@@ -36,6 +37,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Migrate { db } => db::migrate(&db).await,
         Command::Db { command, home } => db::run(command, home),
         Command::Secret(command) => secret::run(command).await,
+        Command::Token(command) => token::run(command).await,
         Command::Serve(args) => serve::run(args).await,
         Command::Proxy(args) => proxy::run(args).await,
         Command::Up(args) => up::run(*args).await,

@@ -32,6 +32,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         webhook_secret: args.webhook_secret.map(|s| Arc::from(s.into_bytes())),
         api_token_sha256: args.api_token.as_deref().map(api::AppState::token_digest),
         leading: leading.clone(),
+        anonymous_read: args.anonymous_read,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -56,16 +56,12 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
         webhook_secret: None,
         api_token_sha256: None,
         leading: leading.clone(),
+        anonymous_read: args.anonymous_read,
     };
     let api = tokio::spawn(api::serve(
         listener,
         api::app(state),
-        api::Limits {
-            header_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(30),
-            max_connections: 1024,
-            max_connections_per_ip: 64,
-        },
+        api::Limits::default(),
         until(stopped.clone()),
     ));
     eprintln!("meshploy up: proxy on http://{proxy_address}, API on http://{api_address}");

@@ -1,0 +1,304 @@
+//! The read endpoints and rollback: projects, services (with what runs and any pin) and
+//! deployments. Lists are paginated with an opaque cursor and a `limit` (default 50, at
+//! most 500) and filter by `project`; a single object carries an `ETag` and answers
+//! `If-None-Match` with 304. No secret value, envelope or digest is ever part of an answer.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::header::{ETAG, IF_NONE_MATCH};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use reconciler::names::{DeploymentState, TokenScope};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+
+use crate::tokens::Caller;
+use crate::{ApiError, AppState, auth};
+
+/// The query of a list: all text, so a bad value is this API's 400, not the framework's.
+#[derive(Debug, Default, Deserialize)]
+pub struct ListQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
+    project: Option<String>,
+    service: Option<String>,
+}
+
+/// A page of a list and the cursor of the next one.
+#[derive(Debug, Serialize)]
+struct Page<T> {
+    items: Vec<T>,
+    next_cursor: Option<String>,
+}
+
+const DEFAULT_LIMIT: i64 = 50;
+const MAX_LIMIT: i64 = 500;
+
+impl ListQuery {
+    fn limit(&self) -> Result<i64, ApiError> {
+        let Some(text) = &self.limit else {
+            return Ok(DEFAULT_LIMIT);
+        };
+        match text.parse::<i64>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+            _ => Err(ApiError::BadRequest(format!(
+                "limit must be a number from 1 to {MAX_LIMIT}, not `{text}`"
+            ))),
+        }
+    }
+
+    /// The position after which the page starts, as the cursor encodes it.
+    fn after(&self) -> Result<Option<String>, ApiError> {
+        let Some(cursor) = &self.cursor else {
+            return Ok(None);
+        };
+        URL_SAFE_NO_PAD
+            .decode(cursor)
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .map(Some)
+            .ok_or_else(|| ApiError::BadRequest("the cursor is not one this API gave".into()))
+    }
+}
+
+fn cursor(position: &str) -> String {
+    URL_SAFE_NO_PAD.encode(position)
+}
+
+/// `items` (one more than `limit` asked for, to know whether another page follows) as a page.
+fn page<T>(mut items: Vec<T>, limit: i64, position: impl Fn(&T) -> String) -> Page<T> {
+    let more = items.len() as i64 > limit;
+    items.truncate(usize::try_from(limit).unwrap_or(0));
+    let next_cursor = if more {
+        items.last().map(|last| cursor(&position(last)))
+    } else {
+        None
+    };
+    Page { items, next_cursor }
+}
+
+fn unavailable(error: impl std::fmt::Display) -> ApiError {
+    ApiError::Unavailable(error.to_string())
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct ProjectItem {
+    name: String,
+    description: Option<String>,
+    source: String,
+    revision: i64,
+}
+
+/// `GET /api/v1/projects`
+pub async fn projects(
+    State(state): State<AppState>,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let limit = query.limit()?;
+    let rows: Vec<ProjectItem> = sqlx::query_as(
+        "SELECT name, fields->>'description' AS description, source, revision_id AS revision \
+         FROM projects WHERE $1::text IS NULL OR name > $1 ORDER BY name LIMIT $2",
+    )
+    .bind(query.after()?)
+    .bind(limit + 1)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(unavailable)?;
+    Ok(Json(page(rows, limit, |p| p.name.clone())).into_response())
+}
+
+/// A service as the API shows it: what is applied, and what runs.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct ServiceItem {
+    project: String,
+    name: String,
+    source: String,
+    revision: i64,
+    image: Option<String>,
+    #[serde(rename = "git")]
+    source_git: Option<String>,
+    replicas: i32,
+    /// The serving deployment, else the newest.
+    deployment: Option<i64>,
+    state: Option<DeploymentState>,
+    release: Option<String>,
+    degraded: Option<String>,
+    /// The deployment a rollback pinned the service to.
+    pinned_to: Option<i64>,
+}
+
+const SERVICES: &str = "SELECT s.project, s.name, s.source, s.revision_id AS revision, s.image, \
+       s.source_git, s.replicas, d.id AS deployment, d.state, d.release_digest AS release, \
+       d.degraded, p.deployment_id AS pinned_to \
+     FROM services s \
+     LEFT JOIN LATERAL (SELECT id, state, release_digest, degraded FROM deployments \
+       WHERE project = s.project AND service = s.name \
+       ORDER BY (state = 'healthy') DESC, id DESC LIMIT 1) d ON true \
+     LEFT JOIN pins p ON p.project = s.project AND p.service = s.name";
+
+/// `GET /api/v1/services`
+pub async fn services(
+    State(state): State<AppState>,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let limit = query.limit()?;
+    let after = query.after()?.unwrap_or_default();
+    let (after_project, after_name) = after.split_once('/').unwrap_or(("", ""));
+    let rows: Vec<ServiceItem> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{SERVICES} WHERE ($1::text IS NULL OR s.project = $1) AND (s.project, s.name) > ($2, $3) \
+         ORDER BY s.project, s.name LIMIT $4"
+    )))
+    .bind(&query.project)
+    .bind(after_project)
+    .bind(after_name)
+    .bind(limit + 1)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(unavailable)?;
+    Ok(Json(page(rows, limit, |s| format!("{}/{}", s.project, s.name))).into_response())
+}
+
+/// `GET /api/v1/services/{project}/{name}`: the service with its applied fields.
+pub async fn service(
+    State(state): State<AppState>,
+    Path((project, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let item = one_service(&state.pool, &project, &name).await?;
+    let spec: Option<serde_json::Value> =
+        sqlx::query_scalar("SELECT fields FROM services WHERE project = $1 AND name = $2")
+            .bind(&project)
+            .bind(&name)
+            .fetch_optional(&state.pool)
+            .await
+            .map_err(unavailable)?;
+    let mut body = serde_json::to_value(&item).map_err(unavailable)?;
+    body["spec"] = spec.unwrap_or_default();
+    Ok(tagged(&headers, &body))
+}
+
+async fn one_service(pool: &PgPool, project: &str, name: &str) -> Result<ServiceItem, ApiError> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{SERVICES} WHERE s.project = $1 AND s.name = $2"
+    )))
+    .bind(project)
+    .bind(name)
+    .fetch_optional(pool)
+    .await
+    .map_err(unavailable)?
+    .ok_or_else(|| ApiError::NotFound(format!("no service {project}/{name} is applied")))
+}
+
+/// `body` with a strong `ETag` of its bytes, or 304 when the client has it already.
+fn tagged(headers: &HeaderMap, body: &serde_json::Value) -> Response {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let digest = Sha256::digest(&bytes);
+    let tag = format!(
+        "\"{}\"",
+        digest[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    let matches = headers
+        .get(IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == tag || t.trim() == "*"));
+    if matches {
+        return (StatusCode::NOT_MODIFIED, [(ETAG, tag)]).into_response();
+    }
+    (
+        [
+            (ETAG, tag),
+            (axum::http::header::CONTENT_TYPE, "application/json".into()),
+        ],
+        bytes,
+    )
+        .into_response()
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct DeploymentItem {
+    id: i64,
+    project: String,
+    service: String,
+    state: DeploymentState,
+    trigger: reconciler::names::DeployTrigger,
+    release: String,
+    revision: Option<i64>,
+    reason: Option<String>,
+    degraded: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    queued_at: time::OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    finished_at: Option<time::OffsetDateTime>,
+}
+
+/// `GET /api/v1/deployments`, newest first.
+pub async fn deployments(
+    State(state): State<AppState>,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let limit = query.limit()?;
+    let before = match query.after()? {
+        None => i64::MAX,
+        Some(text) => text
+            .parse()
+            .map_err(|_| ApiError::BadRequest("the cursor is not one this API gave".into()))?,
+    };
+    let rows: Vec<DeploymentItem> = sqlx::query_as(
+        "SELECT id, project, service, state, trigger, release_digest AS release, \
+           revision_id AS revision, reason, degraded, queued_at, finished_at \
+         FROM deployments \
+         WHERE ($1::text IS NULL OR project = $1) AND ($2::text IS NULL OR service = $2) AND id < $3 \
+         ORDER BY id DESC LIMIT $4",
+    )
+    .bind(&query.project)
+    .bind(&query.service)
+    .bind(before)
+    .bind(limit + 1)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(unavailable)?;
+    Ok(Json(page(rows, limit, |d| d.id.to_string())).into_response())
+}
+
+/// What a rollback asks for: an earlier deployment, or by default the one before.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    to: Option<i64>,
+}
+
+/// `POST /api/v1/services/{project}/{name}/rollback` (scope `operate`): pins the service to
+/// an earlier healthy release; the controller deploys it.
+pub async fn rollback(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path((project, name)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    auth::require(&caller, TokenScope::Operate)?;
+    let request: RollbackRequest = if body.is_empty() {
+        RollbackRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("the request body is not valid: {e}")))?
+    };
+    one_service(&state.pool, &project, &name).await?;
+    let service = builder::decide::ServiceKey { project, name };
+    let pinned = builder::rollback::pin(&state.pool, &service, request.to)
+        .await
+        .map_err(|e| match e {
+            builder::Error::Database { .. } => unavailable(e),
+            builder::Error::NoDeployment(_) => ApiError::NotFound(e.to_string()),
+            other => ApiError::BadRequest(other.to_string()),
+        })?;
+    tracing::info!(caller = %caller.name, %service, deployment = pinned.id, "rollback requested");
+    let body = json!({ "service": service.to_string(), "pinned_to": pinned.id, "release": pinned.release_digest });
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}

@@ -1,0 +1,322 @@
+//! The API's read endpoints, tokens and rollback, through `api::app` with `oneshot` on a real
+//! database that the `meshploy` binary applied and made tokens in.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tower::ServiceExt;
+
+use crate::fixtures::{PROJECT, route, service};
+use crate::util::{Db, Dir};
+
+/// `shop` with services `s0`..`s{n-1}` and a route, applied; a `read` and an `operate`
+/// token made with the CLI.
+struct Seeded {
+    db: Db,
+    dir: Dir,
+    read: String,
+    operate: String,
+}
+
+fn seeded(services: usize) -> Seeded {
+    let (db, dir) = (Db::new(), Dir::new());
+    dir.write("project.yaml", PROJECT);
+    for i in 0..services {
+        dir.write(&format!("s{i}.yaml"), service(&format!("s{i}"), 1));
+    }
+    dir.write("route.yaml", route("main", "/", "s0"));
+    let applied = db.meshploy(&dir, &["apply", "--auto-approve"]);
+    assert_eq!(applied.code, 0, "{}", applied.stderr);
+    let token = |name: &str, scope: &str| {
+        let made = db.meshploy(&dir, &["token", "create", "--name", name, "--scope", scope]);
+        assert_eq!(made.code, 0, "{}", made.stderr);
+        made.stdout.trim().to_owned()
+    };
+    let read = token("reader", "read");
+    let operate = token("operator", "operate");
+    Seeded {
+        db,
+        dir,
+        read,
+        operate,
+    }
+}
+
+async fn app(db: &Db, anonymous_read: bool) -> axum::Router {
+    let pool = sqlx::PgPool::connect(&db.url()).await.expect("connect");
+    api::app(api::AppState {
+        pool,
+        sources: Arc::new(Vec::new()),
+        webhook_secret: None,
+        api_token_sha256: None,
+        leading: Arc::new(AtomicBool::new(true)),
+        anonymous_read,
+    })
+}
+
+/// One request: the status, the ETag if any, and the body as JSON (`null` when empty).
+async fn call(
+    app: &axum::Router,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (StatusCode, Option<String>, Value) {
+    let mut request = Request::builder().method(method).uri(uri);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Body::from(body.to_owned())).expect("request");
+    let response = app.clone().oneshot(request).await.expect("a response");
+    let status = response.status();
+    let etag = response
+        .headers()
+        .get("etag")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, etag, json)
+}
+
+fn error_code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn tokens_are_required_checked_scoped_and_revocable() {
+    let seeded = seeded(1);
+    let app = app(&seeded.db, false).await;
+    let (status, _, body) = call(&app, "GET", "/api/v1/services", None, &[], "").await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("meshploy token create")
+    );
+    let wrong = format!("{}x", seeded.read);
+    for token in [wrong.as_str(), "", "mp_"] {
+        let (status, _, body) = call(&app, "GET", "/api/v1/services", Some(token), &[], "").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{token}: {body}");
+    }
+    let (status, _, body) =
+        call(&app, "GET", "/api/v1/services", Some(&seeded.read), &[], "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["items"][0]["name"], "s0");
+    // A read token cannot write.
+    for (uri, body) in [
+        ("/api/v1/services/shop/s0/rollback", ""),
+        ("/api/v1/sources/shop/sync", ""),
+    ] {
+        let (status, _, answer) = call(&app, "POST", uri, Some(&seeded.read), &[], body).await;
+        assert_eq!(
+            (status, error_code(&answer)),
+            (StatusCode::FORBIDDEN, "forbidden"),
+            "{uri}"
+        );
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("`reader` has scope read")
+        );
+    }
+    // The list shows names and scopes, never a token or its digest.
+    let listed = seeded
+        .db
+        .meshploy(&seeded.dir, &["token", "list", "--format", "json"]);
+    assert!(listed.stdout.contains("\"reader\"") && listed.stdout.contains("\"operate\""));
+    assert!(!listed.stdout.contains(&seeded.read) && !listed.stdout.contains("sha256"));
+    let revoked = seeded
+        .db
+        .meshploy(&seeded.dir, &["token", "revoke", "reader"]);
+    assert_eq!(revoked.code, 0, "{}", revoked.stderr);
+    let (status, _, _) = call(&app, "GET", "/api/v1/services", Some(&seeded.read), &[], "").await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "a revoked token stops at once"
+    );
+    // The CLI refuses bad input clearly.
+    let again = seeded.db.meshploy(
+        &seeded.dir,
+        &["token", "create", "--name", "operator", "--scope", "read"],
+    );
+    again.assert_fails_with("a token named `operator` exists already");
+    let bad = seeded.db.meshploy(
+        &seeded.dir,
+        &["token", "create", "--name", "a b", "--scope", "read"],
+    );
+    bad.assert_fails_with("`a b` is not a token name");
+    let scope = seeded.db.meshploy(
+        &seeded.dir,
+        &["token", "create", "--name", "x", "--scope", "root"],
+    );
+    assert_eq!(scope.code, 2, "a usage error");
+    assert!(
+        scope
+            .stderr
+            .contains("unknown TokenScope `root`; expected one of: read, operate, admin"),
+        "{}",
+        scope.stderr
+    );
+    let unknown = seeded
+        .db
+        .meshploy(&seeded.dir, &["token", "revoke", "nobody"]);
+    unknown.assert_fails_with("no token is named `nobody`");
+    // Anonymous reading is opt-in, and never writes.
+    let open = app_with_anonymous(&seeded.db).await;
+    let (status, _, _) = call(&open, "GET", "/api/v1/projects", None, &[], "").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = call(
+        &open,
+        "POST",
+        "/api/v1/services/shop/s0/rollback",
+        None,
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+async fn app_with_anonymous(db: &Db) -> axum::Router {
+    app(db, true).await
+}
+
+#[tokio::test]
+async fn lists_page_with_cursors_and_refuse_bad_queries() {
+    let seeded = seeded(7);
+    let app = app(&seeded.db, false).await;
+    let token = Some(seeded.read.as_str());
+    let mut seen = Vec::new();
+    let mut uri = "/api/v1/services?limit=3".to_owned();
+    loop {
+        let (status, _, body) = call(&app, "GET", &uri, token, &[], "").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let items = body["items"].as_array().cloned().unwrap_or_default();
+        assert!(items.len() <= 3);
+        seen.extend(
+            items
+                .iter()
+                .map(|i| i["name"].as_str().unwrap_or_default().to_owned()),
+        );
+        match body["next_cursor"].as_str() {
+            Some(cursor) => uri = format!("/api/v1/services?limit=3&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["s0", "s1", "s2", "s3", "s4", "s5", "s6"]);
+    let (_, _, body) = call(&app, "GET", "/api/v1/services?project=blog", token, &[], "").await;
+    assert_eq!(body["items"], serde_json::json!([]));
+    let (_, _, body) = call(&app, "GET", "/api/v1/projects", token, &[], "").await;
+    assert_eq!(body["items"][0]["name"], "shop");
+    for bad in [
+        "/api/v1/services?limit=0",
+        "/api/v1/services?limit=501",
+        "/api/v1/services?limit=abc",
+        "/api/v1/services?cursor=%%%",
+        "/api/v1/projects?cursor=not*base64",
+        "/api/v1/deployments?cursor=eHl6",
+    ] {
+        let (status, _, body) = call(&app, "GET", bad, token, &[], "").await;
+        assert_eq!(
+            (status, error_code(&body)),
+            (StatusCode::BAD_REQUEST, "bad_request"),
+            "{bad}: {body}"
+        );
+    }
+    let (status, _, body) = call(&app, "GET", "/api/v1/nothing", token, &[], "").await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+}
+
+#[tokio::test]
+async fn a_service_has_an_etag_and_unknown_ones_are_404() {
+    let seeded = seeded(1);
+    let app = app(&seeded.db, false).await;
+    let token = Some(seeded.read.as_str());
+    let (status, etag, body) = call(&app, "GET", "/api/v1/services/shop/s0", token, &[], "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["spec"]["replicas"], 1);
+    assert_eq!(body["deployment"], Value::Null, "nothing deployed yet");
+    let etag = etag.expect("an ETag");
+    let (status, _, _) = call(
+        &app,
+        "GET",
+        "/api/v1/services/shop/s0",
+        token,
+        &[("if-none-match", &etag)],
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_MODIFIED);
+    let (status, _, _) = call(
+        &app,
+        "GET",
+        "/api/v1/services/shop/s0",
+        token,
+        &[("if-none-match", "\"other\"")],
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, body) = call(&app, "GET", "/api/v1/services/shop/nope", token, &[], "").await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    let (_, _, body) = call(&app, "GET", "/api/v1/deployments", token, &[], "").await;
+    assert_eq!(body["items"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn a_rollback_needs_a_known_service_and_an_earlier_healthy_release() {
+    let seeded = seeded(1);
+    let app = app(&seeded.db, false).await;
+    let token = Some(seeded.operate.as_str());
+    let rollback = "/api/v1/services/shop/s0/rollback";
+    let (status, _, body) = call(
+        &app,
+        "POST",
+        "/api/v1/services/shop/nope/rollback",
+        token,
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, _, body) = call(&app, "POST", rollback, token, &[], "{\"to\": \"x\"}").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, _, body) = call(&app, "POST", rollback, token, &[], "{\"into\": 1}").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, _, body) = call(&app, "POST", rollback, token, &[], "").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no deployment that was healthy")
+    );
+    let (status, _, body) = call(&app, "POST", rollback, token, &[], "{\"to\": 99}").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+}
