@@ -320,3 +320,145 @@ async fn a_rollback_needs_a_known_service_and_an_earlier_healthy_release() {
     let (status, _, body) = call(&app, "POST", rollback, token, &[], "{\"to\": 99}").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 }
+
+#[tokio::test]
+async fn routes_groups_revisions_and_sources_are_read_without_any_secret() {
+    const SECRET: &str = "hunter2-never-shown";
+    let seeded = seeded(1);
+    let keys = crate::secret::keygen("k1");
+    let place = ["--project", "shop", "--group", "pay", "--name", "STRIPE"];
+    let sealed = crate::secret::encrypt(&keys, &place, SECRET.as_bytes());
+    let envelope = sealed.stdout.trim().to_owned();
+    seeded.dir.write(
+        "pay.yaml",
+        format!(
+            "apiVersion: meshploy.dev/v1\nkind: VariableGroup\nmetadata:\n  name: pay\n  project: shop\nspec:\n  variables:\n    MODE: live\n  secrets:\n    STRIPE: {envelope}\n"
+        ),
+    );
+    let applied = seeded.db.meshploy_with(
+        &seeded.dir,
+        &["apply", "--auto-approve"],
+        &[("MESHPLOY_SECRET_KEYS", keys.as_str())],
+    );
+    assert_eq!(applied.code, 0, "{}", applied.stderr);
+    let app = app(&seeded.db, false).await;
+    let token = Some(seeded.read.as_str());
+    let mut bodies = String::new();
+    let (_, _, body) = call(&app, "GET", "/api/v1/routes", token, &[], "").await;
+    assert_eq!(body["items"][0]["host"], "shop.example.com");
+    assert_eq!(body["items"][0]["service"], "s0");
+    assert_eq!(body["items"][0]["port"], 8080);
+    bodies.push_str(&body.to_string());
+    let (_, _, body) = call(&app, "GET", "/api/v1/variable-groups", token, &[], "").await;
+    assert_eq!(body["items"][0]["variables"]["MODE"], "live");
+    assert_eq!(body["items"][0]["secrets"], serde_json::json!(["STRIPE"]));
+    bodies.push_str(&body.to_string());
+    let (_, _, body) = call(&app, "GET", "/api/v1/revisions", token, &[], "").await;
+    assert_eq!(body["items"][0]["id"], 2, "newest first");
+    let (status, etag, body) = call(&app, "GET", "/api/v1/revisions/2", token, &[], "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(etag.is_some());
+    assert_eq!(
+        body["plan"]["changes"][0]["address"],
+        "variablegroup/shop/pay"
+    );
+    bodies.push_str(&body.to_string());
+    for (uri, status) in [
+        ("/api/v1/revisions/99", StatusCode::NOT_FOUND),
+        ("/api/v1/revisions/abc", StatusCode::BAD_REQUEST),
+        ("/api/v1/builds/99", StatusCode::NOT_FOUND),
+        ("/api/v1/builds/x", StatusCode::BAD_REQUEST),
+        ("/api/v1/sources/nope", StatusCode::NOT_FOUND),
+        (
+            "/api/v1/deployments/1/logs?cursor=zz",
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let (got, _, body) = call(&app, "GET", uri, token, &[], "").await;
+        assert_eq!(got, status, "{uri}: {body}");
+    }
+    let (_, _, body) = call(&app, "GET", "/api/v1/sources", token, &[], "").await;
+    assert_eq!(
+        body["items"],
+        serde_json::json!([]),
+        "apply registers no source"
+    );
+    for secret in [SECRET, &envelope, "meshploy:v1:"] {
+        assert!(!bodies.contains(secret), "{secret} leaked: {bodies}");
+    }
+    let digest: String = seeded.db.psql("SELECT digest FROM secrets");
+    assert!(!bodies.contains(&digest), "a digest leaked");
+}
+
+#[tokio::test]
+async fn logs_stream_as_server_sent_events_and_resume_after_the_last_event() {
+    let seeded = seeded(1);
+    let db = &seeded.db;
+    db.psql(
+        "INSERT INTO deployments (id, project, service, release_digest, release, trigger, state) \
+         VALUES (1, 'shop', 's0', 'r', '{}', 'revision', 'healthy'); \
+         INSERT INTO log_lines (seq, deployment_id, replica, line) VALUES \
+         (10, 1, 0, 'first'), (11, 1, 1, 'second')",
+    );
+    let app = app(db, false).await;
+    let token = Some(seeded.read.as_str());
+    let (_, _, body) = call(
+        &app,
+        "GET",
+        "/api/v1/deployments/1/logs?limit=1",
+        token,
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(body["items"][0]["line"], "first");
+    let cursor = body["next_cursor"]
+        .as_str()
+        .expect("another page")
+        .to_owned();
+    let uri = format!("/api/v1/deployments/1/logs?cursor={cursor}");
+    let (_, _, body) = call(&app, "GET", &uri, token, &[], "").await;
+    assert_eq!(body["items"][0]["line"], "second");
+
+    let request = Request::builder()
+        .uri("/api/v1/deployments/1/logs")
+        .header("authorization", format!("Bearer {}", seeded.read))
+        .header("accept", "text/event-stream")
+        .header("last-event-id", "10")
+        .body(Body::empty())
+        .expect("request");
+    let response = app.clone().oneshot(request).await.expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap_or_default(),
+        "text/event-stream"
+    );
+    let mut body = response.into_body();
+    let mut received = String::new();
+    let mut next = async |received: &mut String| {
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(1), body.frame())
+            .await
+            .expect("an event within a second")
+            .expect("a frame")
+            .expect("no error");
+        if let Some(data) = frame.data_ref() {
+            received.push_str(&String::from_utf8_lossy(data));
+        }
+    };
+    next(&mut received).await;
+    assert!(
+        received.contains("id: 11") && received.contains("second"),
+        "{received}"
+    );
+    assert!(
+        !received.contains("first"),
+        "resumed after event 10: {received}"
+    );
+    db.psql("INSERT INTO log_lines (seq, deployment_id, replica, line) VALUES (12, 1, 0, 'live')");
+    while !received.contains("live") {
+        next(&mut received).await;
+    }
+    assert!(received.contains("id: 12"), "{received}");
+}

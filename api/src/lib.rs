@@ -64,6 +64,15 @@ pub fn app(state: AppState) -> Router {
             post(read::rollback),
         )
         .route("/api/v1/deployments", get(read::deployments))
+        .route("/api/v1/deployments/{id}/logs", get(read::deployment_logs))
+        .route("/api/v1/builds/{id}", get(read::build))
+        .route("/api/v1/builds/{id}/logs", get(read::build_logs))
+        .route("/api/v1/sources", get(read::sources))
+        .route("/api/v1/sources/{name}", get(read::source))
+        .route("/api/v1/routes", get(read::routes))
+        .route("/api/v1/variable-groups", get(read::variable_groups))
+        .route("/api/v1/revisions", get(read::revisions))
+        .route("/api/v1/revisions/{id}", get(read::revision))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,

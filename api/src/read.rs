@@ -244,12 +244,7 @@ pub async fn deployments(
     Query(query): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     let limit = query.limit()?;
-    let before = match query.after()? {
-        None => i64::MAX,
-        Some(text) => text
-            .parse()
-            .map_err(|_| ApiError::BadRequest("the cursor is not one this API gave".into()))?,
-    };
+    let before = before_id(&query)?;
     let rows: Vec<DeploymentItem> = sqlx::query_as(
         "SELECT id, project, service, state, trigger, release_digest AS release, \
            revision_id AS revision, reason, degraded, queued_at, finished_at \
@@ -301,4 +296,288 @@ pub async fn rollback(
     tracing::info!(caller = %caller.name, %service, deployment = pinned.id, "rollback requested");
     let body = json!({ "service": service.to_string(), "pinned_to": pinned.id, "release": pinned.release_digest });
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// `GET /api/v1/sources`: every tracked source with its state and last attempt.
+pub async fn sources(
+    State(state): State<AppState>,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let limit = query.limit()?;
+    let after = query.after()?;
+    let all = reconciler::store::source_statuses(&state.pool)
+        .await
+        .map_err(unavailable)?;
+    let rows: Vec<_> = all
+        .into_iter()
+        .filter(|s| after.as_ref().is_none_or(|a| &s.name > a))
+        .take(usize::try_from(limit + 1).unwrap_or(usize::MAX))
+        .collect();
+    Ok(Json(page(rows, limit, |s| s.name.clone())).into_response())
+}
+
+/// `GET /api/v1/sources/{name}`
+pub async fn source(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let found = reconciler::store::source_statuses(&state.pool)
+        .await
+        .map_err(unavailable)?
+        .into_iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| ApiError::NotFound(format!("no source named `{name}`")))?;
+    Ok(tagged(
+        &headers,
+        &serde_json::to_value(found).map_err(unavailable)?,
+    ))
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct RouteItem {
+    project: String,
+    name: String,
+    host: String,
+    path: String,
+    service: Option<String>,
+    port: Option<i32>,
+    upstream: Option<String>,
+    strip_prefix: bool,
+    source: String,
+}
+
+/// `GET /api/v1/routes`: host + path → target.
+pub async fn routes(
+    State(state): State<AppState>,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let limit = query.limit()?;
+    let after = query.after()?.unwrap_or_default();
+    let (after_project, after_name) = after.split_once('/').unwrap_or(("", ""));
+    let rows: Vec<RouteItem> = sqlx::query_as(
+        "SELECT project, name, host, path, service, service_port AS port, upstream, strip_prefix, source \
+         FROM routes WHERE ($1::text IS NULL OR project = $1) AND (project, name) > ($2, $3) \
+         ORDER BY project, name LIMIT $4",
+    )
+    .bind(&query.project)
+    .bind(after_project)
+    .bind(after_name)
+    .bind(limit + 1)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(unavailable)?;
+    Ok(Json(page(rows, limit, |r| format!("{}/{}", r.project, r.name))).into_response())
+}
+
+/// A variable group: its variables with their values, its secrets by name only.
+#[derive(Debug, Serialize)]
+pub struct GroupItem {
+    project: String,
+    name: String,
+    variables: serde_json::Map<String, serde_json::Value>,
+    secrets: Vec<String>,
+    source: String,
+}
+
+/// `GET /api/v1/variable-groups`
+pub async fn variable_groups(
+    State(state): State<AppState>,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let limit = query.limit()?;
+    let after = query.after()?.unwrap_or_default();
+    let (after_project, after_name) = after.split_once('/').unwrap_or(("", ""));
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        project: String,
+        name: String,
+        fields: sqlx::types::Json<serde_json::Map<String, serde_json::Value>>,
+        secrets: Vec<String>,
+        source: String,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT g.project, g.name, g.fields, g.source, \
+           coalesce(array_agg(s.name ORDER BY s.name) FILTER (WHERE s.name IS NOT NULL), '{}') AS secrets \
+         FROM variable_groups g LEFT JOIN secrets s ON s.project = g.project AND s.group_name = g.name \
+         WHERE ($1::text IS NULL OR g.project = $1) AND (g.project, g.name) > ($2, $3) \
+         GROUP BY g.project, g.name ORDER BY g.project, g.name LIMIT $4",
+    )
+    .bind(&query.project)
+    .bind(after_project)
+    .bind(after_name)
+    .bind(limit + 1)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(unavailable)?;
+    let items = rows
+        .into_iter()
+        .map(|row| GroupItem {
+            variables: row
+                .fields
+                .0
+                .into_iter()
+                .filter_map(|(path, value)| {
+                    Some((path.strip_prefix("variables.")?.to_owned(), value))
+                })
+                .collect(),
+            project: row.project,
+            name: row.name,
+            secrets: row.secrets,
+            source: row.source,
+        })
+        .collect();
+    Ok(Json(page(items, limit, |g| format!("{}/{}", g.project, g.name))).into_response())
+}
+
+/// `GET /api/v1/revisions`, newest first, without their plans.
+pub async fn revisions(
+    State(state): State<AppState>,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let limit = query.limit()?;
+    let before = before_id(&query)?;
+    let rows: Vec<reconciler::store::Revision> = sqlx::query_as(
+        "SELECT id, applied_at, actor, source, commit_id, added, changed, destroyed \
+         FROM revisions WHERE id < $1 ORDER BY id DESC LIMIT $2",
+    )
+    .bind(before)
+    .bind(limit + 1)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(unavailable)?;
+    Ok(Json(page(rows, limit, |r| r.id.to_string())).into_response())
+}
+
+fn before_id(query: &ListQuery) -> Result<i64, ApiError> {
+    match query.after()? {
+        None => Ok(i64::MAX),
+        Some(text) => text
+            .parse()
+            .map_err(|_| ApiError::BadRequest("the cursor is not one this API gave".into())),
+    }
+}
+
+fn id(text: &str, what: &str) -> Result<i64, ApiError> {
+    text.parse()
+        .map_err(|_| ApiError::BadRequest(format!("`{text}` is not a {what} number")))
+}
+
+/// `GET /api/v1/revisions/{id}`: the revision and its plan, rendered in the plan's documented
+/// JSON form (`render::json`, which holds no secret, not even a digest; the stored plan does
+/// hold digests).
+pub async fn revision(
+    State(state): State<AppState>,
+    Path(text): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let number = id(&text, "revision")?;
+    let found = reconciler::store::revision(&state.pool, number)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| ApiError::NotFound(format!("no revision {number}")))?;
+    let mut body = serde_json::to_value(&found.revision).map_err(unavailable)?;
+    let plan: reconciler::plan::Plan = serde_json::from_str(&found.plan).map_err(unavailable)?;
+    body["plan"] = reconciler::plan::render::json(&plan);
+    Ok(tagged(&headers, &body))
+}
+
+/// `GET /api/v1/builds/{id}`
+pub async fn build(
+    State(state): State<AppState>,
+    Path(text): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let number = id(&text, "build")?;
+    let found = builder::store::build(&state.pool, number)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| ApiError::NotFound(format!("no build {number}")))?;
+    Ok(tagged(
+        &headers,
+        &serde_json::to_value(found).map_err(unavailable)?,
+    ))
+}
+
+/// `GET /api/v1/deployments/{id}/logs` (or `/api/v1/builds/{id}/logs`): the captured lines
+/// after the cursor, oldest first; with `Accept: text/event-stream`, the lines as server-sent
+/// events as they are captured, each with its sequence number as the event id, resuming
+/// after `Last-Event-ID`.
+pub async fn deployment_logs(
+    state: State<AppState>,
+    Path(text): Path<String>,
+    query: Query<ListQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let selection = builder::logs::Selection::Deployment(id(&text, "deployment")?);
+    logs(state, selection, query, headers).await
+}
+
+pub async fn build_logs(
+    state: State<AppState>,
+    Path(text): Path<String>,
+    query: Query<ListQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let selection = builder::logs::Selection::Build(id(&text, "build")?);
+    logs(state, selection, query, headers).await
+}
+
+async fn logs(
+    State(state): State<AppState>,
+    selection: builder::logs::Selection,
+    Query(query): Query<ListQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let limit = query.limit()?;
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| id(v, "Last-Event-ID"))
+        .transpose()?;
+    let after = match (resume, query.after()?) {
+        (Some(seq), _) => seq,
+        (None, Some(text)) => text
+            .parse()
+            .map_err(|_| ApiError::BadRequest("the cursor is not one this API gave".into()))?,
+        (None, None) => 0,
+    };
+    let streaming = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    if !streaming {
+        let lines = builder::logs::read(&state.pool, &selection, after, limit + 1, false)
+            .await
+            .map_err(unavailable)?;
+        return Ok(Json(page(lines, limit, |l| l.seq.to_string())).into_response());
+    }
+    let pool = state.pool.clone();
+    let events = futures_util::stream::unfold(
+        (pool, selection, after, Vec::new().into_iter()),
+        |(pool, selection, mut after, mut pending)| async move {
+            loop {
+                if let Some(line) = pending.next() {
+                    let line: builder::logs::LogLine = line;
+                    after = line.seq;
+                    let event = axum::response::sse::Event::default()
+                        .id(line.seq.to_string())
+                        .json_data(&line)
+                        .unwrap_or_default();
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(event),
+                        (pool, selection, after, pending),
+                    ));
+                }
+                match builder::logs::read(&pool, &selection, after, 500, false).await {
+                    Ok(lines) if !lines.is_empty() => pending = lines.into_iter(),
+                    Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(250)).await,
+                    Err(_) => return None,
+                }
+            }
+        },
+    );
+    Ok(axum::response::sse::Sse::new(events)
+        .keep_alive(axum::response::sse::KeepAlive::default())
+        .into_response())
 }
