@@ -61,8 +61,20 @@ impl ListQuery {
             .ok()
             .and_then(|bytes| String::from_utf8(bytes).ok())
             .map(Some)
-            .ok_or_else(|| ApiError::BadRequest("the cursor is not one this API gave".into()))
+            .ok_or_else(bad_cursor)
     }
+
+    /// The `(project, name)` after which a list keyed by both starts; `("", "")` for the
+    /// first page, which sorts before every key.
+    fn after_key(&self) -> Result<(String, String), ApiError> {
+        let after = self.after()?.unwrap_or_default();
+        let (project, name) = after.split_once('/').unwrap_or(("", ""));
+        Ok((project.to_owned(), name.to_owned()))
+    }
+}
+
+fn bad_cursor() -> ApiError {
+    ApiError::BadRequest("the cursor is not one this API gave".into())
 }
 
 fn cursor(position: &str) -> String {
@@ -146,8 +158,7 @@ pub async fn services(
     Query(query): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     let limit = query.limit()?;
-    let after = query.after()?.unwrap_or_default();
-    let (after_project, after_name) = after.split_once('/').unwrap_or(("", ""));
+    let (after_project, after_name) = query.after_key()?;
     let rows: Vec<ServiceItem> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "{SERVICES} WHERE ($1::text IS NULL OR s.project = $1) AND (s.project, s.name) > ($2, $3) \
          ORDER BY s.project, s.name LIMIT $4"
@@ -353,8 +364,7 @@ pub async fn routes(
     Query(query): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     let limit = query.limit()?;
-    let after = query.after()?.unwrap_or_default();
-    let (after_project, after_name) = after.split_once('/').unwrap_or(("", ""));
+    let (after_project, after_name) = query.after_key()?;
     let rows: Vec<RouteItem> = sqlx::query_as(
         "SELECT project, name, host, path, service, service_port AS port, upstream, strip_prefix, source \
          FROM routes WHERE ($1::text IS NULL OR project = $1) AND (project, name) > ($2, $3) \
@@ -386,8 +396,7 @@ pub async fn variable_groups(
     Query(query): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     let limit = query.limit()?;
-    let after = query.after()?.unwrap_or_default();
-    let (after_project, after_name) = after.split_once('/').unwrap_or(("", ""));
+    let (after_project, after_name) = query.after_key()?;
     #[derive(sqlx::FromRow)]
     struct Row {
         project: String,
@@ -452,9 +461,7 @@ pub async fn revisions(
 fn before_id(query: &ListQuery) -> Result<i64, ApiError> {
     match query.after()? {
         None => Ok(i64::MAX),
-        Some(text) => text
-            .parse()
-            .map_err(|_| ApiError::BadRequest("the cursor is not one this API gave".into())),
+        Some(text) => text.parse().map_err(|_| bad_cursor()),
     }
 }
 
@@ -537,9 +544,7 @@ async fn logs(
         .transpose()?;
     let after = match (resume, query.after()?) {
         (Some(seq), _) => seq,
-        (None, Some(text)) => text
-            .parse()
-            .map_err(|_| ApiError::BadRequest("the cursor is not one this API gave".into()))?,
+        (None, Some(text)) => text.parse().map_err(|_| bad_cursor())?,
         (None, None) => 0,
     };
     let streaming = headers
