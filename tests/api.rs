@@ -462,3 +462,25 @@ async fn logs_stream_as_server_sent_events_and_resume_after_the_last_event() {
     }
     assert!(received.contains("id: 12"), "{received}");
 }
+
+#[tokio::test]
+async fn credentials_in_a_source_url_never_reach_an_answer() {
+    let seeded = seeded(1);
+    seeded.dir.write(
+        "built.yaml",
+        "apiVersion: meshploy.dev/v1\nkind: Service\nmetadata:\n  name: built\n  project: shop\nspec:\n  source:\n    git: https://bot:tok3n-secret@example.com/a.git\n",
+    );
+    let applied = seeded
+        .db
+        .meshploy(&seeded.dir, &["apply", "--auto-approve"]);
+    assert_eq!(applied.code, 0, "{}", applied.stderr);
+    let app = app(&seeded.db, false).await;
+    let token = Some(seeded.read.as_str());
+    let (_, _, list) = call(&app, "GET", "/api/v1/services", token, &[], "").await;
+    let (_, _, one) = call(&app, "GET", "/api/v1/services/shop/built", token, &[], "").await;
+    assert_eq!(list["items"][0]["git"], "https://***@example.com/a.git");
+    assert_eq!(one["spec"]["source.git"], "https://***@example.com/a.git");
+    for body in [list, one] {
+        assert!(!body.to_string().contains("tok3n"), "{body}");
+    }
+}

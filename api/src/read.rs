@@ -143,6 +143,14 @@ pub struct ServiceItem {
     pinned_to: Option<i64>,
 }
 
+impl ServiceItem {
+    /// With any credentials in the source's URL removed, as everywhere a URL is shown.
+    fn redacted(mut self) -> ServiceItem {
+        self.source_git = self.source_git.as_deref().map(git::redact);
+        self
+    }
+}
+
 const SERVICES: &str = "SELECT s.project, s.name, s.source, s.revision_id AS revision, s.image, \
        s.source_git, s.replicas, d.id AS deployment, d.state, d.release_digest AS release, \
        d.degraded, p.deployment_id AS pinned_to \
@@ -170,7 +178,11 @@ pub async fn services(
     .fetch_all(&state.pool)
     .await
     .map_err(unavailable)?;
-    Ok(Json(page(rows, limit, |s| format!("{}/{}", s.project, s.name))).into_response())
+    let rows = rows.into_iter().map(ServiceItem::redacted).collect();
+    Ok(Json(page(rows, limit, |s: &ServiceItem| {
+        format!("{}/{}", s.project, s.name)
+    }))
+    .into_response())
 }
 
 /// `GET /api/v1/services/{project}/{name}`: the service with its applied fields.
@@ -187,8 +199,12 @@ pub async fn service(
             .fetch_optional(&state.pool)
             .await
             .map_err(unavailable)?;
-    let mut body = serde_json::to_value(&item).map_err(unavailable)?;
-    body["spec"] = spec.unwrap_or_default();
+    let mut body = serde_json::to_value(item.redacted()).map_err(unavailable)?;
+    let mut spec = spec.unwrap_or_default();
+    if let Some(url) = spec.get("source.git").and_then(|v| v.as_str()) {
+        spec["source.git"] = git::redact(url).into();
+    }
+    body["spec"] = spec;
     Ok(tagged(&headers, &body))
 }
 
