@@ -127,6 +127,8 @@ pub enum Command {
     },
     /// Print the JSON Schema of a manifest document, for editors and tools.
     Schema,
+    /// Print the API's OpenAPI 3.1 document (also served at /api/v1/openapi.json).
+    Openapi,
     /// Make keys and seal secrets for variable groups.
     #[command(subcommand)]
     Secret(SecretCommand),

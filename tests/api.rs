@@ -484,3 +484,73 @@ async fn credentials_in_a_source_url_never_reach_an_answer() {
         assert!(!body.to_string().contains("tok3n"), "{body}");
     }
 }
+
+#[test]
+fn the_committed_openapi_document_is_current() {
+    let run = crate::util::Run::new(crate::util::meshploy().arg("openapi").output());
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let committed = std::fs::read_to_string(crate::util::repo_root().join("api/openapi.json"))
+        .expect("api/openapi.json");
+    assert_eq!(
+        run.stdout, committed,
+        "api/openapi.json is stale: run `cargo run -- openapi > api/openapi.json`"
+    );
+}
+
+/// A validator of `document`'s component schema `name`.
+fn component(document: &Value, name: &str) -> jsonschema::Validator {
+    let schema = serde_json::json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$ref": format!("#/components/schemas/{name}"),
+        "components": document["components"],
+    });
+    jsonschema::validator_for(&schema).expect("a valid schema")
+}
+
+#[tokio::test]
+async fn every_documented_operation_is_served_and_answers_as_documented() {
+    let seeded = seeded(2);
+    let app = app(&seeded.db, false).await;
+    let (status, _, document) = call(&app, "GET", "/api/v1/openapi.json", None, &[], "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(document["openapi"], "3.1.0");
+    let paths = document["paths"].as_object().expect("paths");
+    assert_eq!(paths.len(), 18);
+    let mut checked = 0;
+    for (path, methods) in paths {
+        for (method, operation) in methods.as_object().expect("methods") {
+            let uri = path
+                .replace("{name}", "s0")
+                .replace("{project}", "shop")
+                .replace("{id}", "1");
+            let token = Some(seeded.operate.as_str());
+            let (status, _, body) = call(&app, &method.to_uppercase(), &uri, token, &[], "").await;
+            assert_ne!(
+                body["error"]["message"], "no such endpoint",
+                "{method} {path} is documented but not routed"
+            );
+            assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            let code = status.as_str().to_owned();
+            let documented =
+                &operation["responses"][&code]["content"]["application/json"]["schema"];
+            assert!(
+                !documented.is_null(),
+                "{method} {path} answered an undocumented {code}"
+            );
+            if let Some(reference) = documented["$ref"].as_str() {
+                let name = reference.trim_start_matches("#/components/schemas/");
+                let validator = component(&document, name);
+                let errors: Vec<String> = validator
+                    .iter_errors(&body)
+                    .map(|e| e.to_string())
+                    .collect();
+                assert!(
+                    errors.is_empty(),
+                    "{method} {path} ({code}): {errors:?} in {body}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 17, "{checked} answers checked");
+}

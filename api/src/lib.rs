@@ -6,6 +6,7 @@
 //! error's text.
 
 mod auth;
+pub mod openapi;
 mod read;
 mod server;
 pub mod tokens;
@@ -21,7 +22,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use reconciler::names::{TokenScope, Trigger};
 use reconciler::sync::Source;
-use serde_json::json;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
@@ -79,6 +79,7 @@ pub fn app(state: AppState) -> Router {
         ));
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/api/v1/openapi.json", get(openapi_json))
         .route("/readyz", get(readyz))
         .route(
             "/api/v1/webhooks/github",
@@ -89,22 +90,41 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// `GET /api/v1/openapi.json`: this API described in OpenAPI 3.1 (no token needed).
+async fn openapi_json() -> Json<serde_json::Value> {
+    Json(openapi::document())
+}
+
 async fn not_found() -> ApiError {
     ApiError::NotFound("no such endpoint".into())
 }
 
 /// Alive: answers as long as the process runs.
-async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok", "role": role(&state) }))
+async fn healthz(State(state): State<AppState>) -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        role: role(&state),
+    })
+}
+
+/// How this process stands.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct Health {
+    status: &'static str,
+    /// `leader` or `standby`.
+    role: &'static str,
 }
 
 /// Ready: the database answers.
-async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     sqlx::query("SELECT 1")
         .execute(&state.pool)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    Ok(Json(json!({ "status": "ready", "role": role(&state) })))
+    Ok(Json(Health {
+        status: "ready",
+        role: role(&state),
+    }))
 }
 
 fn role(state: &AppState) -> &'static str {
@@ -131,9 +151,32 @@ async fn sync(
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "source": name, "sync": "requested" })),
+        Json(SyncAnswer {
+            source: name,
+            sync: "requested",
+        }),
     )
         .into_response())
+}
+
+/// A sync request taken.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct SyncAnswer {
+    source: String,
+    sync: &'static str,
+}
+
+/// Every error's body.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct ErrorDetail {
+    /// `bad_request`, `unauthorized`, `forbidden`, `not_found` or `unavailable`.
+    code: &'static str,
+    message: String,
 }
 
 /// The one error type of the API. Database details are logged, never sent. Every error
@@ -164,7 +207,12 @@ impl IntoResponse for ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }
         };
-        let body = json!({ "error": { "code": code, "message": self.to_string() } });
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code,
+                message: self.to_string(),
+            },
+        };
         (status, Json(body)).into_response()
     }
 }

@@ -12,7 +12,6 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use reconciler::names::{DeploymentState, TokenScope};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
@@ -29,8 +28,9 @@ pub struct ListQuery {
 }
 
 /// A page of a list and the cursor of the next one.
-#[derive(Debug, Serialize)]
-struct Page<T> {
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+#[schemars(rename = "PageOf{T}")]
+pub struct Page<T> {
     items: Vec<T>,
     next_cursor: Option<String>,
 }
@@ -97,7 +97,7 @@ fn unavailable(error: impl std::fmt::Display) -> ApiError {
     ApiError::Unavailable(error.to_string())
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, schemars::JsonSchema)]
 pub struct ProjectItem {
     name: String,
     description: Option<String>,
@@ -124,7 +124,7 @@ pub async fn projects(
 }
 
 /// A service as the API shows it: what is applied, and what runs.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, schemars::JsonSchema)]
 pub struct ServiceItem {
     project: String,
     name: String,
@@ -199,13 +199,26 @@ pub async fn service(
             .fetch_optional(&state.pool)
             .await
             .map_err(unavailable)?;
-    let mut body = serde_json::to_value(item.redacted()).map_err(unavailable)?;
     let mut spec = spec.unwrap_or_default();
     if let Some(url) = spec.get("source.git").and_then(|v| v.as_str()) {
         spec["source.git"] = git::redact(url).into();
     }
-    body["spec"] = spec;
-    Ok(tagged(&headers, &body))
+    let detail = ServiceDetail {
+        service: item.redacted(),
+        spec,
+    };
+    Ok(tagged(
+        &headers,
+        &serde_json::to_value(detail).map_err(unavailable)?,
+    ))
+}
+
+/// One service: the list's item and its applied fields, named as in the manifest.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct ServiceDetail {
+    #[serde(flatten)]
+    service: ServiceItem,
+    spec: serde_json::Value,
 }
 
 async fn one_service(pool: &PgPool, project: &str, name: &str) -> Result<ServiceItem, ApiError> {
@@ -248,7 +261,7 @@ fn tagged(headers: &HeaderMap, body: &serde_json::Value) -> Response {
         .into_response()
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, schemars::JsonSchema)]
 pub struct DeploymentItem {
     id: i64,
     project: String,
@@ -260,8 +273,10 @@ pub struct DeploymentItem {
     reason: Option<String>,
     degraded: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
     queued_at: time::OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
+    #[schemars(with = "Option<String>")]
     finished_at: Option<time::OffsetDateTime>,
 }
 
@@ -290,10 +305,18 @@ pub async fn deployments(
 }
 
 /// What a rollback asks for: an earlier deployment, or by default the one before.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackRequest {
     to: Option<i64>,
+}
+
+/// What a rollback request pinned.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct RollbackAnswer {
+    service: String,
+    pinned_to: i64,
+    release: String,
 }
 
 /// `POST /api/v1/services/{project}/{name}/rollback` (scope `operate`): pins the service to
@@ -321,8 +344,12 @@ pub async fn rollback(
             other => ApiError::BadRequest(other.to_string()),
         })?;
     tracing::info!(caller = %caller.name, %service, deployment = pinned.id, "rollback requested");
-    let body = json!({ "service": service.to_string(), "pinned_to": pinned.id, "release": pinned.release_digest });
-    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+    let answer = RollbackAnswer {
+        service: service.to_string(),
+        pinned_to: pinned.id,
+        release: pinned.release_digest,
+    };
+    Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
 }
 
 /// `GET /api/v1/sources`: every tracked source with its state and last attempt.
@@ -361,7 +388,7 @@ pub async fn source(
     ))
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, schemars::JsonSchema)]
 pub struct RouteItem {
     project: String,
     name: String,
@@ -397,7 +424,7 @@ pub async fn routes(
 }
 
 /// A variable group: its variables with their values, its secrets by name only.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct GroupItem {
     project: String,
     name: String,
@@ -486,6 +513,14 @@ fn id(text: &str, what: &str) -> Result<i64, ApiError> {
         .map_err(|_| ApiError::BadRequest(format!("`{text}` is not a {what} number")))
 }
 
+/// A revision and its plan as `plan --format json` renders it.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct RevisionDetail {
+    #[serde(flatten)]
+    revision: reconciler::store::Revision,
+    plan: serde_json::Value,
+}
+
 /// `GET /api/v1/revisions/{id}`: the revision and its plan, rendered in the plan's documented
 /// JSON form (`render::json`, which holds no secret, not even a digest; the stored plan does
 /// hold digests).
@@ -499,10 +534,15 @@ pub async fn revision(
         .await
         .map_err(unavailable)?
         .ok_or_else(|| ApiError::NotFound(format!("no revision {number}")))?;
-    let mut body = serde_json::to_value(&found.revision).map_err(unavailable)?;
     let plan: reconciler::plan::Plan = serde_json::from_str(&found.plan).map_err(unavailable)?;
-    body["plan"] = reconciler::plan::render::json(&plan);
-    Ok(tagged(&headers, &body))
+    let detail = RevisionDetail {
+        revision: found.revision,
+        plan: reconciler::plan::render::json(&plan),
+    };
+    Ok(tagged(
+        &headers,
+        &serde_json::to_value(detail).map_err(unavailable)?,
+    ))
 }
 
 /// `GET /api/v1/builds/{id}`

@@ -225,10 +225,11 @@ impl Stream {
 }
 
 /// One stored line.
-#[derive(Clone, Debug, sqlx::FromRow, serde::Serialize)]
+#[derive(Clone, Debug, sqlx::FromRow, serde::Serialize, schemars::JsonSchema)]
 pub struct LogLine {
     pub seq: i64,
     #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
     pub at: OffsetDateTime,
     pub deployment_id: Option<i64>,
     pub replica: Option<i32>,

@@ -508,7 +508,7 @@ pub async fn pinned(pool: &PgPool, service: &ServiceKey) -> Result<Option<i64>, 
 }
 
 /// A build row.
-#[derive(Clone, Debug, sqlx::FromRow, serde::Serialize)]
+#[derive(Clone, Debug, sqlx::FromRow, serde::Serialize, schemars::JsonSchema)]
 pub struct Build {
     pub id: i64,
     pub git: String,
@@ -517,8 +517,10 @@ pub struct Build {
     pub state: BuildState,
     pub reason: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
     pub started_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
+    #[schemars(with = "Option<String>")]
     pub finished_at: Option<OffsetDateTime>,
 }
 

@@ -61,6 +61,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             no_wait,
             db,
         } => status::sync(&db, &source, wait, no_wait).await,
+        Command::Openapi => {
+            println!("{:#}", api::openapi::document());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Schema => {
             println!("{:#}", schema::json_schema::document_schema());
             Ok(ExitCode::SUCCESS)

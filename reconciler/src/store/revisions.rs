@@ -52,10 +52,11 @@ pub(crate) async fn notify(conn: &mut PgConnection, payload: &str) -> Result<(),
 }
 
 /// One row of `meshploy history`.
-#[derive(Clone, Debug, sqlx::FromRow, serde::Serialize)]
+#[derive(Clone, Debug, sqlx::FromRow, serde::Serialize, schemars::JsonSchema)]
 pub struct Revision {
     pub id: i64,
     #[serde(with = "time::serde::rfc3339")]
+    #[schemars(with = "String")]
     pub applied_at: time::OffsetDateTime,
     pub actor: String,
     pub source: String,

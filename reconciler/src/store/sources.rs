@@ -41,7 +41,7 @@ pub async fn upsert_source(pool: &PgPool, source: &SourceRow<'_>) -> Result<(), 
 }
 
 /// Where a source stands, as `meshploy status` shows it.
-#[derive(Clone, Debug, sqlx::FromRow, serde::Serialize)]
+#[derive(Clone, Debug, sqlx::FromRow, serde::Serialize, schemars::JsonSchema)]
 pub struct SourceStatus {
     pub name: String,
     pub url: String,
@@ -56,11 +56,13 @@ pub struct SourceStatus {
     /// The last attempt's outcome as data (see [`crate::sync::Detail`]).
     pub detail: Option<serde_json::Value>,
     #[serde(with = "time::serde::rfc3339::option")]
+    #[schemars(with = "Option<String>")]
     pub checked_at: Option<time::OffsetDateTime>,
     /// The newest attempt, if any.
     pub attempt_id: Option<i64>,
     pub trigger: Option<Trigger>,
     #[serde(with = "time::serde::rfc3339::option")]
+    #[schemars(with = "Option<String>")]
     pub finished_at: Option<time::OffsetDateTime>,
     pub rewritten_from: Option<String>,
     pub fetch_ms: Option<i32>,
