@@ -31,19 +31,21 @@ fn seeded(services: usize) -> Seeded {
     dir.write("route.yaml", route("main", "/", "s0"));
     let applied = db.meshploy(&dir, &["apply", "--auto-approve"]);
     assert_eq!(applied.code, 0, "{}", applied.stderr);
-    let token = |name: &str, scope: &str| {
-        let made = db.meshploy(&dir, &["token", "create", "--name", name, "--scope", scope]);
-        assert_eq!(made.code, 0, "{}", made.stderr);
-        made.stdout.trim().to_owned()
-    };
-    let read = token("reader", "read");
-    let operate = token("operator", "operate");
+    let read = token(&db, &dir, "reader", "read");
+    let operate = token(&db, &dir, "operator", "operate");
     Seeded {
         db,
         dir,
         read,
         operate,
     }
+}
+
+/// A new token made with the CLI.
+fn token(db: &Db, dir: &Dir, name: &str, scope: &str) -> String {
+    let made = db.meshploy(dir, &["token", "create", "--name", name, "--scope", scope]);
+    assert_eq!(made.code, 0, "{}", made.stderr);
+    made.stdout.trim().to_owned()
 }
 
 async fn app(db: &Db, anonymous_read: bool) -> axum::Router {
@@ -553,4 +555,60 @@ async fn every_documented_operation_is_served_and_answers_as_documented() {
         }
     }
     assert!(checked >= 17, "{checked} answers checked");
+}
+
+#[test]
+fn schemathesis_finds_no_server_error_and_every_answer_matches_the_openapi_document() {
+    let program = crate::util::python_tool("schemathesis", "schemathesis==4.32.5");
+    // The examples and a generated repository, applied, plus a read token.
+    let (db, dir) = (Db::new(), Dir::new());
+    let shop = crate::util::repo_root().join("examples/shop");
+    let applied = db.meshploy(
+        &dir,
+        &[
+            "apply",
+            &shop.display().to_string(),
+            "--auto-approve",
+            "--secret-keys-file",
+            &shop.join("example.keys").display().to_string(),
+        ],
+    );
+    assert_eq!(applied.code, 0, "{}", applied.stderr);
+    let generated = Dir::new();
+    crate::generate::write_repo(generated.path(), 200).expect("generate");
+    let applied = db.meshploy(&generated, &["apply", "--auto-approve"]);
+    assert_eq!(applied.code, 0, "{}", applied.stderr);
+    let read = token(&db, &dir, "schemathesis", "read");
+
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let (address, stop) = runtime.block_on(async {
+        let router = app(&db, false).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(api::serve(
+            listener,
+            router,
+            api::Limits::default(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        (address, stop)
+    });
+    let output = std::process::Command::new(program)
+        .args(["run", &format!("http://{address}/api/v1/openapi.json")])
+        .args(["--header", &format!("Authorization: Bearer {read}")])
+        .args(["--max-examples", "25", "--seed", "1", "--no-color"])
+        .output()
+        .expect("run schemathesis");
+    let _ = stop.send(());
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "schemathesis found failures:\n{report}"
+    );
+    assert!(report.contains("Tested: 17"), "{report}");
 }

@@ -406,3 +406,39 @@ pub fn http(
         .unwrap_or_default();
     (status, body)
 }
+
+/// A Python command-line tool (`requirement` as pip takes it), installed on first use into a
+/// virtual environment under `target/python-tools`, so a fresh machine gets it without
+/// anyone installing anything by hand.
+pub fn python_tool(command: &str, requirement: &str) -> PathBuf {
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _installing = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
+    let venv = repo_root().join("target/python-tools");
+    let program = venv.join("bin").join(command);
+    if !program.exists() {
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 -m venv (install python3 and python3-venv)");
+        assert!(
+            made.success(),
+            "cannot make a virtual environment in {}",
+            venv.display()
+        );
+        let installed = Command::new(venv.join("bin/pip"))
+            .args([
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                requirement,
+            ])
+            .status()
+            .expect("pip install");
+        assert!(
+            installed.success(),
+            "cannot install {requirement} from PyPI"
+        );
+    }
+    program
+}

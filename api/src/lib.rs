@@ -87,12 +87,48 @@ pub fn app(state: AppState) -> Router {
         )
         .merge(authenticated)
         .fallback(not_found)
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
 }
 
 /// `GET /api/v1/openapi.json`: this API described in OpenAPI 3.1 (no token needed).
 async fn openapi_json() -> Json<serde_json::Value> {
     Json(openapi::document())
+}
+
+/// Rewrites the framework's own plain-text refusals (a path or body it could not read) into
+/// the API's one error shape.
+async fn json_errors(response: Response) -> Response {
+    let plain = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
+    if !plain || !response.status().is_client_error() {
+        return response;
+    }
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let message = String::from_utf8_lossy(&bytes).into_owned();
+    let error = match status {
+        StatusCode::NOT_FOUND => ApiError::NotFound(message),
+        StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            return (
+                status,
+                Json(ErrorBody {
+                    error: ErrorDetail {
+                        code: "bad_request",
+                        message,
+                    },
+                }),
+            )
+                .into_response();
+        }
+        _ => ApiError::BadRequest(message),
+    };
+    error.into_response()
 }
 
 async fn not_found() -> ApiError {

@@ -21,6 +21,30 @@ enum In {
     Header,
 }
 
+/// What a parameter holds, and so its schema.
+#[derive(Clone, Copy, Debug)]
+enum Holds {
+    Text,
+    Number,
+    Limit,
+    /// A cursor of a list keyed by names: any hex pairs.
+    KeyCursor,
+    /// A cursor of a list keyed by numbers: hex pairs of decimal digits.
+    NumberCursor,
+}
+
+impl Holds {
+    fn schema(self) -> Value {
+        match self {
+            Holds::Text => json!({ "type": "string" }),
+            Holds::Number => json!({ "type": "integer", "format": "int64" }),
+            Holds::Limit => json!({ "type": "integer", "minimum": 1, "maximum": 500 }),
+            Holds::KeyCursor => json!({ "type": "string", "pattern": "^(?:[0-9a-f]{2}){1,300}$" }),
+            Holds::NumberCursor => json!({ "type": "string", "pattern": "^(?:3[0-9]){1,18}$" }),
+        }
+    }
+}
+
 /// One operation: method, path, summary, the scope it needs (`None`: no token), its
 /// parameters, and the schema of its success answer.
 struct Operation {
@@ -28,32 +52,72 @@ struct Operation {
     path: &'static str,
     summary: &'static str,
     scope: Option<&'static str>,
-    parameters: &'static [(In, &'static str, &'static str)],
+    parameters: &'static [Param],
     status: &'static str,
     answer: Value,
     request: Option<Value>,
 }
 
-const LIST: &[(In, &str, &str)] = &[
-    (In::Query, "limit", "Items per page, 1 to 500 (default 50)."),
-    (In::Query, "cursor", "The `next_cursor` of the page before."),
-    (In::Query, "project", "Only this project's items."),
+/// A parameter: where it goes, its name, what it holds, what it means.
+type Param = (In, &'static str, Holds, &'static str);
+
+const LIMIT: Param = (
+    In::Query,
+    "limit",
+    Holds::Limit,
+    "Items per page (default 50).",
+);
+const PROJECT: Param = (
+    In::Query,
+    "project",
+    Holds::Text,
+    "Only this project's items.",
+);
+const KEYED: &[Param] = &[
+    LIMIT,
+    (
+        In::Query,
+        "cursor",
+        Holds::KeyCursor,
+        "The `next_cursor` of the page before.",
+    ),
+    PROJECT,
 ];
-const LOGS: &[(In, &str, &str)] = &[
-    (In::Path, "id", "The number."),
-    (In::Query, "limit", "Lines per page, 1 to 500 (default 50)."),
-    (In::Query, "cursor", "The `next_cursor` of the page before."),
+const NUMBER_CURSOR: Param = (
+    In::Query,
+    "cursor",
+    Holds::NumberCursor,
+    "The `next_cursor` of the page before.",
+);
+const NUMBERED: &[Param] = &[LIMIT, NUMBER_CURSOR];
+const DEPLOYMENTS: &[Param] = &[
+    LIMIT,
+    NUMBER_CURSOR,
+    PROJECT,
+    (
+        In::Query,
+        "service",
+        Holds::Text,
+        "Only this service's deployments.",
+    ),
+];
+const LOGS: &[Param] = &[
+    (In::Path, "id", Holds::Number, "The number."),
+    LIMIT,
+    NUMBER_CURSOR,
     (
         In::Header,
         "Last-Event-ID",
+        Holds::Number,
         "With `Accept: text/event-stream`: resume after this line.",
     ),
 ];
-const TAGGED: &[(In, &str, &str)] = &[(
+const TAGGED: Param = (
     In::Header,
     "If-None-Match",
+    Holds::Text,
     "An `ETag` from before: 304 when unchanged.",
-)];
+);
 
 fn schema<T: JsonSchema>(generator: &mut SchemaGenerator) -> Value {
     generator.subschema_for::<T>().to_value()
@@ -70,15 +134,15 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Operation> {
         answer,
         request: None,
     };
-    let one = |name| -> &'static [(In, &'static str, &'static str)] {
+    let one = |name| -> &'static [Param] {
         match name {
-            "name" => &[(In::Path, "name", "The source's name.")],
-            _ => &[(In::Path, "id", "The number.")],
+            "name" => &[(In::Path, "name", Holds::Text, "The source's name.")],
+            _ => &[(In::Path, "id", Holds::Number, "The number.")],
         }
     };
-    let service: &'static [(In, &str, &str)] = &[
-        (In::Path, "project", "The service's project."),
-        (In::Path, "name", "The service's name."),
+    let service: &'static [Param] = &[
+        (In::Path, "project", Holds::Text, "The service's project."),
+        (In::Path, "name", Holds::Text, "The service's name."),
     ];
     vec![
         op(
@@ -110,7 +174,7 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Operation> {
             "/api/v1/sources",
             "Sources: state, commits, the last attempt.",
             Some("read"),
-            LIST,
+            KEYED,
             schema::<Page<reconciler::store::SourceStatus>>(g),
         ),
         op(
@@ -126,7 +190,7 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Operation> {
             "/api/v1/projects",
             "Projects.",
             Some("read"),
-            LIST,
+            KEYED,
             schema::<Page<ProjectItem>>(g),
         ),
         op(
@@ -134,7 +198,7 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Operation> {
             "/api/v1/services",
             "Services and what runs.",
             Some("read"),
-            LIST,
+            KEYED,
             schema::<Page<ServiceItem>>(g),
         ),
         op(
@@ -150,7 +214,7 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Operation> {
             "/api/v1/routes",
             "Routes: host + path to target.",
             Some("read"),
-            LIST,
+            KEYED,
             schema::<Page<RouteItem>>(g),
         ),
         op(
@@ -158,7 +222,7 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Operation> {
             "/api/v1/variable-groups",
             "Variable groups: variables, and secret names only.",
             Some("read"),
-            LIST,
+            KEYED,
             schema::<Page<GroupItem>>(g),
         ),
         op(
@@ -166,7 +230,7 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Operation> {
             "/api/v1/revisions",
             "Revisions, newest first.",
             Some("read"),
-            LIST,
+            NUMBERED,
             schema::<Page<reconciler::store::Revision>>(g),
         ),
         op(
@@ -182,7 +246,7 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Operation> {
             "/api/v1/deployments",
             "Deployments, newest first.",
             Some("read"),
-            LIST,
+            DEPLOYMENTS,
             schema::<Page<DeploymentItem>>(g),
         ),
         op(
@@ -243,25 +307,22 @@ pub fn document() -> Value {
     let error = schema::<ErrorBody>(&mut generator);
     let mut paths = Map::new();
     for operation in operations(&mut generator) {
-        let mut parameters: Vec<Value> = operation
+        let tagged = operation.method == "get"
+            && (operation.path.ends_with("}") || operation.path.ends_with("{name}"));
+        let parameters: Vec<Value> = operation
             .parameters
             .iter()
-            .map(|(place, name, description)| {
+            .chain(tagged.then_some(&TAGGED))
+            .map(|(place, name, holds, description)| {
                 let (place, required) = match place {
                     In::Path => ("path", true),
                     In::Query => ("query", false),
                     In::Header => ("header", false),
                 };
                 json!({ "name": name, "in": place, "required": required,
-                        "description": description, "schema": { "type": "string" } })
+                        "description": description, "schema": holds.schema() })
             })
             .collect();
-        if operation.path.contains("{id}") && !operation.path.ends_with("/logs") {
-            parameters.extend(TAGGED.iter().map(|(_, name, description)| {
-                json!({ "name": name, "in": "header", "required": false,
-                        "description": description, "schema": { "type": "string" } })
-            }));
-        }
         let mut responses = Map::new();
         let mut content = json!({ "application/json": { "schema": operation.answer } });
         if operation.path.ends_with("/logs") {
@@ -271,6 +332,12 @@ pub fn document() -> Value {
             operation.status.into(),
             json!({ "description": operation.summary, "content": content }),
         );
+        if tagged {
+            responses.insert(
+                "304".into(),
+                json!({ "description": "Unchanged since the ETag given in If-None-Match." }),
+            );
+        }
         let failures: &[(&str, &str)] = match operation.scope {
             None => &[("503", "The database is unavailable.")],
             Some(_) => &[

@@ -8,8 +8,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::header::{ETAG, IF_NONE_MATCH};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use reconciler::names::{DeploymentState, TokenScope};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -38,6 +36,28 @@ pub struct Page<T> {
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
 
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ListQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<ListQuery, ApiError> {
+        let Query(mut query) = Query::<ListQuery>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        query.project = query.project.as_deref().map(clean);
+        query.service = query.service.as_deref().map(clean);
+        Ok(query)
+    }
+}
+
+/// Text that goes into a query: PostgreSQL's text cannot hold NUL, and no name holds one,
+/// so a NUL becomes a character that matches nothing rather than a database error.
+pub fn clean(text: &str) -> String {
+    text.replace('\0', "\u{fffd}")
+}
+
 impl ListQuery {
     fn limit(&self) -> Result<i64, ApiError> {
         let Some(text) = &self.limit else {
@@ -51,17 +71,26 @@ impl ListQuery {
         }
     }
 
-    /// The position after which the page starts, as the cursor encodes it.
+    /// The position after which the page starts, as the cursor encodes it. A cursor is the
+    /// position's bytes in lowercase hex, so every string of hex pairs is a position to
+    /// start after (the OpenAPI document gives the pattern); anything else is refused.
     fn after(&self) -> Result<Option<String>, ApiError> {
         let Some(cursor) = &self.cursor else {
             return Ok(None);
         };
-        URL_SAFE_NO_PAD
-            .decode(cursor)
-            .ok()
-            .and_then(|bytes| String::from_utf8(bytes).ok())
-            .map(Some)
-            .ok_or_else(bad_cursor)
+        let hex = cursor.as_bytes();
+        if hex.is_empty() || hex.len() % 2 != 0 {
+            return Err(bad_cursor());
+        }
+        let bytes: Option<Vec<u8>> = hex
+            .chunks(2)
+            .map(|pair| {
+                let text = std::str::from_utf8(pair).ok()?;
+                u8::from_str_radix(text, 16).ok()
+            })
+            .collect();
+        let bytes = bytes.ok_or_else(bad_cursor)?;
+        Ok(Some(clean(&String::from_utf8_lossy(&bytes))))
     }
 
     /// The `(project, name)` after which a list keyed by both starts; `("", "")` for the
@@ -78,7 +107,7 @@ fn bad_cursor() -> ApiError {
 }
 
 fn cursor(position: &str) -> String {
-    URL_SAFE_NO_PAD.encode(position)
+    position.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `items` (one more than `limit` asked for, to know whether another page follows) as a page.
@@ -108,7 +137,7 @@ pub struct ProjectItem {
 /// `GET /api/v1/projects`
 pub async fn projects(
     State(state): State<AppState>,
-    Query(query): Query<ListQuery>,
+    query: ListQuery,
 ) -> Result<Response, ApiError> {
     let limit = query.limit()?;
     let rows: Vec<ProjectItem> = sqlx::query_as(
@@ -163,7 +192,7 @@ const SERVICES: &str = "SELECT s.project, s.name, s.source, s.revision_id AS rev
 /// `GET /api/v1/services`
 pub async fn services(
     State(state): State<AppState>,
-    Query(query): Query<ListQuery>,
+    query: ListQuery,
 ) -> Result<Response, ApiError> {
     let limit = query.limit()?;
     let (after_project, after_name) = query.after_key()?;
@@ -191,6 +220,7 @@ pub async fn service(
     Path((project, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let (project, name) = (clean(&project), clean(&name));
     let item = one_service(&state.pool, &project, &name).await?;
     let spec: Option<serde_json::Value> =
         sqlx::query_scalar("SELECT fields FROM services WHERE project = $1 AND name = $2")
@@ -283,7 +313,7 @@ pub struct DeploymentItem {
 /// `GET /api/v1/deployments`, newest first.
 pub async fn deployments(
     State(state): State<AppState>,
-    Query(query): Query<ListQuery>,
+    query: ListQuery,
 ) -> Result<Response, ApiError> {
     let limit = query.limit()?;
     let before = before_id(&query)?;
@@ -328,6 +358,7 @@ pub async fn rollback(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     auth::require(&caller, TokenScope::Operate)?;
+    let (project, name) = (clean(&project), clean(&name));
     let request: RollbackRequest = if body.is_empty() {
         RollbackRequest::default()
     } else {
@@ -355,7 +386,7 @@ pub async fn rollback(
 /// `GET /api/v1/sources`: every tracked source with its state and last attempt.
 pub async fn sources(
     State(state): State<AppState>,
-    Query(query): Query<ListQuery>,
+    query: ListQuery,
 ) -> Result<Response, ApiError> {
     let limit = query.limit()?;
     let after = query.after()?;
@@ -402,10 +433,7 @@ pub struct RouteItem {
 }
 
 /// `GET /api/v1/routes`: host + path → target.
-pub async fn routes(
-    State(state): State<AppState>,
-    Query(query): Query<ListQuery>,
-) -> Result<Response, ApiError> {
+pub async fn routes(State(state): State<AppState>, query: ListQuery) -> Result<Response, ApiError> {
     let limit = query.limit()?;
     let (after_project, after_name) = query.after_key()?;
     let rows: Vec<RouteItem> = sqlx::query_as(
@@ -436,7 +464,7 @@ pub struct GroupItem {
 /// `GET /api/v1/variable-groups`
 pub async fn variable_groups(
     State(state): State<AppState>,
-    Query(query): Query<ListQuery>,
+    query: ListQuery,
 ) -> Result<Response, ApiError> {
     let limit = query.limit()?;
     let (after_project, after_name) = query.after_key()?;
@@ -485,7 +513,7 @@ pub async fn variable_groups(
 /// `GET /api/v1/revisions`, newest first, without their plans.
 pub async fn revisions(
     State(state): State<AppState>,
-    Query(query): Query<ListQuery>,
+    query: ListQuery,
 ) -> Result<Response, ApiError> {
     let limit = query.limit()?;
     let before = before_id(&query)?;
@@ -569,7 +597,7 @@ pub async fn build(
 pub async fn deployment_logs(
     state: State<AppState>,
     Path(text): Path<String>,
-    query: Query<ListQuery>,
+    query: ListQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let selection = builder::logs::Selection::Deployment(id(&text, "deployment")?);
@@ -579,7 +607,7 @@ pub async fn deployment_logs(
 pub async fn build_logs(
     state: State<AppState>,
     Path(text): Path<String>,
-    query: Query<ListQuery>,
+    query: ListQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let selection = builder::logs::Selection::Build(id(&text, "build")?);
@@ -589,7 +617,7 @@ pub async fn build_logs(
 async fn logs(
     State(state): State<AppState>,
     selection: builder::logs::Selection,
-    Query(query): Query<ListQuery>,
+    query: ListQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let limit = query.limit()?;
