@@ -237,10 +237,7 @@ pub async fn service(
         service: item.redacted(),
         spec,
     };
-    Ok(tagged(
-        &headers,
-        &serde_json::to_value(detail).map_err(unavailable)?,
-    ))
+    tagged(&headers, &detail)
 }
 
 /// One service: the list's item and its applied fields, named as in the manifest.
@@ -263,9 +260,9 @@ async fn one_service(pool: &PgPool, project: &str, name: &str) -> Result<Service
     .ok_or_else(|| ApiError::NotFound(format!("no service {project}/{name} is applied")))
 }
 
-/// `body` with a strong `ETag` of its bytes, or 304 when the client has it already.
-fn tagged(headers: &HeaderMap, body: &serde_json::Value) -> Response {
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
+/// `body` as JSON with a strong `ETag` of its bytes, or 304 when the client has it already.
+fn tagged(headers: &HeaderMap, body: &impl Serialize) -> Result<Response, ApiError> {
+    let bytes = serde_json::to_vec(body).map_err(unavailable)?;
     let digest = Sha256::digest(&bytes);
     let tag = format!(
         "\"{}\"",
@@ -279,16 +276,16 @@ fn tagged(headers: &HeaderMap, body: &serde_json::Value) -> Response {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|t| t.trim() == tag || t.trim() == "*"));
     if matches {
-        return (StatusCode::NOT_MODIFIED, [(ETAG, tag)]).into_response();
+        return Ok((StatusCode::NOT_MODIFIED, [(ETAG, tag)]).into_response());
     }
-    (
+    Ok((
         [
             (ETAG, tag),
             (axum::http::header::CONTENT_TYPE, "application/json".into()),
         ],
         bytes,
     )
-        .into_response()
+        .into_response())
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow, schemars::JsonSchema)]
@@ -413,10 +410,7 @@ pub async fn source(
         .into_iter()
         .find(|s| s.name == name)
         .ok_or_else(|| ApiError::NotFound(format!("no source named `{name}`")))?;
-    Ok(tagged(
-        &headers,
-        &serde_json::to_value(found).map_err(unavailable)?,
-    ))
+    tagged(&headers, &found)
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow, schemars::JsonSchema)]
@@ -567,10 +561,7 @@ pub async fn revision(
         revision: found.revision,
         plan: reconciler::plan::render::json(&plan),
     };
-    Ok(tagged(
-        &headers,
-        &serde_json::to_value(detail).map_err(unavailable)?,
-    ))
+    tagged(&headers, &detail)
 }
 
 /// `GET /api/v1/builds/{id}`
@@ -584,10 +575,7 @@ pub async fn build(
         .await
         .map_err(unavailable)?
         .ok_or_else(|| ApiError::NotFound(format!("no build {number}")))?;
-    Ok(tagged(
-        &headers,
-        &serde_json::to_value(found).map_err(unavailable)?,
-    ))
+    tagged(&headers, &found)
 }
 
 /// `GET /api/v1/deployments/{id}/logs` (or `/api/v1/builds/{id}/logs`): the captured lines
