@@ -83,6 +83,8 @@ fn web(dir: &Dir, repo: &Remote, spec: &str) {
 struct Up {
     process: Option<Process>,
     proxy: SocketAddr,
+    /// Its MESHPLOY_HOME, whose runtime records name the replicas it runs.
+    home: Option<std::path::PathBuf>,
 }
 
 impl Up {
@@ -112,10 +114,15 @@ impl Up {
     }
 
     fn announced(command: &mut std::process::Command) -> Up {
+        let home = command
+            .get_envs()
+            .find(|(name, _)| *name == "MESHPLOY_HOME")
+            .and_then(|(_, value)| value.map(std::path::PathBuf::from));
         let (process, addresses) = Process::announced(command, "meshploy up: proxy on");
         Up {
             process: Some(process),
             proxy: addresses[0],
+            home,
         }
     }
 
@@ -141,6 +148,23 @@ impl Drop for Up {
             && !process.exited()
         {
             process.terminate();
+        }
+        // A test that failed half-way (or killed `up`) must not leave replicas running: kill
+        // every process group the runtime still has a record of.
+        let Some(Ok(records)) = self
+            .home
+            .as_ref()
+            .map(|h| std::fs::read_dir(h.join("runtime")))
+        else {
+            return;
+        };
+        for entry in records.flatten() {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            if let Some(pid) = text.split_whitespace().next() {
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{pid}")])
+                    .status();
+            }
         }
     }
 }
@@ -878,6 +902,7 @@ fn up_follows_a_repository_and_applies_each_push() {
 fn ctrl_c_stops_the_replicas_and_the_embedded_database_and_a_second_one_stops_at_once() {
     let (dir, repo) = (Dir::new(), app_repo());
     let home = crate::util::open_tempdir();
+    let _database = StopsDatabase(home.path().to_owned());
     // `trap` makes the replicas ignore SIGTERM, so only the second Ctrl-C ends them quickly.
     dir.write(
         "shop.yaml",
@@ -975,10 +1000,18 @@ fn ctrl_c_stops_the_replicas_and_the_embedded_database_and_a_second_one_stops_at
             "{port} still served"
         );
     }
-    let _ = crate::util::meshploy()
-        .args(["db", "stop"])
-        .env("MESHPLOY_HOME", home.path())
-        .status();
+}
+
+/// Stops the embedded database under a home when dropped, also when a test fails.
+struct StopsDatabase(std::path::PathBuf);
+
+impl Drop for StopsDatabase {
+    fn drop(&mut self) {
+        let _ = crate::util::meshploy()
+            .args(["db", "stop"])
+            .env("MESHPLOY_HOME", &self.0)
+            .status();
+    }
 }
 
 fn interrupt(pid: u32) {
