@@ -808,7 +808,7 @@ fn the_serve_leader_runs_what_it_applies_from_git_and_stops_it_on_shutdown() {
             "1s",
         ],
     );
-    let (mut serve, _) = Process::announced(&mut command, "meshploy serve: API on");
+    let (mut serve, _) = Process::announced(&mut command, "meshploy serve: API and console on");
     let address: SocketAddr = wait_for(Duration::from_secs(60), || {
         db.psql("SELECT address FROM endpoints ORDER BY address LIMIT 1")
             .parse()

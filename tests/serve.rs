@@ -29,7 +29,7 @@ impl Serve {
             db.command(&cwd, &all)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null()),
-            "meshploy serve: API on",
+            "meshploy serve: API and console on",
         );
         Serve {
             process,

@@ -1,4 +1,5 @@
-//! The HTTP API: health, push webhooks, sync requests, the read endpoints and rollback.
+//! The HTTP API (health, push webhooks, sync requests, the read endpoints and rollback) and
+//! the console's pages, served together.
 //!
 //! Every replica serves it; none syncs directly. A verified webhook or sync request is
 //! turned into a NOTIFY that the leading reconciler acts on, so it works whichever replica a
@@ -6,8 +7,9 @@
 //! error's text.
 
 mod auth;
+mod console;
 pub mod openapi;
-mod read;
+pub(crate) mod read;
 mod server;
 pub mod tokens;
 mod webhook;
@@ -86,6 +88,7 @@ pub fn app(state: AppState) -> Router {
             post(webhook::github).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
         )
         .merge(authenticated)
+        .merge(console::routes(state.clone()))
         .fallback(not_found)
         .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
@@ -231,18 +234,29 @@ pub enum ApiError {
     Unavailable(String),
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, code) = match &self {
+impl ApiError {
+    /// The status and the code of the error's body.
+    fn answer(&self) -> (StatusCode, &'static str) {
+        match self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::Unavailable(detail) => {
-                tracing::error!(%detail, "database error while serving a request");
-                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-            }
-        };
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        self.answer().0
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.answer();
+        if let ApiError::Unavailable(detail) = &self {
+            tracing::error!(%detail, "database error while serving a request");
+        }
         let body = ErrorBody {
             error: ErrorDetail {
                 code,

@@ -19,18 +19,18 @@ use crate::{ApiError, AppState, auth};
 /// The query of a list: all text, so a bad value is this API's 400, not the framework's.
 #[derive(Debug, Default, Deserialize)]
 pub struct ListQuery {
-    limit: Option<String>,
-    cursor: Option<String>,
-    project: Option<String>,
-    service: Option<String>,
+    pub(crate) limit: Option<String>,
+    pub(crate) cursor: Option<String>,
+    pub(crate) project: Option<String>,
+    pub(crate) service: Option<String>,
 }
 
 /// A page of a list and the cursor of the next one.
 #[derive(Debug, Serialize, schemars::JsonSchema)]
 #[schemars(rename = "PageOf{T}")]
 pub struct Page<T> {
-    items: Vec<T>,
-    next_cursor: Option<String>,
+    pub(crate) items: Vec<T>,
+    pub(crate) next_cursor: Option<String>,
 }
 
 const DEFAULT_LIMIT: i64 = 50;
@@ -74,7 +74,7 @@ impl ListQuery {
     /// The position after which the page starts, as the cursor encodes it. A cursor is the
     /// position's bytes in lowercase hex, so every string of hex pairs is a position to
     /// start after (the OpenAPI document gives the pattern); anything else is refused.
-    fn after(&self) -> Result<Option<String>, ApiError> {
+    pub(crate) fn after(&self) -> Result<Option<String>, ApiError> {
         let Some(cursor) = &self.cursor else {
             return Ok(None);
         };
@@ -106,7 +106,7 @@ fn bad_cursor() -> ApiError {
     ApiError::BadRequest("the cursor is not one this API gave".into())
 }
 
-fn cursor(position: &str) -> String {
+pub(crate) fn cursor(position: &str) -> String {
     position.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -128,10 +128,10 @@ fn unavailable(error: impl std::fmt::Display) -> ApiError {
 
 #[derive(Debug, Serialize, sqlx::FromRow, schemars::JsonSchema)]
 pub struct ProjectItem {
-    name: String,
-    description: Option<String>,
-    source: String,
-    revision: i64,
+    pub(crate) name: String,
+    pub(crate) description: Option<String>,
+    pub(crate) source: String,
+    pub(crate) revision: i64,
 }
 
 /// `GET /api/v1/projects`
@@ -139,6 +139,13 @@ pub async fn projects(
     State(state): State<AppState>,
     query: ListQuery,
 ) -> Result<Response, ApiError> {
+    Ok(Json(project_page(&state.pool, &query).await?).into_response())
+}
+
+pub(crate) async fn project_page(
+    pool: &PgPool,
+    query: &ListQuery,
+) -> Result<Page<ProjectItem>, ApiError> {
     let limit = query.limit()?;
     let rows: Vec<ProjectItem> = sqlx::query_as(
         "SELECT name, fields->>'description' AS description, source, revision_id AS revision \
@@ -146,30 +153,30 @@ pub async fn projects(
     )
     .bind(query.after()?)
     .bind(limit + 1)
-    .fetch_all(&state.pool)
+    .fetch_all(pool)
     .await
     .map_err(unavailable)?;
-    Ok(Json(page(rows, limit, |p| p.name.clone())).into_response())
+    Ok(page(rows, limit, |p| p.name.clone()))
 }
 
 /// A service as the API shows it: what is applied, and what runs.
 #[derive(Debug, Serialize, sqlx::FromRow, schemars::JsonSchema)]
 pub struct ServiceItem {
-    project: String,
-    name: String,
-    source: String,
-    revision: i64,
-    image: Option<String>,
+    pub(crate) project: String,
+    pub(crate) name: String,
+    pub(crate) source: String,
+    pub(crate) revision: i64,
+    pub(crate) image: Option<String>,
     #[serde(rename = "git")]
-    source_git: Option<String>,
-    replicas: i32,
+    pub(crate) source_git: Option<String>,
+    pub(crate) replicas: i32,
     /// The serving deployment, else the newest.
-    deployment: Option<i64>,
-    state: Option<DeploymentState>,
-    release: Option<String>,
-    degraded: Option<String>,
+    pub(crate) deployment: Option<i64>,
+    pub(crate) state: Option<DeploymentState>,
+    pub(crate) release: Option<String>,
+    pub(crate) degraded: Option<String>,
     /// The deployment a rollback pinned the service to.
-    pinned_to: Option<i64>,
+    pub(crate) pinned_to: Option<i64>,
 }
 
 impl ServiceItem {
@@ -194,6 +201,13 @@ pub async fn services(
     State(state): State<AppState>,
     query: ListQuery,
 ) -> Result<Response, ApiError> {
+    Ok(Json(service_page(&state.pool, &query).await?).into_response())
+}
+
+pub(crate) async fn service_page(
+    pool: &PgPool,
+    query: &ListQuery,
+) -> Result<Page<ServiceItem>, ApiError> {
     let limit = query.limit()?;
     let (after_project, after_name) = query.after_key()?;
     let rows: Vec<ServiceItem> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -204,14 +218,13 @@ pub async fn services(
     .bind(after_project)
     .bind(after_name)
     .bind(limit + 1)
-    .fetch_all(&state.pool)
+    .fetch_all(pool)
     .await
     .map_err(unavailable)?;
     let rows = rows.into_iter().map(ServiceItem::redacted).collect();
-    Ok(Json(page(rows, limit, |s: &ServiceItem| {
+    Ok(page(rows, limit, |s: &ServiceItem| {
         format!("{}/{}", s.project, s.name)
     }))
-    .into_response())
 }
 
 /// `GET /api/v1/services/{project}/{name}`: the service with its applied fields.
@@ -220,32 +233,39 @@ pub async fn service(
     Path((project, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (project, name) = (clean(&project), clean(&name));
-    let item = one_service(&state.pool, &project, &name).await?;
+    let detail = service_detail(&state.pool, &clean(&project), &clean(&name)).await?;
+    tagged(&headers, &detail)
+}
+
+pub(crate) async fn service_detail(
+    pool: &PgPool,
+    project: &str,
+    name: &str,
+) -> Result<ServiceDetail, ApiError> {
+    let item = one_service(pool, project, name).await?;
     let spec: Option<serde_json::Value> =
         sqlx::query_scalar("SELECT fields FROM services WHERE project = $1 AND name = $2")
-            .bind(&project)
-            .bind(&name)
-            .fetch_optional(&state.pool)
+            .bind(project)
+            .bind(name)
+            .fetch_optional(pool)
             .await
             .map_err(unavailable)?;
     let mut spec = spec.unwrap_or_default();
     if let Some(url) = spec.get("source.git").and_then(|v| v.as_str()) {
         spec["source.git"] = git::redact(url).into();
     }
-    let detail = ServiceDetail {
+    Ok(ServiceDetail {
         service: item.redacted(),
         spec,
-    };
-    tagged(&headers, &detail)
+    })
 }
 
 /// One service: the list's item and its applied fields, named as in the manifest.
 #[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct ServiceDetail {
     #[serde(flatten)]
-    service: ServiceItem,
-    spec: serde_json::Value,
+    pub(crate) service: ServiceItem,
+    pub(crate) spec: serde_json::Value,
 }
 
 async fn one_service(pool: &PgPool, project: &str, name: &str) -> Result<ServiceItem, ApiError> {
@@ -290,21 +310,23 @@ fn tagged(headers: &HeaderMap, body: &impl Serialize) -> Result<Response, ApiErr
 
 #[derive(Debug, Serialize, sqlx::FromRow, schemars::JsonSchema)]
 pub struct DeploymentItem {
-    id: i64,
-    project: String,
-    service: String,
-    state: DeploymentState,
-    trigger: reconciler::names::DeployTrigger,
-    release: String,
-    revision: Option<i64>,
-    reason: Option<String>,
-    degraded: Option<String>,
+    pub(crate) id: i64,
+    pub(crate) project: String,
+    pub(crate) service: String,
+    pub(crate) state: DeploymentState,
+    pub(crate) trigger: reconciler::names::DeployTrigger,
+    pub(crate) release: String,
+    pub(crate) revision: Option<i64>,
+    /// The commit of the manifests that revision applied.
+    pub(crate) commit: Option<String>,
+    pub(crate) reason: Option<String>,
+    pub(crate) degraded: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     #[schemars(with = "String")]
-    queued_at: time::OffsetDateTime,
+    pub(crate) queued_at: time::OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
     #[schemars(with = "Option<String>")]
-    finished_at: Option<time::OffsetDateTime>,
+    pub(crate) finished_at: Option<time::OffsetDateTime>,
 }
 
 /// `GET /api/v1/deployments`, newest first.
@@ -312,23 +334,32 @@ pub async fn deployments(
     State(state): State<AppState>,
     query: ListQuery,
 ) -> Result<Response, ApiError> {
+    Ok(Json(deployment_page(&state.pool, &query).await?).into_response())
+}
+
+pub(crate) async fn deployment_page(
+    pool: &PgPool,
+    query: &ListQuery,
+) -> Result<Page<DeploymentItem>, ApiError> {
     let limit = query.limit()?;
-    let before = before_id(&query)?;
+    let before = before_id(query)?;
     let rows: Vec<DeploymentItem> = sqlx::query_as(
-        "SELECT id, project, service, state, trigger, release_digest AS release, \
-           revision_id AS revision, reason, degraded, queued_at, finished_at \
-         FROM deployments \
-         WHERE ($1::text IS NULL OR project = $1) AND ($2::text IS NULL OR service = $2) AND id < $3 \
-         ORDER BY id DESC LIMIT $4",
+        "SELECT d.id, d.project, d.service, d.state, d.trigger, d.release_digest AS release, \
+           d.revision_id AS revision, r.commit_id AS commit, d.reason, d.degraded, d.queued_at, \
+           d.finished_at \
+         FROM deployments d LEFT JOIN revisions r ON r.id = d.revision_id \
+         WHERE ($1::text IS NULL OR d.project = $1) AND ($2::text IS NULL OR d.service = $2) \
+           AND d.id < $3 \
+         ORDER BY d.id DESC LIMIT $4",
     )
     .bind(&query.project)
     .bind(&query.service)
     .bind(before)
     .bind(limit + 1)
-    .fetch_all(&state.pool)
+    .fetch_all(pool)
     .await
     .map_err(unavailable)?;
-    Ok(Json(page(rows, limit, |d| d.id.to_string())).into_response())
+    Ok(page(rows, limit, |d| d.id.to_string()))
 }
 
 /// What a rollback asks for: an earlier deployment, or by default the one before.
@@ -415,19 +446,26 @@ pub async fn source(
 
 #[derive(Debug, Serialize, sqlx::FromRow, schemars::JsonSchema)]
 pub struct RouteItem {
-    project: String,
-    name: String,
-    host: String,
-    path: String,
-    service: Option<String>,
-    port: Option<i32>,
-    upstream: Option<String>,
-    strip_prefix: bool,
-    source: String,
+    pub(crate) project: String,
+    pub(crate) name: String,
+    pub(crate) host: String,
+    pub(crate) path: String,
+    pub(crate) service: Option<String>,
+    pub(crate) port: Option<i32>,
+    pub(crate) upstream: Option<String>,
+    pub(crate) strip_prefix: bool,
+    pub(crate) source: String,
 }
 
 /// `GET /api/v1/routes`: host + path → target.
 pub async fn routes(State(state): State<AppState>, query: ListQuery) -> Result<Response, ApiError> {
+    Ok(Json(route_page(&state.pool, &query).await?).into_response())
+}
+
+pub(crate) async fn route_page(
+    pool: &PgPool,
+    query: &ListQuery,
+) -> Result<Page<RouteItem>, ApiError> {
     let limit = query.limit()?;
     let (after_project, after_name) = query.after_key()?;
     let rows: Vec<RouteItem> = sqlx::query_as(
@@ -439,10 +477,10 @@ pub async fn routes(State(state): State<AppState>, query: ListQuery) -> Result<R
     .bind(after_project)
     .bind(after_name)
     .bind(limit + 1)
-    .fetch_all(&state.pool)
+    .fetch_all(pool)
     .await
     .map_err(unavailable)?;
-    Ok(Json(page(rows, limit, |r| format!("{}/{}", r.project, r.name))).into_response())
+    Ok(page(rows, limit, |r| format!("{}/{}", r.project, r.name)))
 }
 
 /// A variable group: its variables with their values, its secrets by name only.
@@ -509,21 +547,28 @@ pub async fn revisions(
     State(state): State<AppState>,
     query: ListQuery,
 ) -> Result<Response, ApiError> {
+    Ok(Json(revision_page(&state.pool, &query).await?).into_response())
+}
+
+pub(crate) async fn revision_page(
+    pool: &PgPool,
+    query: &ListQuery,
+) -> Result<Page<reconciler::store::Revision>, ApiError> {
     let limit = query.limit()?;
-    let before = before_id(&query)?;
+    let before = before_id(query)?;
     let rows: Vec<reconciler::store::Revision> = sqlx::query_as(
         "SELECT id, applied_at, actor, source, commit_id, added, changed, destroyed \
          FROM revisions WHERE id < $1 ORDER BY id DESC LIMIT $2",
     )
     .bind(before)
     .bind(limit + 1)
-    .fetch_all(&state.pool)
+    .fetch_all(pool)
     .await
     .map_err(unavailable)?;
-    Ok(Json(page(rows, limit, |r| r.id.to_string())).into_response())
+    Ok(page(rows, limit, |r| r.id.to_string()))
 }
 
-fn before_id(query: &ListQuery) -> Result<i64, ApiError> {
+pub(crate) fn before_id(query: &ListQuery) -> Result<i64, ApiError> {
     match query.after()? {
         None => Ok(i64::MAX),
         Some(text) => text.parse().map_err(|_| bad_cursor()),
@@ -551,17 +596,27 @@ pub async fn revision(
     Path(text): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let number = id(&text, "revision")?;
-    let found = reconciler::store::revision(&state.pool, number)
-        .await
-        .map_err(unavailable)?
-        .ok_or_else(|| ApiError::NotFound(format!("no revision {number}")))?;
-    let plan: reconciler::plan::Plan = serde_json::from_str(&found.plan).map_err(unavailable)?;
+    let (revision, plan) = revision_with_plan(&state.pool, &text).await?;
     let detail = RevisionDetail {
-        revision: found.revision,
+        revision,
         plan: reconciler::plan::render::json(&plan),
     };
     tagged(&headers, &detail)
+}
+
+/// The revision numbered `text` and the plan it applied (which holds secrets' digests: render
+/// it, never send it).
+pub(crate) async fn revision_with_plan(
+    pool: &PgPool,
+    text: &str,
+) -> Result<(reconciler::store::Revision, reconciler::plan::Plan), ApiError> {
+    let number = id(text, "revision")?;
+    let found = reconciler::store::revision(pool, number)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| ApiError::NotFound(format!("no revision {number}")))?;
+    let plan = serde_json::from_str(&found.plan).map_err(unavailable)?;
+    Ok((found.revision, plan))
 }
 
 /// `GET /api/v1/builds/{id}`
@@ -602,7 +657,7 @@ pub async fn build_logs(
     logs(state, selection, query, headers).await
 }
 
-async fn logs(
+pub(crate) async fn logs(
     State(state): State<AppState>,
     selection: builder::logs::Selection,
     query: ListQuery,

@@ -128,6 +128,55 @@ pub async fn verify(pool: &PgPool, presented: &str) -> Result<Option<Caller>, To
     Ok(found)
 }
 
+/// How long a console login lasts.
+pub const SESSION_HOURS: i64 = 12;
+
+/// Opens a console session for the token `name`: returns the cookie's value, the only
+/// time it exists outside the browser (the database keeps its digest). Expired sessions
+/// are removed on the way.
+pub async fn open_session(pool: &PgPool, name: &str) -> Result<String, TokenError> {
+    sqlx::query("DELETE FROM console_sessions WHERE expires_at < now()")
+        .execute(pool)
+        .await
+        .map_err(db("removing expired sessions"))?;
+    let session = reconciler::secrets::generate_key();
+    sqlx::query(
+        "INSERT INTO console_sessions (sha256, token, expires_at) \
+         VALUES ($1, $2, now() + make_interval(hours => $3::int))",
+    )
+    .bind(&digest(&session)[..])
+    .bind(name)
+    .bind(i32::try_from(SESSION_HOURS).unwrap_or(12))
+    .execute(pool)
+    .await
+    .map_err(db("opening a session"))?;
+    Ok(session)
+}
+
+/// The caller a session cookie belongs to, while the session and its token last. The
+/// lookup is by the digest of a random value, which tells an observer nothing about it.
+pub async fn session(pool: &PgPool, cookie: &str) -> Result<Option<Caller>, TokenError> {
+    sqlx::query_as(
+        "SELECT t.name, t.scope FROM console_sessions s JOIN api_tokens t ON t.name = s.token \
+         WHERE s.sha256 = $1 AND s.expires_at > now()",
+    )
+    .bind(&digest(cookie)[..])
+    .fetch_optional(pool)
+    .await
+    .map(|row: Option<(String, TokenScope)>| row.map(|(name, scope)| Caller { name, scope }))
+    .map_err(db("checking a session"))
+}
+
+/// Ends a session (logging out).
+pub async fn close_session(pool: &PgPool, cookie: &str) -> Result<(), TokenError> {
+    sqlx::query("DELETE FROM console_sessions WHERE sha256 = $1")
+        .bind(&digest(cookie)[..])
+        .execute(pool)
+        .await
+        .map_err(db("closing a session"))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

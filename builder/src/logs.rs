@@ -58,9 +58,10 @@ pub struct LogWriter {
     task: JoinHandle<()>,
 }
 
-/// Lines per batch, and the longest a line waits to be stored.
+/// Lines per batch, and the longest a line waits to be stored: short, so that a console
+/// following the log shows a line well within a second of its being written.
 const BATCH: usize = 500;
-const FLUSH_EVERY: Duration = Duration::from_secs(1);
+const FLUSH_EVERY: Duration = Duration::from_millis(200);
 
 impl LogWriter {
     /// Starts the writer of `owner`'s stream, keeping at most `limit` lines.

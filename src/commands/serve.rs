@@ -40,7 +40,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     let address = listener.local_addr()?;
     let names: Vec<&str> = sources.iter().map(|(s, _)| s.name.as_str()).collect();
     eprintln!(
-        "meshploy serve: API on http://{address}, tracking {}",
+        "meshploy serve: API and console on http://{address}, tracking {}",
         names.join(", ")
     );
     let daemon = Daemon {

@@ -64,7 +64,9 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
         api::Limits::default(),
         until(stopped.clone()),
     ));
-    eprintln!("meshploy up: proxy on http://{proxy_address}, API on http://{api_address}");
+    eprintln!(
+        "meshploy up: proxy on http://{proxy_address}, API and console on http://{api_address}"
+    );
     let follow = match source {
         None => {
             let dir = args.dir.clone();

@@ -48,7 +48,7 @@ pub fn summary_line(plan: &Plan) -> String {
 }
 
 /// The adopted resources, one per line, before the changes.
-fn adoption(plan: &Plan) -> String {
+pub fn adoption(plan: &Plan) -> String {
     let Some(adoption) = &plan.adoption else {
         return String::new();
     };
@@ -68,7 +68,8 @@ fn paint(text: &str, code: &str, color: bool) -> String {
     }
 }
 
-fn block(change: &Change, color: bool) -> String {
+/// One change as `text` shows it: its heading, then a line per field.
+pub fn block(change: &Change, color: bool) -> String {
     let (verb, sign, code) = match change.action {
         Action::Create => ("will be created", "  +", "32"),
         Action::Update => ("will be updated in-place", "  ~", "33"),

@@ -24,8 +24,8 @@ use sqlx::migrate::Migrator;
 pub use deliveries::remember_delivery;
 pub use revisions::{CHANNEL, Revision, RevisionMeta, RevisionPlan, revision, revisions};
 pub use sources::{
-    Attempt, LatestAttempt, SYNC_CHANNEL, SourcePosition, SourceRow, SourceStatus,
-    interrupt_applying, latest_attempt, mark_applying, record_attempt, request_sync,
+    Attempt, LatestAttempt, PastAttempt, SYNC_CHANNEL, SourcePosition, SourceRow, SourceStatus,
+    interrupt_applying, latest_attempt, mark_applying, past_attempts, record_attempt, request_sync,
     source_position, source_statuses, take_sync_requests, touch_source, upsert_source,
 };
 pub use state::{Live, Stored, load_state, stored_resources};

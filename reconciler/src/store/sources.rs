@@ -86,6 +86,41 @@ pub async fn source_statuses(pool: &PgPool) -> Result<Vec<SourceStatus>, Error> 
     .map_err(db("reading the sources"))
 }
 
+/// A recorded attempt, as the console lists a source's history.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct PastAttempt {
+    pub id: i64,
+    pub trigger: Trigger,
+    pub finished_at: time::OffsetDateTime,
+    pub commit_id: Option<String>,
+    pub rewritten_from: Option<String>,
+    pub outcome: AttemptOutcome,
+    pub message: Option<String>,
+    pub detail: Option<serde_json::Value>,
+    pub revision_id: Option<i64>,
+    pub total_ms: i32,
+}
+
+/// Up to `limit` attempts of `source` older than attempt `before`, newest first.
+pub async fn past_attempts(
+    pool: &PgPool,
+    source: &str,
+    before: i64,
+    limit: i64,
+) -> Result<Vec<PastAttempt>, Error> {
+    sqlx::query_as(
+        "SELECT id, trigger, finished_at, commit_id, rewritten_from, outcome, message, detail, \
+                revision_id, total_ms \
+         FROM sync_attempts WHERE source = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
+    )
+    .bind(source)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(db("reading a source's attempts"))
+}
+
 /// Where a source stands before a sync: its state and last applied commit.
 #[derive(Clone, Debug, Default, sqlx::FromRow)]
 pub struct SourcePosition {
