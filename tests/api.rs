@@ -15,14 +15,14 @@ use crate::util::{Db, Dir};
 
 /// `shop` with services `s0`..`s{n-1}` and a route, applied; a `read` and an `operate`
 /// token made with the CLI.
-struct Seeded {
-    db: Db,
-    dir: Dir,
-    read: String,
-    operate: String,
+pub struct Seeded {
+    pub db: Db,
+    pub dir: Dir,
+    pub read: String,
+    pub operate: String,
 }
 
-fn seeded(services: usize) -> Seeded {
+pub fn seeded(services: usize) -> Seeded {
     let (db, dir) = (Db::new(), Dir::new());
     dir.write("project.yaml", PROJECT);
     for i in 0..services {
@@ -42,13 +42,13 @@ fn seeded(services: usize) -> Seeded {
 }
 
 /// A new token made with the CLI.
-fn token(db: &Db, dir: &Dir, name: &str, scope: &str) -> String {
+pub fn token(db: &Db, dir: &Dir, name: &str, scope: &str) -> String {
     let made = db.meshploy(dir, &["token", "create", "--name", name, "--scope", scope]);
     assert_eq!(made.code, 0, "{}", made.stderr);
     made.stdout.trim().to_owned()
 }
 
-async fn app(db: &Db, anonymous_read: bool) -> axum::Router {
+pub async fn app(db: &Db, anonymous_read: bool) -> axum::Router {
     let pool = sqlx::PgPool::connect(&db.url()).await.expect("connect");
     api::app(api::AppState {
         pool,

@@ -12,8 +12,9 @@ use crate::secret::{encrypt, keygen};
 use crate::util::{Db, Dir, Remote, wait_for};
 
 /// The service every test runs: answers `MESSAGE` (and, for `/secret`, whether `TOKEN` has
-/// the value the test expects, without saying it), `/healthz` with `HEALTH_STATUS`; with
-/// `CRASH_AFTER`, it dies that many seconds after it starts, saying why.
+/// the value the test expects, without saying it), `/healthz` with `HEALTH_STATUS`; prints
+/// what follows `/say/` in a path; with `CRASH_AFTER`, it dies that many seconds after it
+/// starts, saying why.
 const APP: &str = r#"import hashlib, os, sys, threading, time, http.server
 port = int(os.environ["PORT"])
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -25,6 +26,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             body = hashlib.sha256(os.environ.get("TOKEN", "").encode()).hexdigest()
         if self.path == "/built":
             body = open("built.txt").read().strip()
+        if self.path.startswith("/say/"):
+            print(self.path[len("/say/"):], flush=True)
         data = (body + "\n").encode()
         self.send_response(code)
         self.send_header("content-length", str(len(data)))
@@ -43,7 +46,7 @@ http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
 "#;
 
 /// A pushed repository holding the app.
-fn app_repo() -> Remote {
+pub fn app_repo() -> Remote {
     let remote = Remote::new();
     remote.write("app/server.py", APP);
     // 100 MB of output (100,000 lines) before it serves.
@@ -78,11 +81,12 @@ fn web(dir: &Dir, repo: &Remote, spec: &str) {
     dir.write("shop.yaml", manifests(&repo.bare(), "true", spec));
 }
 
-/// `meshploy up` on a directory, stopped with SIGTERM (as Ctrl-C would) when dropped, so the
-/// services it runs stop with it.
-struct Up {
+/// `meshploy up` on a directory (or `serve` with a runtime), stopped with SIGTERM (as Ctrl-C
+/// would) when dropped, so the services it runs stop with it.
+pub struct Up {
     process: Option<Process>,
-    proxy: SocketAddr,
+    /// The first address it announced: the proxy's for `up`, the API's for `serve`.
+    address: SocketAddr,
     /// Its MESHPLOY_HOME, whose runtime records name the replicas it runs.
     home: Option<std::path::PathBuf>,
 }
@@ -114,16 +118,25 @@ impl Up {
     }
 
     fn announced(command: &mut std::process::Command) -> Up {
+        Up::announcing(command, "meshploy up: proxy on")
+    }
+
+    /// Starts `command` and waits for its line that holds `announcement`.
+    pub fn announcing(command: &mut std::process::Command, announcement: &str) -> Up {
         let home = command
             .get_envs()
             .find(|(name, _)| *name == "MESHPLOY_HOME")
             .and_then(|(_, value)| value.map(std::path::PathBuf::from));
-        let (process, addresses) = Process::announced(command, "meshploy up: proxy on");
+        let (process, addresses) = Process::announced(command, announcement);
         Up {
             process: Some(process),
-            proxy: addresses[0],
+            address: addresses[0],
             home,
         }
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
     }
 
     /// SIGKILL: nothing of `up` gets to clean up.
@@ -138,7 +151,7 @@ impl Up {
     /// GET `path` on web.test through the proxy: the status and body, or `None` when the
     /// proxy could not be reached.
     fn get(&self, path: &str) -> Option<(u16, String)> {
-        get(self.proxy, "web.test", path)
+        get(self.address, "web.test", path)
     }
 }
 
@@ -169,7 +182,7 @@ impl Drop for Up {
     }
 }
 
-fn get(proxy: SocketAddr, host: &str, path: &str) -> Option<(u16, String)> {
+pub fn get(proxy: SocketAddr, host: &str, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(proxy).ok()?;
     stream
@@ -280,7 +293,7 @@ fn a_source_service_is_built_by_its_command_and_served_through_the_proxy() {
     })
     .expect("the route change is applied");
     let found = wait_for(Duration::from_secs(10), || {
-        get(up.proxy, "www.test", "/").filter(|(_, body)| body == "first")
+        get(up.address, "www.test", "/").filter(|(_, body)| body == "first")
     });
     assert!(found.is_some(), "www.test is not served");
     // The controller has woken on the apply; give it a resync too.
@@ -306,7 +319,7 @@ fn an_env_change_rolls_out_while_requests_flow_with_none_failing() {
     let stop = Arc::new(AtomicBool::new(false));
     let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let client = {
-        let (stop, sent, failed, proxy) = (stop.clone(), sent.clone(), failed.clone(), up.proxy);
+        let (stop, sent, failed, proxy) = (stop.clone(), sent.clone(), failed.clone(), up.address);
         std::thread::spawn(move || {
             let mut answers = Vec::new();
             while !stop.load(Ordering::SeqCst) {
@@ -774,7 +787,7 @@ fn the_readme_example_is_built_from_this_repository_and_served() {
     let example = crate::util::repo_root().join("examples/local");
     let up = Up::of(&db, &dir, &example.display().to_string(), &[]);
     let answer = wait_for(Duration::from_secs(120), || {
-        get(up.proxy, "hello.localhost", "/").filter(|(status, _)| *status == 200)
+        get(up.address, "hello.localhost", "/").filter(|(status, _)| *status == 200)
     });
     let (_, body) = answer.unwrap_or_else(|| panic!("not served: {:#?}", deployments(&db)));
     assert!(body.starts_with("Hello from the replica on port"), "{body}");

@@ -1,6 +1,8 @@
 //! End-to-end tests: they drive the `meshploy` binary as a user would.
 
 mod api;
+mod browser;
+mod console;
 mod embedded_db;
 // Shared with the benchmarks; the tests use only the repository writer.
 mod fixtures;

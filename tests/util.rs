@@ -442,3 +442,22 @@ pub fn python_tool(command: &str, requirement: &str) -> PathBuf {
     }
     program
 }
+
+/// Debian's ChromeDriver, installed with Chromium by `tests/install-chromium.sh` on first use,
+/// so a fresh machine needs nothing done by hand.
+pub fn chromedriver() -> PathBuf {
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _installing = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
+    let driver = PathBuf::from("/usr/bin/chromedriver");
+    if !driver.exists() {
+        let installed = Command::new("bash")
+            .arg(repo_root().join("tests/install-chromium.sh"))
+            .status()
+            .expect("run tests/install-chromium.sh");
+        assert!(
+            installed.success(),
+            "cannot install chromium and chromium-driver"
+        );
+    }
+    driver
+}
