@@ -227,6 +227,38 @@ pub struct PlanArgs {
     pub db: DbArgs,
     #[command(flatten)]
     pub keys: KeyArgs,
+    #[command(flatten)]
+    pub comment: CommentArgs,
+}
+
+/// Posting the plan to a pull request from CI, as the server does for webhooks.
+#[derive(Debug, Args)]
+pub struct CommentArgs {
+    /// Post the plan as the pull request's plan comment (created once, then edited in place)
+    /// and set the commit status `meshploy/plan/SOURCE`.
+    #[arg(long, value_name = "OWNER/NAME#N")]
+    pub comment: Option<forge::PullRef>,
+    /// The pull request's head commit, which the status is set on. Default: the commit the
+    /// manifests were read from (with --repo).
+    #[arg(long, value_name = "SHA", requires = "comment")]
+    pub head: Option<String>,
+    #[arg(long, value_enum, default_value_t = ForgeKind::Github, requires = "comment")]
+    pub forge: ForgeKind,
+    /// The forge's API base URL. Default for GitHub: `GITHUB_API_URL`, else
+    /// https://api.github.com; Gitea needs it (`https://HOST/api/v1`).
+    #[arg(long, value_name = "URL", requires = "comment")]
+    pub forge_api: Option<String>,
+    /// A file holding the forge token. Default: MESHPLOY_FORGE_TOKEN, else GITHUB_TOKEN.
+    #[arg(long, value_name = "FILE", requires = "comment")]
+    pub forge_token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ForgeKind {
+    /// GitHub or GitHub Enterprise.
+    Github,
+    /// Gitea or Forgejo.
+    Gitea,
 }
 
 #[derive(Debug, Args)]

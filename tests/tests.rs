@@ -6,6 +6,7 @@ mod console;
 mod embedded_db;
 // Shared with the benchmarks; the tests use only the repository writer.
 mod fixtures;
+mod forge;
 #[allow(dead_code)]
 #[path = "../examples/support/generate.rs"]
 mod generate;

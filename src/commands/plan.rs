@@ -8,10 +8,13 @@ use reconciler::plan::{Plan, render};
 use reconciler::{apply, pipeline};
 
 use super::{color, guard, keyring, validate};
-use crate::cli::{PlanArgs, PlanFormat};
+use crate::cli::{CommentArgs, ForgeKind, PlanArgs, PlanFormat};
 use crate::{database, manifests};
 
 pub async fn run(args: PlanArgs) -> Result<ExitCode> {
+    if let Some(pr) = &args.comment.comment {
+        return comment(&args, pr).await;
+    }
     let home = database::home(args.db.home.clone())?;
     let manifests = manifests::read(&args.dir, &args.from, &home).await?;
     let state = validate::load(&manifests)?;
@@ -56,4 +59,94 @@ pub fn print(plan: &Plan, format: PlanFormat, title: &str) {
             render::markdown(plan, &format!("Meshploy plan for `{title}`"))
         ),
     }
+}
+
+/// `plan --comment`: the review the server makes of a pull request, from a CI job. Invalid
+/// manifests, a refused plan and any other failure are posted too, then reported here.
+async fn comment(args: &PlanArgs, pr: &forge::PullRef) -> Result<ExitCode> {
+    let home = database::home(args.db.home.clone())?;
+    let manifests = manifests::read(&args.dir, &args.from, &home).await?;
+    let head = args
+        .comment
+        .head
+        .clone()
+        .or_else(|| manifests.commit.clone())
+        .context("give --head SHA: the pull request's head commit, which the status is set on")?;
+    let client = forge_client(&args.comment)?;
+    let pool = database::connect(&args.db, "plan").await?;
+    let keys = keyring(&args.keys)?;
+    let source = &manifests.source;
+    forge::review::mark_outdated(&client, pr, source, &head).await?;
+    let review = forge::review::plan(
+        &pool,
+        source,
+        manifests.files.clone(),
+        keys.as_ref(),
+        &guard(&args.guard),
+    )
+    .await;
+    let published = forge::review::publish(&client, pr, source, &head, &review, None).await?;
+    let done = match published {
+        forge::review::Published::Created(id) => format!("posted comment {id}"),
+        forge::review::Published::Edited(id) => format!("updated comment {id}"),
+        forge::review::Published::Unchanged(id) => format!("comment {id} is up to date"),
+    };
+    eprintln!("{pr}: {done}; status meshploy/plan/{source} set on {head}.");
+    match review {
+        forge::Review::Planned { plan, refusals } => {
+            print(&plan, args.format, &manifests.label);
+            for refusal in &refusals {
+                eprintln!("error: {refusal}");
+            }
+            Ok(if refusals.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        forge::Review::Invalid { diagnostics } => {
+            for diagnostic in diagnostics {
+                eprintln!("{}", diagnostic.redacted().one_line());
+            }
+            Ok(ExitCode::FAILURE)
+        }
+        forge::Review::Failed { reason } => {
+            eprintln!("error: {reason}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// The forge client `--forge`, `--forge-api` and the token describe.
+fn forge_client(args: &CommentArgs) -> Result<forge::Client> {
+    let token = match &args.forge_token_file {
+        Some(file) => std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the forge token from {}", file.display()))?,
+        None => std::env::var("MESHPLOY_FORGE_TOKEN")
+            .or_else(|_| std::env::var("GITHUB_TOKEN"))
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+            .context(
+                "no forge token: give --forge-token-file FILE, or set MESHPLOY_FORGE_TOKEN (or GITHUB_TOKEN)",
+            )?,
+    };
+    if token.trim().is_empty() {
+        anyhow::bail!("the forge token is empty");
+    }
+    let (kind, api) = match args.forge {
+        ForgeKind::Github => (
+            forge::Kind::GitHub,
+            args.forge_api
+                .clone()
+                .or_else(|| std::env::var("GITHUB_API_URL").ok())
+                .unwrap_or_else(|| "https://api.github.com".to_owned()),
+        ),
+        ForgeKind::Gitea => (
+            forge::Kind::Gitea,
+            args.forge_api
+                .clone()
+                .context("give --forge-api https://HOST/api/v1 for a Gitea or Forgejo forge")?,
+        ),
+    };
+    Ok(forge::Client::new(kind, &api, &token)?)
 }

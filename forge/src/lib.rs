@@ -1,0 +1,10 @@
+//! Pull requests: a forge client (GitHub, Gitea/Forgejo) behind one small trait, the plan
+//! comment and commit status as values (`comment`, pure), and the review that plans a pull
+//! request's head read-only and publishes it (`review`).
+
+pub mod client;
+pub mod comment;
+pub mod review;
+
+pub use client::{Client, Forge, ForgeError, Kind, PullRef};
+pub use comment::Review;

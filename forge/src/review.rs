@@ -1,0 +1,108 @@
+//! Reviewing a pull request for one source: plan its manifests against the live state,
+//! read-only, and publish the plan as the one comment of (pull request, source) and a commit
+//! status. Used by the server on pull-request webhooks and by `meshploy plan --comment`.
+
+use reconciler::plan::Guard;
+use reconciler::secrets::Keyring;
+use reconciler::{Error, apply, pipeline};
+use schema::{Limits, ManifestFile};
+use sqlx::PgPool;
+
+use crate::client::{Forge, ForgeError, PullRef, Status};
+use crate::comment::{self, Review};
+
+/// Plans `files` (the manifests at a pull request's head) as `source` against the live
+/// state. Nothing is locked or written: the plan is a preview, as `meshploy plan` makes.
+pub async fn plan(
+    pool: &PgPool,
+    source: &str,
+    files: Vec<ManifestFile>,
+    keys: Option<&Keyring>,
+    guard: &Guard,
+) -> Review {
+    let loaded = tokio::task::spawn_blocking(move || schema::load(&files, &Limits::default()))
+        .await
+        .map_err(|e| e.to_string());
+    let state = match loaded {
+        Ok(Ok(state)) => state,
+        Ok(Err(diagnostics)) => return Review::Invalid { diagnostics },
+        Err(reason) => return Review::Failed { reason },
+    };
+    let planned = match apply::prepare_for(pool, &state, keys).await {
+        Ok(desired) => {
+            pipeline::preview(pool, pipeline::Owner::source(source), desired, guard).await
+        }
+        Err(error) => Err(error),
+    };
+    match planned {
+        Ok(preview) => Review::Planned {
+            plan: preview.plan,
+            refusals: preview.refusals,
+        },
+        Err(Error::Invalid(diagnostics)) => Review::Invalid { diagnostics },
+        Err(error) => Review::Failed {
+            reason: error.to_string(),
+        },
+    }
+}
+
+/// What publishing did to the comment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Published {
+    Created(u64),
+    Edited(u64),
+    /// The comment said exactly this already.
+    Unchanged(u64),
+}
+
+/// Marks `source`'s comment on `pr` as describing an older commit than `head`, before the
+/// new plan is made. Returns whether a comment was marked.
+pub async fn mark_outdated(
+    forge: &impl Forge,
+    pr: &PullRef,
+    source: &str,
+    head: &str,
+) -> Result<bool, ForgeError> {
+    let comments = forge.comments(pr).await?;
+    let Some(existing) = comment::find(&comments, source) else {
+        return Ok(false);
+    };
+    match comment::outdated(&existing.body, head) {
+        Some(body) => {
+            forge.edit_comment(pr, existing.id, &body).await?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// Puts `review` of `source` at `head` on `pr`: the comment is created once, then edited in
+/// place, and left alone when its text would not change; then the commit status is set.
+pub async fn publish(
+    forge: &impl Forge,
+    pr: &PullRef,
+    source: &str,
+    head: &str,
+    review: &Review,
+    target_url: Option<String>,
+) -> Result<Published, ForgeError> {
+    let body = comment::body(source, head, review);
+    let comments = forge.comments(pr).await?;
+    let published = match comment::find(&comments, source) {
+        Some(existing) if existing.body == body => Published::Unchanged(existing.id),
+        Some(existing) => {
+            forge.edit_comment(pr, existing.id, &body).await?;
+            Published::Edited(existing.id)
+        }
+        None => Published::Created(forge.create_comment(pr, &body).await?.id),
+    };
+    let (state, context, description) = comment::status(source, review);
+    let status = Status {
+        state,
+        context,
+        description,
+        target_url,
+    };
+    forge.set_status(&pr.repo, head, &status).await?;
+    Ok(published)
+}

@@ -1,0 +1,607 @@
+//! Plan comments and commit statuses against an in-process fake forge over real HTTP (axum on
+//! loopback) that keeps comments and statuses as GitHub or Gitea does, enforces GitHub's
+//! limits (422 for a body over 65,536 characters or a status description over 140), pages
+//! comments with `Link` headers (GitHub) or answers them all at once (Gitea), and records
+//! every call. Driven through `meshploy plan --comment`, as a CI job would.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post};
+use serde_json::{Value, json};
+
+use crate::fixtures::{PROJECT, route, service};
+use crate::util::{Db, Dir, Run};
+
+const TOKEN: &str = "forge-token-9d7c1e";
+
+/// What the fake forge keeps.
+#[derive(Debug, Default)]
+pub struct Forge {
+    /// Comments by pull request (`owner/name#N`), oldest first: (id, body).
+    pub comments: BTreeMap<String, Vec<(u64, String)>>,
+    /// Statuses by commit, oldest first.
+    pub statuses: BTreeMap<String, Vec<StatusSet>>,
+    /// Every call: `METHOD path`.
+    pub calls: Vec<String>,
+    next_id: u64,
+    /// Comments per page (GitHub flavour).
+    pub per_page: usize,
+    /// Gitea flavour: comments in one answer with `X-Total-Count`, no `Link`.
+    pub gitea: bool,
+}
+
+/// A status as set: (context, state, description, target URL).
+#[derive(Debug)]
+pub struct StatusSet(String, String, String, Option<String>);
+
+type Shared = Arc<Mutex<Forge>>;
+
+/// A fake forge on a loopback port, served until the test ends.
+pub struct FakeForge {
+    pub state: Shared,
+    pub address: SocketAddr,
+}
+
+impl FakeForge {
+    pub async fn start(gitea: bool, per_page: usize) -> FakeForge {
+        let state: Shared = Arc::new(Mutex::new(Forge {
+            per_page,
+            gitea,
+            next_id: 100,
+            ..Forge::default()
+        }));
+        let app = axum::Router::new()
+            .route(
+                "/repos/{owner}/{name}/issues/{number}/comments",
+                get(list_comments).post(create_comment),
+            )
+            .route(
+                "/repos/{owner}/{name}/issues/comments/{id}",
+                patch(edit_comment),
+            )
+            .route("/repos/{owner}/{name}/statuses/{sha}", post(set_status))
+            .layer(axum::middleware::from_fn_with_state(state.clone(), record))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the fake forge");
+        let address = listener.local_addr().expect("its address");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        FakeForge { state, address }
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    pub fn forge(&self) -> std::sync::MutexGuard<'_, Forge> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Someone else's comment on `pr`.
+    pub fn add_comment(&self, pr: &str, body: &str) {
+        let mut forge = self.forge();
+        forge.next_id += 1;
+        let id = forge.next_id;
+        forge
+            .comments
+            .entry(pr.to_owned())
+            .or_default()
+            .push((id, body.to_owned()));
+    }
+}
+
+/// Records each call and refuses a missing or wrong token, as a forge would.
+async fn record(
+    State(state): State<Shared>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let line = format!("{} {}", request.method(), request.uri());
+    let gitea = {
+        let mut forge = state.lock().unwrap_or_else(|e| e.into_inner());
+        forge.calls.push(line);
+        forge.gitea
+    };
+    let expected = if gitea {
+        format!("token {TOKEN}")
+    } else {
+        format!("Bearer {TOKEN}")
+    };
+    let presented = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    if presented != Some(expected.as_str()) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"message": "Bad credentials"})),
+        )
+            .into_response();
+    }
+    next.run(request).await
+}
+
+fn unprocessable(message: &str) -> Response {
+    (
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Json(json!({"message": "Validation Failed", "errors": [{"message": message}]})),
+    )
+        .into_response()
+}
+
+async fn list_comments(
+    State(state): State<Shared>,
+    Path((owner, name, number)): Path<(String, String, u64)>,
+    Query(query): Query<BTreeMap<String, String>>,
+    request_headers: HeaderMap,
+) -> Response {
+    let host = request_headers
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let forge = state.lock().unwrap_or_else(|e| e.into_inner());
+    let key = format!("{owner}/{name}#{number}");
+    let all: Vec<Value> = forge
+        .comments
+        .get(&key)
+        .map(|c| {
+            c.iter()
+                .map(|(id, body)| json!({"id": id, "body": body}))
+                .collect()
+        })
+        .unwrap_or_default();
+    if forge.gitea {
+        let count = all.len().to_string();
+        return ([("x-total-count", count)], Json(all)).into_response();
+    }
+    let per_page = forge.per_page;
+    let page: usize = query.get("page").and_then(|p| p.parse().ok()).unwrap_or(1);
+    let pages = all.len().div_ceil(per_page).max(1);
+    let items: Vec<Value> = all
+        .into_iter()
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .collect();
+    let mut headers = HeaderMap::new();
+    if page < pages {
+        let link = format!(
+            "</repos/{owner}/{name}/issues/{number}/comments?per_page=100&page={}>; rel=\"next\", </repos/{owner}/{name}/issues/{number}/comments?per_page=100&page={pages}>; rel=\"last\"",
+            page + 1
+        );
+        // GitHub's links are absolute.
+        headers.insert(
+            "link",
+            link.replace('<', &format!("<http://{host}"))
+                .parse()
+                .expect("a header value"),
+        );
+    }
+    (headers, Json(items)).into_response()
+}
+
+/// The comment body of a request, unless it is over GitHub's limit.
+fn body_of(request: &Value) -> Option<String> {
+    let body = request["body"].as_str().unwrap_or_default().to_owned();
+    (body.chars().count() <= 65_536).then_some(body)
+}
+
+const TOO_LONG: &str = "body is too long (maximum is 65536 characters)";
+
+async fn create_comment(
+    State(state): State<Shared>,
+    Path((owner, name, number)): Path<(String, String, u64)>,
+    Json(request): Json<Value>,
+) -> Response {
+    let Some(body) = body_of(&request) else {
+        return unprocessable(TOO_LONG);
+    };
+    let mut forge = state.lock().unwrap_or_else(|e| e.into_inner());
+    forge.next_id += 1;
+    let id = forge.next_id;
+    forge
+        .comments
+        .entry(format!("{owner}/{name}#{number}"))
+        .or_default()
+        .push((id, body.clone()));
+    (StatusCode::CREATED, Json(json!({"id": id, "body": body}))).into_response()
+}
+
+async fn edit_comment(
+    State(state): State<Shared>,
+    Path((owner, name, id)): Path<(String, String, u64)>,
+    Json(request): Json<Value>,
+) -> Response {
+    let Some(body) = body_of(&request) else {
+        return unprocessable(TOO_LONG);
+    };
+    let mut forge = state.lock().unwrap_or_else(|e| e.into_inner());
+    let prefix = format!("{owner}/{name}#");
+    let found = forge
+        .comments
+        .iter_mut()
+        .filter(|(pr, _)| pr.starts_with(&prefix))
+        .flat_map(|(_, comments)| comments.iter_mut())
+        .find(|(c, _)| *c == id);
+    match found {
+        Some(comment) => {
+            comment.1 = body.clone();
+            Json(json!({"id": id, "body": body})).into_response()
+        }
+        None => (StatusCode::NOT_FOUND, Json(json!({"message": "Not Found"}))).into_response(),
+    }
+}
+
+async fn set_status(
+    State(state): State<Shared>,
+    Path((_owner, _name, sha)): Path<(String, String, String)>,
+    Json(request): Json<Value>,
+) -> Response {
+    let description = request["description"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    if description.chars().count() > 140 {
+        return unprocessable("description is too long (maximum is 140 characters)");
+    }
+    let state_name = request["state"].as_str().unwrap_or_default().to_owned();
+    if !["pending", "success", "failure", "error"].contains(&state_name.as_str()) {
+        return unprocessable("state is not included in the list");
+    }
+    let mut forge = state.lock().unwrap_or_else(|e| e.into_inner());
+    forge.statuses.entry(sha).or_default().push(StatusSet(
+        request["context"].as_str().unwrap_or_default().to_owned(),
+        state_name,
+        description,
+        request["target_url"].as_str().map(str::to_owned),
+    ));
+    (StatusCode::CREATED, Json(request)).into_response()
+}
+
+/// `meshploy plan DIR --source shop --comment acme/deploy#7 --head HEAD` against the fake forge.
+fn comment(db: &Db, dir: &Dir, forge: &FakeForge, head: &str, extra: &[&str]) -> Run {
+    let base = forge.base();
+    let mut args = vec![
+        "plan",
+        ".",
+        "--source",
+        "shop",
+        "--comment",
+        "acme/deploy#7",
+        "--head",
+        head,
+        "--forge-api",
+        &base,
+    ];
+    args.extend_from_slice(extra);
+    let mut command = db.command(dir, &args);
+    command
+        .env("MESHPLOY_FORGE_TOKEN", TOKEN)
+        .env_remove("GITHUB_TOKEN");
+    Run::new(command.output())
+}
+
+fn ours(forge: &Forge) -> Vec<(u64, String)> {
+    forge
+        .comments
+        .get("acme/deploy#7")
+        .map(|c| {
+            c.iter()
+                .filter(|(_, b)| b.starts_with("<!-- meshploy:plan source=shop "))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_comment_per_pull_request_is_created_then_edited_and_left_alone_when_unchanged() {
+    let (db, dir) = (Db::new(), Dir::new());
+    let forge = FakeForge::start(false, 2).await;
+    // Five comments of other people: three pages of two, ours last.
+    for i in 0..5 {
+        forge.add_comment("acme/deploy#7", &format!("review {i}"));
+    }
+    dir.write("project.yaml", PROJECT);
+    dir.write("web.yaml", service("web", 2));
+    let opened =
+        tokio::task::block_in_place(|| comment(&db, &dir, &forge, "a1a1a1a1a1a1a1a1", &[]));
+    assert_eq!(opened.code, 0, "{}", opened.stderr);
+    assert!(
+        opened.stderr.contains("posted comment"),
+        "{}",
+        opened.stderr
+    );
+    {
+        let f = forge.forge();
+        let mine = ours(&f);
+        assert_eq!(mine.len(), 1, "{:#?}", f.comments);
+        let body = &mine[0].1;
+        assert!(body.contains("head=a1a1a1a1a1a1a1a1 -->"));
+        assert!(body.contains("Meshploy plan for source `shop` at `a1a1a1a1a1a1`"));
+        assert!(
+            body.contains("Plan: 2 to add, 0 to change, 0 to destroy."),
+            "{body}"
+        );
+        assert!(body.contains("+   service/shop/web {"), "{body}");
+        let status = &f.statuses["a1a1a1a1a1a1a1a1"][0];
+        assert_eq!(
+            (status.0.as_str(), status.1.as_str()),
+            ("meshploy/plan/shop", "success")
+        );
+        assert_eq!(status.2, "Plan: 2 to add, 0 to change, 0 to destroy.");
+        assert_eq!(status.3, None, "a CI job has no console page to link to");
+        // Three pages of comments were read, by the `Link` header.
+        let pages = f
+            .calls
+            .iter()
+            .filter(|c| c.starts_with("GET /repos/acme/deploy/issues/7/comments"))
+            .count();
+        assert_eq!(
+            pages, 6,
+            "three pages, read twice (outdated check, publish): {:#?}",
+            f.calls
+        );
+        assert!(!f.calls.iter().any(|c| c.contains(TOKEN)));
+    }
+    assert!(!opened.stderr.contains(TOKEN) && !opened.stdout.contains(TOKEN));
+
+    // A new commit: the same comment is first marked outdated, then replaced.
+    dir.write("web.yaml", service("web", 3));
+    let pushed =
+        tokio::task::block_in_place(|| comment(&db, &dir, &forge, "b2b2b2b2b2b2b2b2", &[]));
+    assert_eq!(pushed.code, 0, "{}", pushed.stderr);
+    assert!(
+        pushed.stderr.contains("updated comment"),
+        "{}",
+        pushed.stderr
+    );
+    {
+        let f = forge.forge();
+        let mine = ours(&f);
+        assert_eq!(mine.len(), 1);
+        assert!(mine[0].1.contains("head=b2b2b2b2b2b2b2b2 -->"));
+        assert!(!mine[0].1.contains("Outdated"), "replaced after the mark");
+        let edits = f.calls.iter().filter(|c| c.starts_with("PATCH")).count();
+        assert_eq!(edits, 2, "marked outdated, then replaced: {:#?}", f.calls);
+    }
+
+    // The same head and manifests again: nothing is edited.
+    let again = tokio::task::block_in_place(|| comment(&db, &dir, &forge, "b2b2b2b2b2b2b2b2", &[]));
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(again.stderr.contains("is up to date"), "{}", again.stderr);
+    let f = forge.forge();
+    assert_eq!(f.calls.iter().filter(|c| c.starts_with("PATCH")).count(), 2);
+    assert_eq!(
+        f.calls
+            .iter()
+            .filter(|c| c.starts_with("POST /repos/acme/deploy/issues"))
+            .count(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_manifests_and_refused_plans_fail_the_status_with_the_reason() {
+    let (db, dir) = (Db::new(), Dir::new());
+    let forge = FakeForge::start(false, 30).await;
+    dir.write("project.yaml", PROJECT);
+    dir.write("web.yaml", "apiVersion: meshploy.dev/v1\nkind: Service\nmetadata:\n  name: web\n  project: shop\nspec:\n  image: x:1\n  replica: 2\n");
+    let invalid =
+        tokio::task::block_in_place(|| comment(&db, &dir, &forge, "c3c3c3c3c3c3c3c3", &[]));
+    assert_eq!(invalid.code, 1, "{}", invalid.stderr);
+    assert!(
+        invalid.stderr.contains("web.yaml:8:3"),
+        "{}",
+        invalid.stderr
+    );
+    {
+        let f = forge.forge();
+        let body = &ours(&f)[0].1;
+        assert!(
+            body.contains("The manifests are invalid (1 problem)"),
+            "{body}"
+        );
+        assert!(
+            body.contains("web.yaml:8:3: unknown field `replica`"),
+            "{body}"
+        );
+        let status = &f.statuses["c3c3c3c3c3c3c3c3"][0];
+        assert_eq!(status.1, "failure");
+        assert!(
+            status
+                .2
+                .starts_with("Invalid manifests (1 problem): ./web.yaml:8:3"),
+            "{}",
+            status.2
+        );
+    }
+
+    // Applied, then a head that deletes the whole project: the guard would refuse it.
+    dir.write("web.yaml", service("web", 1));
+    let applied = db.meshploy(&dir, &["apply", "--source", "shop", "--auto-approve"]);
+    assert_eq!(applied.code, 0, "{}", applied.stderr);
+    let empty = Dir::new();
+    empty.write("README.md", "nothing here");
+    let refused =
+        tokio::task::block_in_place(|| comment(&db, &empty, &forge, "d4d4d4d4d4d4d4d4", &[]));
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    let f = forge.forge();
+    let body = &ours(&f)[0].1;
+    assert!(
+        body.contains("This plan would be refused when applied"),
+        "{body}"
+    );
+    assert!(body.contains("destroys project/shop"), "{body}");
+    let status = &f.statuses["d4d4d4d4d4d4d4d4"][0];
+    assert_eq!(status.1, "failure");
+    assert!(
+        status
+            .2
+            .starts_with("Refused: this plan destroys project/shop"),
+        "{}",
+        status.2
+    );
+    assert!(status.2.chars().count() <= 140);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_5000_resource_plan_fits_one_comment_and_gitea_is_spoken_too() {
+    let (db, dir) = (Db::new(), Dir::new());
+    let forge = FakeForge::start(true, 0).await;
+    forge.add_comment("acme/deploy#7", "first!");
+    dir.write("project.yaml", PROJECT);
+    // 2,500 services and their routes, 500 documents a file.
+    for file in 0..10 {
+        let mut documents = String::new();
+        for i in file * 250..(file + 1) * 250 {
+            documents.push_str("---\n");
+            documents.push_str(&service(&format!("s{i}"), 1));
+            documents.push_str("---\n");
+            documents.push_str(&route(
+                &format!("r{i}"),
+                &format!("/r{i}"),
+                &format!("s{i}"),
+            ));
+        }
+        dir.write(&format!("many{file}.yaml"), documents);
+    }
+    let big = tokio::task::block_in_place(|| {
+        comment(&db, &dir, &forge, "e5e5e5e5e5e5e5e5", &["--forge", "gitea"])
+    });
+    assert_eq!(big.code, 0, "{}", big.stderr);
+    let f = forge.forge();
+    let body = &ours(&f)[0].1;
+    assert!(body.chars().count() <= 65_536, "{}", body.len());
+    assert!(body.contains("Plan: 5001 to add"), "{}", &body[..400]);
+    assert!(body.contains("<details>"), "folded");
+    assert!(
+        body.contains("more changes are not shown"),
+        "cut at a resource boundary"
+    );
+    // Gitea answers comments at once: one read per step, no page parameter.
+    assert!(
+        f.calls
+            .iter()
+            .filter(|c| c.starts_with("GET"))
+            .all(|c| !c.contains("page")),
+        "{:#?}",
+        f.calls
+    );
+    assert_eq!(f.statuses["e5e5e5e5e5e5e5e5"][0].1, "success");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_token_or_a_bad_pull_request_is_a_clear_error() {
+    let (db, dir) = (Db::new(), Dir::new());
+    let forge = FakeForge::start(false, 30).await;
+    dir.write("project.yaml", PROJECT);
+    let base = forge.base();
+    let run = |args: &[&str], token: Option<&str>| {
+        let mut command = db.command(&dir, args);
+        command
+            .env_remove("MESHPLOY_FORGE_TOKEN")
+            .env_remove("GITHUB_TOKEN");
+        if let Some(token) = token {
+            command.env("MESHPLOY_FORGE_TOKEN", token);
+        }
+        Run::new(command.output())
+    };
+    let wrong = tokio::task::block_in_place(|| {
+        run(
+            &[
+                "plan",
+                ".",
+                "--comment",
+                "acme/deploy#7",
+                "--head",
+                "f6f6",
+                "--forge-api",
+                &base,
+            ],
+            Some("not-the-token"),
+        )
+    });
+    assert_eq!(wrong.code, 1);
+    assert!(
+        wrong
+            .stderr
+            .contains("the forge answered 401: Bad credentials"),
+        "{}",
+        wrong.stderr
+    );
+    assert!(!wrong.stderr.contains("not-the-token"));
+    let missing = tokio::task::block_in_place(|| {
+        run(
+            &[
+                "plan",
+                ".",
+                "--comment",
+                "acme/deploy#7",
+                "--head",
+                "f6f6",
+                "--forge-api",
+                &base,
+            ],
+            None,
+        )
+    });
+    assert_eq!(missing.code, 1);
+    assert!(
+        missing.stderr.contains("no forge token"),
+        "{}",
+        missing.stderr
+    );
+    let bad =
+        tokio::task::block_in_place(|| run(&["plan", ".", "--comment", "acme#7"], Some(TOKEN)));
+    assert_eq!(bad.code, 2, "a usage error");
+    assert!(bad.stderr.contains("owner/name#NUMBER"), "{}", bad.stderr);
+    let no_head = tokio::task::block_in_place(|| {
+        run(
+            &[
+                "plan",
+                ".",
+                "--comment",
+                "acme/deploy#7",
+                "--forge-api",
+                &base,
+            ],
+            Some(TOKEN),
+        )
+    });
+    assert_eq!(no_head.code, 1);
+    assert!(
+        no_head.stderr.contains("give --head SHA"),
+        "{}",
+        no_head.stderr
+    );
+    let gitea = tokio::task::block_in_place(|| {
+        run(
+            &[
+                "plan",
+                ".",
+                "--comment",
+                "acme/deploy#7",
+                "--head",
+                "f6",
+                "--forge",
+                "gitea",
+            ],
+            Some(TOKEN),
+        )
+    });
+    assert_eq!(gitea.code, 1);
+    assert!(
+        gitea.stderr.contains("give --forge-api"),
+        "{}",
+        gitea.stderr
+    );
+    assert!(forge.forge().comments.is_empty(), "nothing was posted");
+}
