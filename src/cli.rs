@@ -341,6 +341,10 @@ pub struct ServeArgs {
     /// Let requests without a token read the API (never write).
     #[arg(long)]
     pub anonymous_read: bool,
+    /// The console's address as people reach it (`https://meshploy.example.com`): pull
+    /// requests' commit statuses link to their page there.
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
     /// How long a sync waits for another apply to finish.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub lock_timeout: Duration,

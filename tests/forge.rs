@@ -605,3 +605,291 @@ async fn a_wrong_token_or_a_bad_pull_request_is_a_clear_error() {
     );
     assert!(forge.forge().comments.is_empty(), "nothing was posted");
 }
+
+/// A signed pull_request event for `acme/deploy#number` against `main` of `url`.
+fn pull_event(
+    url: &str,
+    action: &str,
+    number: u64,
+    head: &str,
+    head_repo: Option<&str>,
+) -> Vec<u8> {
+    json!({
+        "action": action,
+        "number": number,
+        "pull_request": {
+            "number": number,
+            "head": {"sha": head, "repo": head_repo.map(|name| json!({"full_name": name}))},
+            "base": {"ref": "main"},
+        },
+        "repository": {"full_name": "acme/deploy", "clone_url": url},
+    })
+    .to_string()
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_reviews_pull_requests_from_signed_webhooks_of_github_and_gitea() {
+    use crate::serve::{SECRET, signature};
+    let (db, dir) = (Db::new(), Dir::new());
+    let forge = FakeForge::start(false, 30).await;
+    let repo = crate::util::Remote::new();
+    repo.write("deploy/project.yaml", PROJECT);
+    repo.write("deploy/web.yaml", &service("web", 1));
+    repo.push("the shop");
+    // A pull request's head, kept by the forge as refs/pull/N/head of the base repository.
+    let pull_head = |text: &str, number: u64| {
+        repo.write("deploy/web.yaml", text);
+        let commit = repo.commit("a change");
+        crate::util::git(
+            &repo.work(),
+            &[
+                "push",
+                "-q",
+                "-f",
+                "origin",
+                &format!("HEAD:refs/pull/{number}/head"),
+            ],
+        );
+        commit
+    };
+    let url = format!("file://{}", repo.bare().display());
+    let config = dir.write(
+        "sources.yaml",
+        format!(
+            "sources:\n  - name: shop\n    url: {url}\n    path: deploy\n    pollInterval: 1h\n    forge:\n      kind: github\n      api: {}\n      tokenEnv: SHOP_FORGE_TOKEN\n",
+            forge.base()
+        ),
+    );
+    let mut command = db.command(
+        &dir,
+        &[
+            "serve",
+            "--config",
+            &config.display().to_string(),
+            "--listen",
+            "127.0.0.1:0",
+            "--webhook-secret",
+            SECRET,
+            "--public-url",
+            "https://meshploy.example.com",
+            "--anonymous-read",
+        ],
+    );
+    command.env("SHOP_FORGE_TOKEN", TOKEN);
+    let (_serve, addresses) =
+        crate::fixtures::Process::announced(&mut command, "meshploy serve: API and console on");
+    let port = addresses[0].port();
+    let applied = crate::util::wait_for(std::time::Duration::from_secs(30), || {
+        (db.psql("SELECT count(*) FROM services") == "1").then_some(())
+    });
+    assert!(applied.is_some(), "the main branch was applied");
+    let post = |headers: &[(&str, &str)], body: &[u8]| {
+        crate::util::http(port, "POST", "/api/v1/webhooks/github", headers, body)
+    };
+    let comment_of = |number: u64, head: &str| {
+        let key = format!("acme/deploy#{number}");
+        let marker = format!("head={head} -->");
+        crate::util::wait_for(std::time::Duration::from_secs(30), || {
+            // The comment is posted, then the status set: wait for both.
+            let f = forge.forge();
+            f.statuses.get(head)?;
+            f.comments
+                .get(&key)?
+                .iter()
+                .find(|(_, b)| b.contains(&marker))
+                .map(|(_, b)| b.clone())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no comment on #{number} for {head}: {:#?}",
+                forge.forge().calls
+            )
+        })
+    };
+
+    // Opened: one comment with the plan, and a success status linking to the console.
+    let first = pull_head(&service("web", 3), 7);
+    let body = pull_event(&url, "opened", 7, &first, Some("acme/deploy"));
+    let signed = signature(&body);
+    let (code, answer) = tokio::task::block_in_place(|| {
+        post(
+            &[
+                ("X-GitHub-Event", "pull_request"),
+                ("X-GitHub-Delivery", "pr-1"),
+                ("X-Hub-Signature-256", &signed),
+            ],
+            &body,
+        )
+    });
+    assert_eq!(code, 202, "{answer}");
+    let text = tokio::task::block_in_place(|| comment_of(7, &first));
+    assert!(
+        text.contains("Plan: 0 to add, 1 to change, 0 to destroy."),
+        "{text}"
+    );
+    assert!(text.contains("replicas = 1 -> 3"), "{text}");
+    {
+        let f = forge.forge();
+        let status = &f.statuses[&first][0];
+        assert_eq!(
+            (status.0.as_str(), status.1.as_str()),
+            ("meshploy/plan/shop", "success")
+        );
+        assert_eq!(
+            status.3.as_deref(),
+            Some("https://meshploy.example.com/sources/shop/pulls/7")
+        );
+    }
+    // Nothing was applied: the live state is main's.
+    assert_eq!(db.psql("SELECT fields->>'replicas' FROM services"), "1");
+
+    // A replayed delivery and a forged signature do nothing.
+    let (code, answer) = tokio::task::block_in_place(|| {
+        post(
+            &[
+                ("X-GitHub-Event", "pull_request"),
+                ("X-GitHub-Delivery", "pr-1"),
+                ("X-Hub-Signature-256", &signed),
+            ],
+            &body,
+        )
+    });
+    assert_eq!(code, 200, "{answer}");
+    assert!(answer.contains("already processed"), "{answer}");
+    let forged = signature(b"something else");
+    let (code, _) = tokio::task::block_in_place(|| {
+        post(
+            &[
+                ("X-GitHub-Event", "pull_request"),
+                ("X-GitHub-Delivery", "pr-2"),
+                ("X-Hub-Signature-256", &forged),
+            ],
+            &body,
+        )
+    });
+    assert_eq!(code, 401);
+
+    // Gitea's flavour: `synchronized`, its own headers and a bare hex signature. The head is
+    // invalid: the same comment shows the diagnostic, and the status fails.
+    let second = pull_head(
+        "apiVersion: meshploy.dev/v1\nkind: Service\nmetadata:\n  name: web\n  project: shop\nspec:\n  image: x:1\n  replica: 2\n",
+        7,
+    );
+    let body = pull_event(&url, "synchronized", 7, &second, Some("acme/deploy"));
+    let hex = signature(&body).trim_start_matches("sha256=").to_owned();
+    let (code, answer) = tokio::task::block_in_place(|| {
+        crate::util::http(
+            port,
+            "POST",
+            "/api/v1/webhooks/gitea",
+            &[
+                ("X-Gitea-Event", "pull_request"),
+                ("X-Gitea-Delivery", "pr-3"),
+                ("X-Gitea-Signature", &hex),
+            ],
+            &body,
+        )
+    });
+    assert_eq!(code, 202, "{answer}");
+    let text = tokio::task::block_in_place(|| comment_of(7, &second));
+    assert!(
+        text.contains("deploy/web.yaml:8:3: unknown field `replica`"),
+        "{text}"
+    );
+    {
+        let f = forge.forge();
+        assert_eq!(ours(&f).len(), 1, "one comment, edited");
+        assert_eq!(f.statuses[&second][0].1, "failure");
+    }
+
+    // A fork whose repository was deleted (`head.repo` is null): planned and commented.
+    let fork = pull_head(&service("web", 2), 8);
+    let body = pull_event(&url, "opened", 8, &fork, None);
+    let signed = signature(&body);
+    let (code, _) = tokio::task::block_in_place(|| {
+        post(
+            &[
+                ("X-GitHub-Event", "pull_request"),
+                ("X-GitHub-Delivery", "pr-4"),
+                ("X-Hub-Signature-256", &signed),
+            ],
+            &body,
+        )
+    });
+    assert_eq!(code, 202);
+    let text = tokio::task::block_in_place(|| comment_of(8, &fork));
+    assert!(text.contains("replicas = 1 -> 2"), "{text}");
+    assert_eq!(
+        db.psql("SELECT fork FROM pull_requests WHERE number = 8"),
+        "t"
+    );
+
+    // The console's page of the pull request, which the status links to.
+    let (code, page) = tokio::task::block_in_place(|| {
+        crate::util::http(port, "GET", "/sources/shop/pulls/7", &[], b"")
+    });
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("acme/deploy#7"), "{page}");
+    assert!(page.contains("unknown field"), "{page}");
+    let (code, _) = tokio::task::block_in_place(|| {
+        crate::util::http(port, "GET", "/sources/shop/pulls/99", &[], b"")
+    });
+    assert_eq!(code, 404);
+    assert!(!forge.forge().calls.iter().any(|c| c.contains(TOKEN)));
+}
+
+#[test]
+fn a_bad_forge_configuration_is_refused_at_start_naming_the_file_and_source() {
+    let (db, dir) = (Db::new(), Dir::new());
+    let source = |forge: &str| {
+        format!("sources:\n  - name: shop\n    url: /nowhere.git\n    forge:\n{forge}")
+    };
+    for (forge, says) in [
+        (
+            "      kind: github\n      tokenEnv: NOT_SET_ANYWHERE_4242\n",
+            "source `shop`: forge.tokenEnv: the environment variable NOT_SET_ANYWHERE_4242 is not set",
+        ),
+        (
+            "      kind: github\n",
+            "source `shop`: forge: give exactly one of tokenFile and tokenEnv",
+        ),
+        (
+            "      kind: gitea\n      tokenFile: token.txt\n",
+            "source `shop`: forge.api is required for gitea",
+        ),
+        (
+            "      kind: github\n      tokenFile: missing.txt\n",
+            "source `shop`: forge.tokenFile: cannot read missing.txt",
+        ),
+        ("      kind: gitlab\n      tokenFile: token.txt\n", "gitlab"),
+        (
+            "      kind: github\n      token: ghp_inline\n",
+            "unknown field `token`",
+        ),
+    ] {
+        dir.write("token.txt", "t0ken\n");
+        let config = dir.write("sources.yaml", source(forge));
+        let run = Run::new(
+            db.command(
+                &dir,
+                &[
+                    "serve",
+                    "--config",
+                    &config.display().to_string(),
+                    "--listen",
+                    "127.0.0.1:0",
+                ],
+            )
+            .output(),
+        );
+        assert_eq!(run.code, 1, "{forge}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("sources.yaml"),
+            "{forge}: {}",
+            run.stderr
+        );
+        assert!(run.stderr.contains(says), "{forge}: {}", run.stderr);
+        assert!(!run.stderr.contains("t0ken") && !run.stderr.contains("ghp_inline"));
+    }
+}

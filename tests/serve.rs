@@ -212,10 +212,10 @@ fn pushes_are_applied_failures_leave_the_state_and_force_pushes_are_followed() {
     );
 }
 
-const SECRET: &str = "webhook-s3cret";
+pub const SECRET: &str = "webhook-s3cret";
 const TOKEN: &str = "ci-token-4a1f";
 
-fn signature(body: &[u8]) -> String {
+pub fn signature(body: &[u8]) -> String {
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(SECRET.as_bytes()).expect("key");
     mac.update(body);
     let bytes = mac.finalize().into_bytes();

@@ -87,6 +87,10 @@ pub fn app(state: AppState) -> Router {
             "/api/v1/webhooks/github",
             post(webhook::github).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
         )
+        .route(
+            "/api/v1/webhooks/gitea",
+            post(webhook::github).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
+        )
         .merge(authenticated)
         .merge(console::routes(state.clone()))
         .fallback(not_found)

@@ -1,4 +1,5 @@
-//! `POST /api/v1/webhooks/github`: GitHub push events.
+//! `POST /api/v1/webhooks/github` (and `/gitea`): push and pull-request events from GitHub,
+//! Gitea and Forgejo.
 //!
 //! The signature (`X-Hub-Signature-256`, HMAC-SHA256 of the raw body under the configured
 //! secret) is checked in constant time before anything else is read. A delivery id seen
@@ -33,37 +34,52 @@ pub async fn github(
             "no webhook secret is configured on this server (--webhook-secret)",
         ));
     };
-    let signature = header(&headers, "x-hub-signature-256").ok_or(ApiError::Unauthorized(
-        "the X-Hub-Signature-256 header is missing",
-    ))?;
-    if !verify(secret, &body, signature) {
+    let verified = match (
+        header(&headers, "x-hub-signature-256"),
+        any_header(&headers, &["x-gitea-signature", "x-forgejo-signature"]),
+    ) {
+        (Some(signature), _) => verify(secret, &body, signature),
+        (None, Some(hex)) => verify(secret, &body, &format!("sha256={hex}")),
+        (None, None) => {
+            return Err(ApiError::Unauthorized(
+                "the X-Hub-Signature-256 header is missing",
+            ));
+        }
+    };
+    if !verified {
         return Err(ApiError::Unauthorized("the signature does not match"));
     }
-    let event = header(&headers, "x-github-event")
-        .ok_or_else(|| ApiError::BadRequest("the X-GitHub-Event header is missing".into()))?;
-    let delivery = header(&headers, "x-github-delivery")
-        .ok_or_else(|| ApiError::BadRequest("the X-GitHub-Delivery header is missing".into()))?;
+    let event = any_header(
+        &headers,
+        &["x-github-event", "x-gitea-event", "x-forgejo-event"],
+    )
+    .ok_or_else(|| ApiError::BadRequest("the X-GitHub-Event header is missing".into()))?;
+    let delivery = any_header(
+        &headers,
+        &[
+            "x-github-delivery",
+            "x-gitea-delivery",
+            "x-forgejo-delivery",
+        ],
+    )
+    .ok_or_else(|| ApiError::BadRequest("the X-GitHub-Delivery header is missing".into()))?;
     match event {
         "ping" => return Ok(ok(json!({ "pong": true }))),
-        "push" => {}
+        "push" | "pull_request" => {}
         other => return Ok(ok(json!({ "ignored": format!("event `{other}`") }))),
+    }
+    if event == "pull_request" {
+        let pull: PullEvent = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::BadRequest(format!("the pull_request event cannot be read: {e}"))
+        })?;
+        return pull_request(&state, delivery, pull).await;
     }
     let push: Push = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("the push event cannot be read: {e}")))?;
-    let fresh = reconciler::store::remember_delivery(&state.pool, delivery)
-        .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    if !fresh {
+    if !fresh(&state, delivery).await? {
         return Ok(ok(json!({ "ignored": "delivery already processed" })));
     }
-    let urls: Vec<String> = push.repository.urls().map(normalize).collect();
-    let matched: Vec<&str> = state
-        .sources
-        .iter()
-        .filter(|s| urls.contains(&normalize(&s.url)))
-        .filter(|s| push.r#ref == format!("refs/heads/{}", s.branch))
-        .map(|s| s.name.as_str())
-        .collect();
+    let matched = tracked(&state, &push.repository, &push.r#ref);
     if matched.is_empty() {
         return Ok(ok(json!({
             "ignored": format!("no tracked source for {} {}", push.repository.full_name, push.r#ref)
@@ -82,12 +98,128 @@ pub async fn github(
         .into_response())
 }
 
+/// Whether `delivery` is new (and now remembered); a seen one is a replay.
+async fn fresh(state: &AppState, delivery: &str) -> Result<bool, ApiError> {
+    reconciler::store::remember_delivery(&state.pool, delivery)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))
+}
+
+/// The sources that follow `reference` (`refs/heads/BRANCH`) of `repository`.
+fn tracked<'a>(state: &'a AppState, repository: &Repository, reference: &str) -> Vec<&'a str> {
+    let urls: Vec<String> = repository.urls().map(normalize).collect();
+    state
+        .sources
+        .iter()
+        .filter(|s| urls.contains(&normalize(&s.url)))
+        .filter(|s| reference == format!("refs/heads/{}", s.branch))
+        .map(|s| s.name.as_str())
+        .collect()
+}
+
+/// A pull request opened, pushed to, reopened or closed against a tracked branch: recorded
+/// for the leader's reviewer (which plans its head and comments), or marked closed.
+async fn pull_request(
+    state: &AppState,
+    delivery: &str,
+    event: PullEvent,
+) -> Result<Response, ApiError> {
+    let open = match event.action.as_str() {
+        // GitHub says `synchronize`, Gitea and Forgejo `synchronized`.
+        "opened" | "reopened" | "synchronize" | "synchronized" => true,
+        "closed" => false,
+        other => {
+            return Ok(ok(
+                json!({ "ignored": format!("pull request action `{other}`") }),
+            ));
+        }
+    };
+    if !fresh(state, delivery).await? {
+        return Ok(ok(json!({ "ignored": "delivery already processed" })));
+    }
+    let pull = &event.pull_request;
+    let base = format!("refs/heads/{}", pull.base.r#ref);
+    let matched = tracked(state, &event.repository, &base);
+    if matched.is_empty() {
+        return Ok(ok(json!({
+            "ignored": format!("no tracked source for {} {base}", event.repository.full_name)
+        })));
+    }
+    // A fork's repository may be gone (`head.repo` is null): still a fork.
+    let fork = pull
+        .head
+        .repo
+        .as_ref()
+        .is_none_or(|r| r.full_name != event.repository.full_name);
+    for name in &matched {
+        let recorded = if open {
+            forge::store::announce(
+                &state.pool,
+                &forge::store::Pull {
+                    source: (*name).to_owned(),
+                    number: event.number,
+                    repo: event.repository.full_name.clone(),
+                    head: pull.head.sha.clone(),
+                    fork,
+                },
+            )
+            .await
+        } else {
+            forge::store::close(&state.pool, name, event.number).await
+        };
+        recorded.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    }
+    tracing::info!(
+        delivery,
+        sources = ?matched,
+        number = event.number,
+        action = %event.action,
+        "pull request webhook"
+    );
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "pullRequest": event.number, "sources": matched, "action": event.action })),
+    )
+        .into_response())
+}
+
+/// The parts of a pull_request event used here (GitHub's, which Gitea and Forgejo follow).
+#[derive(Debug, Deserialize)]
+struct PullEvent {
+    action: String,
+    number: i64,
+    pull_request: PullRequest,
+    repository: Repository,
+}
+
+#[derive(Debug, Deserialize)]
+struct PullRequest {
+    head: PullHead,
+    base: PullBase,
+}
+
+#[derive(Debug, Deserialize)]
+struct PullHead {
+    sha: String,
+    repo: Option<Repository>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PullBase {
+    r#ref: String,
+}
+
 fn ok(body: serde_json::Value) -> Response {
     (StatusCode::OK, Json(body)).into_response()
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The first of `names` the request carries (GitHub's, Gitea's or Forgejo's form).
+fn any_header<'a>(headers: &'a HeaderMap, names: &[&str]) -> Option<&'a str> {
+    names.iter().find_map(|name| header(headers, name))
 }
 
 /// Checks `sha256=<hex>` against the HMAC of `body`, in constant time.

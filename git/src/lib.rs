@@ -17,5 +17,5 @@ pub mod select;
 pub mod url;
 
 pub use error::GitError;
-pub use repo::{Repo, Snapshot, open, open_cached};
+pub use repo::{Repo, Snapshot, open, open_cached, open_pull};
 pub use url::{Location, redact};

@@ -89,7 +89,26 @@ fn options() -> gix::open::Options {
     options
 }
 
+/// Opens a repository as [`open`] does, with a pull request's head: a remote one also
+/// fetches `refs/pull/NUMBER/head`, which GitHub and Gitea keep in the base repository for
+/// every pull request, forks' included.
+pub fn open_pull(url: &str, cache_root: &Path, number: u64) -> Result<Repo, GitError> {
+    match Location::parse(url) {
+        Location::Local(_) => open(url, cache_root),
+        Location::Remote(url) => fetch_refs(
+            &url,
+            cache_root,
+            &[format!("+refs/pull/{number}/head:refs/pull/{number}/head")],
+        ),
+    }
+}
+
 fn fetch(url: &str, cache_root: &Path) -> Result<Repo, GitError> {
+    fetch_refs(url, cache_root, &[])
+}
+
+/// Fetches branches, tags and `extra` refspecs of `url` into its cache.
+fn fetch_refs(url: &str, cache_root: &Path, extra: &[String]) -> Result<Repo, GitError> {
     let shown = redact(url);
     let failed = |e: &dyn std::error::Error| GitError::Fetch {
         url: shown.clone(),
@@ -114,7 +133,9 @@ fn fetch(url: &str, cache_root: &Path) -> Result<Repo, GitError> {
         .remote_at(url)
         .map_err(|e| failed(&e))?
         .with_refspecs(
-            ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
+            ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]
+                .into_iter()
+                .chain(extra.iter().map(String::as_str)),
             gix::remote::Direction::Fetch,
         )
         .map_err(|e| failed(&e))?;

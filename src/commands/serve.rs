@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use forge::worker::{PullSource, Worker};
 use reconciler::names::Policy;
 use reconciler::serve::Daemon;
 use reconciler::sync::{Settings, Source};
@@ -18,7 +19,10 @@ use crate::cli::{RuntimeKind, ServeArgs, parse_duration};
 use crate::database;
 
 pub async fn run(args: ServeArgs) -> Result<ExitCode> {
-    let sources = sources(&args)?;
+    let Tracked {
+        sources,
+        pulls: pull_sources,
+    } = sources(&args)?;
     let keys = keyring(&args.keys)?;
     let home = database::home(args.db.home.clone())?;
     let pool = database::pool(&args.db, "serve", 8).await?;
@@ -57,6 +61,23 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         leading,
     };
     let (stop, stopped) = watch::channel(false);
+    let reviewer = (!pull_sources.is_empty()).then(|| Worker {
+        pool: daemon.pool.clone(),
+        sources: pull_sources,
+        cache: daemon.settings.cache.clone(),
+        keys: keyring(&args.keys).ok().flatten(),
+        guard: guard(&args.guard),
+        public_url: args.public_url.clone(),
+        leading: daemon.leading.clone(),
+    });
+    let reviewer = reviewer.map(|worker| {
+        let stopped = stopped.clone();
+        tokio::spawn(async move {
+            if let Err(error) = worker.run(stopped).await {
+                eprintln!("meshploy serve: the pull-request reviewer stopped: {error}");
+            }
+        })
+    });
     let controller = match args.runtime {
         RuntimeKind::None => None,
         RuntimeKind::Local => {
@@ -98,6 +119,9 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     if let Some(controller) = controller {
         let _ = controller.await;
     }
+    if let Some(reviewer) = reviewer {
+        let _ = reviewer.await;
+    }
     signals.abort();
     server.await.context("the API server stopped")?;
     Ok(ExitCode::SUCCESS)
@@ -119,8 +143,15 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// The sources to track, each with its poll interval: from --config, or the one --repo.
-fn sources(args: &ServeArgs) -> Result<Vec<(Source, Duration)>> {
+/// What `serve` follows: the sources, each with its poll interval, and the forges of those
+/// whose pull requests are reviewed.
+struct Tracked {
+    sources: Vec<(Source, Duration)>,
+    pulls: Vec<PullSource>,
+}
+
+/// The sources to track: from --config, or the one --repo.
+fn sources(args: &ServeArgs) -> Result<Tracked> {
     if let Some(path) = &args.config {
         return read_config(path, args.poll_interval);
     }
@@ -132,16 +163,17 @@ fn sources(args: &ServeArgs) -> Result<Vec<(Source, Duration)>> {
         Some(name) => name.clone(),
         None => default_name(&url)?,
     };
-    Ok(vec![(
-        Source {
-            name,
-            url,
-            branch: args.branch.clone(),
-            path: args.path.clone(),
-            policy: args.policy,
-        },
-        args.poll_interval,
-    )])
+    let source = Source {
+        name,
+        url,
+        branch: args.branch.clone(),
+        path: args.path.clone(),
+        policy: args.policy,
+    };
+    Ok(Tracked {
+        sources: vec![(source, args.poll_interval)],
+        pulls: Vec::new(),
+    })
 }
 
 /// The repository's name: the last part of its path without `.git`.
@@ -177,44 +209,96 @@ struct SourceConfig {
     #[serde(default)]
     policy: Policy,
     poll_interval: Option<String>,
+    /// Where its pull requests get plan comments and statuses.
+    forge: Option<ForgeConfig>,
+}
+
+/// A source's forge: `kind`, the API's base URL, and where its token is (a file or an
+/// environment variable; never the token itself in the file).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ForgeConfig {
+    kind: forge::Kind,
+    api: Option<String>,
+    token_file: Option<std::path::PathBuf>,
+    token_env: Option<String>,
+}
+
+impl ForgeConfig {
+    fn client(&self, place: &str) -> Result<forge::Client> {
+        let token = match (&self.token_file, &self.token_env) {
+            (Some(file), None) => std::fs::read_to_string(file).with_context(|| {
+                format!("{place}: forge.tokenFile: cannot read {}", file.display())
+            })?,
+            (None, Some(name)) => std::env::var(name).map_err(|_| {
+                anyhow::anyhow!(
+                    "{place}: forge.tokenEnv: the environment variable {name} is not set"
+                )
+            })?,
+            _ => bail!("{place}: forge: give exactly one of tokenFile and tokenEnv"),
+        };
+        if token.trim().is_empty() {
+            bail!("{place}: forge: the token is empty");
+        }
+        let api = match (self.kind, &self.api) {
+            (_, Some(api)) => api.clone(),
+            (forge::Kind::GitHub, None) => "https://api.github.com".to_owned(),
+            (forge::Kind::Gitea, None) => {
+                bail!("{place}: forge.api is required for gitea (https://HOST/api/v1)")
+            }
+        };
+        Ok(forge::Client::new(self.kind, &api, &token)?)
+    }
 }
 
 fn main_branch() -> String {
     "main".into()
 }
 
-fn read_config(path: &Path, default_poll: Duration) -> Result<Vec<(Source, Duration)>> {
+fn read_config(path: &Path, default_poll: Duration) -> Result<Tracked> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the config file {}", path.display()))?;
-    let config: Config =
-        serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    // Only the error's first line: the rest quotes the file, where someone may have pasted a
+    // token (`token: ...`, an unknown field) that must not reach a terminal or a log.
+    let config: Config = serde_saphyr::from_str(&text).map_err(|e| {
+        let error = e.to_string();
+        let first = error.lines().next().unwrap_or_default();
+        anyhow::anyhow!(
+            "{}: {}",
+            path.display(),
+            first.trim_start_matches("error: ")
+        )
+    })?;
     if config.sources.is_empty() {
         bail!("{}: `sources` is empty; list at least one", path.display());
     }
     let mut seen = std::collections::BTreeSet::new();
-    config
-        .sources
-        .into_iter()
-        .map(|c| {
-            if !seen.insert(c.name.clone()) {
-                bail!("{}: two sources are named `{}`", path.display(), c.name);
+    let (mut sources, mut pulls) = (Vec::new(), Vec::new());
+    for c in config.sources {
+        if !seen.insert(c.name.clone()) {
+            bail!("{}: two sources are named `{}`", path.display(), c.name);
+        }
+        let place = format!("{}: source `{}`", path.display(), c.name);
+        let poll = match &c.poll_interval {
+            Some(text) => {
+                parse_duration(text).map_err(|e| anyhow::anyhow!("{place}: pollInterval: {e}"))?
             }
-            let poll = match &c.poll_interval {
-                Some(text) => parse_duration(text).map_err(|e| {
-                    anyhow::anyhow!("{}: source `{}`: pollInterval: {e}", path.display(), c.name)
-                })?,
-                None => default_poll,
-            };
-            Ok((
-                Source {
-                    name: c.name,
-                    url: c.url,
-                    branch: c.branch,
-                    path: c.path,
-                    policy: c.policy,
-                },
-                poll,
-            ))
-        })
-        .collect()
+            None => default_poll,
+        };
+        let source = Source {
+            name: c.name,
+            url: c.url,
+            branch: c.branch,
+            path: c.path,
+            policy: c.policy,
+        };
+        if let Some(forge) = &c.forge {
+            pulls.push(PullSource {
+                source: source.clone(),
+                forge: forge.client(&place)?,
+            });
+        }
+        sources.push((source, poll));
+    }
+    Ok(Tracked { sources, pulls })
 }

@@ -34,6 +34,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/revisions", get(pages::revisions))
         .route("/revisions/{id}", get(pages::revision))
         .route("/sources/{name}", get(pages::source))
+        .route("/sources/{name}/pulls/{number}", get(pages::pull))
         .route("/logout", post(session::logout))
         .route_layer(middleware::from_fn_with_state(state, session::require));
     Router::new()

@@ -738,3 +738,71 @@ mod tests {
         assert_eq!(short(None), "—");
     }
 }
+
+#[derive(Template)]
+#[template(path = "pull.html")]
+pub struct PullPage {
+    nav: Nav,
+    source: String,
+    number: i64,
+    repo: String,
+    head: String,
+    reviewed: String,
+    fork: bool,
+    state: String,
+    outcome: String,
+    class: &'static str,
+    summary: Option<String>,
+    error: Option<String>,
+    body: Option<String>,
+}
+
+/// `GET /sources/{name}/pulls/{number}`: the last review of a pull request, which its commit
+/// status links to.
+pub async fn pull(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((source, text)): Path<(String, String)>,
+) -> Result<Html<String>, PageError> {
+    let source = clean(&source);
+    let number: i64 =
+        text.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+            ApiError::BadRequest(format!("`{text}` is not a pull request number"))
+        })?;
+    let shown = forge::store::shown(&state.pool, &source, number)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "no pull request {number} of source `{source}` is known"
+            ))
+        })?;
+    let (outcome, class) = match shown.outcome.as_deref() {
+        Some("success") => ("plan ok", "ok"),
+        Some(_) => ("plan failed", "bad"),
+        None => ("not reviewed", "busy"),
+    };
+    Ok(html(&PullPage {
+        nav: Nav::of(&caller),
+        number,
+        repo: shown.repo,
+        head: short(Some(&shown.head)),
+        reviewed: shown
+            .reviewed
+            .as_deref()
+            .map(|r| short(Some(r)))
+            .unwrap_or_default(),
+        fork: shown.fork,
+        state: shown.state,
+        outcome: outcome.to_owned(),
+        class,
+        summary: shown.summary,
+        error: shown.error,
+        // The hidden marker line is for the forge, not for people.
+        body: shown.body.map(|b| {
+            b.split_once('\n')
+                .map_or(b.clone(), |(_, rest)| rest.to_owned())
+        }),
+        source,
+    }))
+}

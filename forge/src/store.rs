@@ -1,0 +1,123 @@
+//! The `pull_requests` rows: what webhooks announced, and what the last review published.
+
+use sqlx::PgPool;
+
+/// The channel that wakes the leader to review pull requests.
+pub const CHANNEL: &str = "meshploy_pulls";
+
+/// A pull request as a webhook announced it.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct Pull {
+    pub source: String,
+    pub number: i64,
+    pub repo: String,
+    pub head: String,
+    pub fork: bool,
+}
+
+/// Records an opened or updated pull request (the newest head wins) and wakes the leader.
+pub async fn announce(pool: &PgPool, pull: &Pull) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO pull_requests (source, number, repo, head, fork, state) \
+         VALUES ($1, $2, $3, $4, $5, 'open') \
+         ON CONFLICT (source, number) DO UPDATE SET repo = $3, head = $4, fork = $5, \
+           state = 'open', updated_at = now()",
+    )
+    .bind(&pull.source)
+    .bind(pull.number)
+    .bind(&pull.repo)
+    .bind(&pull.head)
+    .bind(pull.fork)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(CHANNEL)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+/// Records that a pull request was closed or merged.
+pub async fn close(pool: &PgPool, source: &str, number: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE pull_requests SET state = 'closed', updated_at = now() \
+         WHERE source = $1 AND number = $2",
+    )
+    .bind(source)
+    .bind(number)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+/// Open pull requests whose newest head has not been reviewed, oldest announcement first.
+pub async fn pending(pool: &PgPool) -> Result<Vec<Pull>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT source, number, repo, head, fork FROM pull_requests \
+         WHERE state = 'open' AND reviewed IS DISTINCT FROM head ORDER BY updated_at",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Records a published review of `head`, unless a newer head arrived meanwhile (which the
+/// next pass reviews).
+pub async fn reviewed(
+    pool: &PgPool,
+    pull: &Pull,
+    outcome: &str,
+    summary: &str,
+    body: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE pull_requests SET reviewed = $3, outcome = $4, summary = $5, body = $6, \
+           error = NULL \
+         WHERE source = $1 AND number = $2 AND head = $3",
+    )
+    .bind(&pull.source)
+    .bind(pull.number)
+    .bind(&pull.head)
+    .bind(outcome)
+    .bind(summary)
+    .bind(body)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+/// Records why a review could not be published; the next pass tries again.
+pub async fn failed(pool: &PgPool, pull: &Pull, error: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE pull_requests SET error = $3 WHERE source = $1 AND number = $2")
+        .bind(&pull.source)
+        .bind(pull.number)
+        .bind(error)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}
+
+/// A pull request as the console shows it.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Shown {
+    pub repo: String,
+    pub head: String,
+    pub fork: bool,
+    pub state: String,
+    pub reviewed: Option<String>,
+    pub outcome: Option<String>,
+    pub summary: Option<String>,
+    pub body: Option<String>,
+    pub error: Option<String>,
+}
+
+pub async fn shown(pool: &PgPool, source: &str, number: i64) -> Result<Option<Shown>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT repo, head, fork, state, reviewed, outcome, summary, body, error \
+         FROM pull_requests WHERE source = $1 AND number = $2",
+    )
+    .bind(source)
+    .bind(number)
+    .fetch_optional(pool)
+    .await
+}
