@@ -893,3 +893,53 @@ fn a_bad_forge_configuration_is_refused_at_start_naming_the_file_and_source() {
         assert!(!run.stderr.contains("t0ken") && !run.stderr.contains("ghp_inline"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_changed_in_a_pull_request_shows_as_a_sensitive_value_only() {
+    use crate::secret::{encrypt, keygen};
+    const PLAINTEXT: &str = "pr-secret-61c0ffee";
+    let (db, dir) = (Db::new(), Dir::new());
+    let forge = FakeForge::start(false, 30).await;
+    let keys = keygen("k1");
+    let place = ["--project", "shop", "--group", "creds", "--name", "TOKEN"];
+    let sealed = encrypt(&keys, &place, PLAINTEXT.as_bytes());
+    assert_eq!(sealed.code, 0, "{}", sealed.stderr);
+    dir.write("project.yaml", PROJECT);
+    dir.write(
+        "creds.yaml",
+        format!(
+            "apiVersion: meshploy.dev/v1\nkind: VariableGroup\nmetadata:\n  name: creds\n  project: shop\nspec:\n  secrets:\n    TOKEN: {}\n",
+            sealed.stdout.trim()
+        ),
+    );
+    let base = forge.base();
+    let mut command = db.command(
+        &dir,
+        &[
+            "plan",
+            ".",
+            "--source",
+            "shop",
+            "--comment",
+            "acme/deploy#7",
+            "--head",
+            "a7a7a7a7",
+            "--forge-api",
+            &base,
+        ],
+    );
+    command
+        .env("MESHPLOY_FORGE_TOKEN", TOKEN)
+        .env("MESHPLOY_SECRET_KEYS", &keys);
+    let run = tokio::task::block_in_place(|| Run::new(command.output()));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let f = forge.forge();
+    let body = &ours(&f)[0].1;
+    assert!(body.contains("secrets.TOKEN = (sensitive value)"), "{body}");
+    assert!(!body.contains(PLAINTEXT) && !body.contains(sealed.stdout.trim()));
+    let everything = format!("{:?}{:?}{}{}", f.comments, f.calls, run.stdout, run.stderr);
+    assert!(
+        !everything.contains(PLAINTEXT),
+        "the secret reached the forge or the output"
+    );
+}
