@@ -836,6 +836,16 @@ async fn the_server_reviews_pull_requests_from_signed_webhooks_of_github_and_git
         crate::util::http(port, "GET", "/sources/shop/pulls/99", &[], b"")
     });
     assert_eq!(code, 404);
+    // The source's page lists its pull requests, the failed plan and the forked one.
+    let (code, page) =
+        tokio::task::block_in_place(|| crate::util::http(port, "GET", "/sources/shop", &[], b""));
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("href=\"/sources/shop/pulls/7\""), "{page}");
+    assert!(page.contains("href=\"/sources/shop/pulls/8\""), "{page}");
+    assert!(
+        page.contains("plan failed") && page.contains("plan ok"),
+        "{page}"
+    );
     assert!(!forge.forge().calls.iter().any(|c| c.contains(TOKEN)));
 }
 
@@ -942,4 +952,84 @@ async fn a_secret_changed_in_a_pull_request_shows_as_a_sensitive_value_only() {
         !everything.contains(PLAINTEXT),
         "the secret reached the forge or the output"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_pushes_is_reviewed_once_for_the_newest_head() {
+    use std::sync::atomic::AtomicBool;
+    let (db, dir) = (Db::new(), Dir::new());
+    let forge = FakeForge::start(false, 30).await;
+    let repo = crate::util::Remote::new();
+    repo.write("deploy/project.yaml", PROJECT);
+    repo.push("the shop");
+    let mut heads = Vec::new();
+    for replicas in 1..=3 {
+        repo.write("deploy/web.yaml", &service("web", replicas));
+        heads.push(repo.commit("a push"));
+    }
+    crate::util::git(
+        &repo.work(),
+        &["push", "-q", "origin", "HEAD:refs/pull/5/head"],
+    );
+    let url = repo.bare().display().to_string();
+    let source = reconciler::sync::Source {
+        name: "shop".into(),
+        url: url.clone(),
+        branch: "main".into(),
+        path: "deploy".into(),
+        policy: reconciler::names::Policy::Auto,
+    };
+    let pool = sqlx::PgPool::connect(&db.url()).await.expect("connect");
+    reconciler::store::MIGRATOR
+        .run(&pool)
+        .await
+        .expect("migrate");
+    source.register(&pool).await.expect("register the source");
+    // Three webhooks of one burst, oldest first: the row keeps the newest head.
+    for head in &heads {
+        forge::store::announce(
+            &pool,
+            &forge::store::Pull {
+                source: "shop".into(),
+                number: 5,
+                repo: "acme/deploy".into(),
+                head: head.clone(),
+                fork: false,
+            },
+        )
+        .await
+        .expect("announce");
+    }
+    let worker = forge::worker::Worker {
+        pool: pool.clone(),
+        sources: vec![forge::worker::PullSource {
+            source,
+            forge: forge::Client::new(forge::Kind::GitHub, &forge.base(), TOKEN).expect("a client"),
+        }],
+        cache: dir.path().join("cache"),
+        keys: None,
+        guard: reconciler::plan::Guard::default(),
+        public_url: None,
+        leading: Arc::new(AtomicBool::new(true)),
+    };
+    worker.pass().await;
+    {
+        let f = forge.forge();
+        assert_eq!(
+            f.statuses.keys().collect::<Vec<_>>(),
+            [&heads[2]],
+            "only the newest head"
+        );
+        let mine = f.comments["acme/deploy#5"].clone();
+        assert_eq!(mine.len(), 1);
+        assert!(mine[0].1.contains("replicas = 3"), "{}", mine[0].1);
+    }
+    assert_eq!(
+        db.psql("SELECT reviewed = head FROM pull_requests WHERE number = 5"),
+        "t"
+    );
+    // Nothing is pending any more: another pass calls the forge no more.
+    let calls = forge.forge().calls.len();
+    worker.pass().await;
+    assert_eq!(forge.forge().calls.len(), calls);
 }

@@ -94,13 +94,6 @@ pub fn fit_description(text: &str) -> String {
     cut
 }
 
-/// Whether a pull request is open, as the forge says.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PullState {
-    Open,
-    Closed,
-}
-
 /// Why a forge call failed. Never holds the token.
 #[derive(Debug, thiserror::Error)]
 pub enum ForgeError {
@@ -140,10 +133,6 @@ pub trait Forge: Send + Sync {
         commit: &str,
         status: &Status,
     ) -> impl Future<Output = Result<(), ForgeError>> + Send;
-    fn pull_state(
-        &self,
-        pr: &PullRef,
-    ) -> impl Future<Output = Result<PullState, ForgeError>> + Send;
 }
 
 /// Which API a forge speaks.
@@ -344,24 +333,6 @@ impl Forge for Client {
         self.send(&what, self.request(reqwest::Method::POST, &url).json(&body))
             .await?;
         Ok(())
-    }
-
-    async fn pull_state(&self, pr: &PullRef) -> Result<PullState, ForgeError> {
-        let what = format!("reading {pr}");
-        let url = format!("{}/repos/{}/pulls/{}", self.base, pr.repo, pr.number);
-        let response = self
-            .send(&what, self.request(reqwest::Method::GET, &url))
-            .await?;
-        #[derive(Deserialize)]
-        struct Pull {
-            state: String,
-        }
-        let pull: Pull = Client::json(&what, response).await?;
-        Ok(if pull.state == "open" {
-            PullState::Open
-        } else {
-            PullState::Closed
-        })
     }
 }
 

@@ -121,3 +121,25 @@ pub async fn shown(pool: &PgPool, source: &str, number: i64) -> Result<Option<Sh
     .fetch_optional(pool)
     .await
 }
+
+/// A pull request in a source's list.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Listed {
+    pub number: i64,
+    pub head: String,
+    pub state: String,
+    pub outcome: Option<String>,
+    pub summary: Option<String>,
+}
+
+/// Up to `limit` pull requests of `source`, most recently announced first.
+pub async fn listed(pool: &PgPool, source: &str, limit: i64) -> Result<Vec<Listed>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT number, head, state, outcome, summary FROM pull_requests \
+         WHERE source = $1 ORDER BY updated_at DESC, number DESC LIMIT $2",
+    )
+    .bind(source)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}

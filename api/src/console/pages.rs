@@ -619,11 +619,30 @@ fn problems(detail: Option<&serde_json::Value>) -> Vec<String> {
     }
 }
 
+pub struct PullRow {
+    number: i64,
+    state: String,
+    head: String,
+    outcome: &'static str,
+    class: &'static str,
+    summary: Option<String>,
+}
+
+/// How a pull request's last review went, and its badge colour.
+fn review_outcome(outcome: Option<&str>) -> (&'static str, &'static str) {
+    match outcome {
+        Some("success") => ("plan ok", "ok"),
+        Some(_) => ("plan failed", "bad"),
+        None => ("not reviewed", "busy"),
+    }
+}
+
 #[derive(Template)]
 #[template(path = "source.html")]
 pub struct SourcePage {
     nav: Nav,
     source: SourceView,
+    pulls: Vec<PullRow>,
     path: String,
     policy: String,
     applied: String,
@@ -650,10 +669,27 @@ pub async fn source(
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     let next = more(&mut attempts, |a| a.id.to_string());
+    let pulls = forge::store::listed(&state.pool, &name, PAGE_ROWS)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     use reconciler::names::AttemptOutcome;
     Ok(html(&SourcePage {
         nav: Nav::of(&caller),
         source: SourceView::of(&status),
+        pulls: pulls
+            .into_iter()
+            .map(|p| {
+                let (outcome, class) = review_outcome(p.outcome.as_deref());
+                PullRow {
+                    number: p.number,
+                    state: p.state,
+                    head: short(Some(&p.head)),
+                    outcome,
+                    class,
+                    summary: p.summary,
+                }
+            })
+            .collect(),
         path: status.path.clone(),
         policy: status.policy.to_string(),
         applied: short(status.last_applied_commit.as_deref()),
@@ -777,11 +813,7 @@ pub async fn pull(
                 "no pull request {number} of source `{source}` is known"
             ))
         })?;
-    let (outcome, class) = match shown.outcome.as_deref() {
-        Some("success") => ("plan ok", "ok"),
-        Some(_) => ("plan failed", "bad"),
-        None => ("not reviewed", "busy"),
-    };
+    let (outcome, class) = review_outcome(shown.outcome.as_deref());
     Ok(html(&PullPage {
         nav: Nav::of(&caller),
         number,
