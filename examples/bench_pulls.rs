@@ -76,7 +76,7 @@ fn note(forge: &Shared, body: &str) {
         .lines()
         .next()
         .and_then(|l| l.split(" head=").nth(1))
-        .and_then(|h| h.strip_suffix(" -->"))
+        .and_then(|h| h.split(' ').next())
     {
         let mut forge = forge.lock().unwrap_or_else(|e| e.into_inner());
         forge.arrived.push((head.to_owned(), Instant::now()));

@@ -324,7 +324,7 @@ async fn one_comment_per_pull_request_is_created_then_edited_and_left_alone_when
         let mine = ours(&f);
         assert_eq!(mine.len(), 1, "{:#?}", f.comments);
         let body = &mine[0].1;
-        assert!(body.contains("head=a1a1a1a1a1a1a1a1 -->"));
+        assert!(body.contains("head=a1a1a1a1a1a1a1a1 manifests="));
         assert!(body.contains("Meshploy plan for source `shop` at `a1a1a1a1a1a1`"));
         assert!(
             body.contains("Plan: 2 to add, 0 to change, 0 to destroy."),
@@ -367,10 +367,27 @@ async fn one_comment_per_pull_request_is_created_then_edited_and_left_alone_when
         let f = forge.forge();
         let mine = ours(&f);
         assert_eq!(mine.len(), 1);
-        assert!(mine[0].1.contains("head=b2b2b2b2b2b2b2b2 -->"));
+        assert!(mine[0].1.contains("head=b2b2b2b2b2b2b2b2 manifests="));
         assert!(!mine[0].1.contains("Outdated"), "replaced after the mark");
         let edits = f.calls.iter().filter(|c| c.starts_with("PATCH")).count();
         assert_eq!(edits, 2, "marked outdated, then replaced: {:#?}", f.calls);
+    }
+
+    // A new commit that changes no manifest: the comment stays as it is (still naming the
+    // commit it was made for); the new commit gets its status.
+    let unchanged =
+        tokio::task::block_in_place(|| comment(&db, &dir, &forge, "c3c3c3c3c3c3c3c3", &[]));
+    assert_eq!(unchanged.code, 0, "{}", unchanged.stderr);
+    assert!(
+        unchanged.stderr.contains("is up to date"),
+        "{}",
+        unchanged.stderr
+    );
+    {
+        let f = forge.forge();
+        assert_eq!(f.calls.iter().filter(|c| c.starts_with("PATCH")).count(), 2);
+        assert!(ours(&f)[0].1.contains("head=b2b2b2b2b2b2b2b2 "));
+        assert_eq!(f.statuses["c3c3c3c3c3c3c3c3"][0].1, "success");
     }
 
     // The same head and manifests again: nothing is edited.
@@ -689,7 +706,7 @@ async fn the_server_reviews_pull_requests_from_signed_webhooks_of_github_and_git
     };
     let comment_of = |number: u64, head: &str| {
         let key = format!("acme/deploy#{number}");
-        let marker = format!("head={head} -->");
+        let marker = format!("head={head} ");
         crate::util::wait_for(std::time::Duration::from_secs(30), || {
             // The comment is posted, then the status set: wait for both.
             let f = forge.forge();

@@ -3,7 +3,8 @@
 //! commit, and a status. No IO: [`crate::review`] reads comments and sends these.
 
 use reconciler::plan::{Plan, Refusal, render};
-use schema::Diagnostic;
+use schema::{Diagnostic, ManifestFile};
+use sha2::{Digest, Sha256};
 
 use crate::client::{Comment, State, fit_description};
 
@@ -29,9 +30,31 @@ fn marker_prefix(source: &str) -> String {
     format!("<!-- meshploy:plan source={source} ")
 }
 
-/// The hidden first line that finds the comment again: the source and the head it describes.
-pub fn marker(source: &str, head: &str) -> String {
-    format!("{}head={head} -->", marker_prefix(source))
+/// The hidden first line that finds the comment again: the source, the head it describes,
+/// and the digest of that head's manifests (see [`manifests_digest`]).
+pub fn marker(source: &str, head: &str, manifests: &str) -> String {
+    format!(
+        "{}head={head} manifests={manifests} -->",
+        marker_prefix(source)
+    )
+}
+
+/// What identifies a head's manifests: SHA-256 over every file's path and bytes, in path
+/// order (16 hex digits). A push that changes no manifest keeps it.
+pub fn manifests_digest(files: &[ManifestFile]) -> String {
+    let mut sorted: Vec<&ManifestFile> = files.iter().collect();
+    sorted.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut hash = Sha256::new();
+    for file in sorted {
+        hash.update((file.path.len() as u64).to_be_bytes());
+        hash.update(file.path.as_bytes());
+        hash.update((file.bytes.len() as u64).to_be_bytes());
+        hash.update(&file.bytes);
+    }
+    hash.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// This source's comment among a pull request's comments.
@@ -40,11 +63,22 @@ pub fn find<'a>(comments: &'a [Comment], source: &str) -> Option<&'a Comment> {
     comments.iter().find(|c| c.body.starts_with(&prefix))
 }
 
+/// A field (`head`, `manifests`) of a comment's marker.
+fn marked<'a>(body: &'a str, field: &str) -> Option<&'a str> {
+    let first = body.lines().next()?.strip_suffix(" -->")?;
+    first
+        .split(' ')
+        .find_map(|part| part.strip_prefix(field)?.strip_prefix('='))
+}
+
 /// The head commit a comment of ours describes.
 pub fn head_of(body: &str) -> Option<&str> {
-    let first = body.lines().next()?;
-    let rest = first.split(" head=").nth(1)?;
-    rest.strip_suffix(" -->")
+    marked(body, "head")
+}
+
+/// The digest of the manifests a comment of ours describes.
+pub fn manifests_of(body: &str) -> Option<&str> {
+    marked(body, "manifests")
 }
 
 fn short(commit: &str) -> &str {
@@ -53,11 +87,13 @@ fn short(commit: &str) -> &str {
 
 const STALE: &str = "> **Outdated:**";
 
-/// The comment marked as describing an older commit while the plan of `new_head` is made;
-/// `None` when it is marked already or describes `new_head`.
-pub fn outdated(body: &str, new_head: &str) -> Option<String> {
+/// The comment marked as describing an older commit while the plan of `new_head` (whose
+/// manifests have digest `manifests`) is made; `None` when it is marked already, describes
+/// `new_head`, or describes the same manifests (a push that changed none leaves the comment
+/// alone).
+pub fn outdated(body: &str, new_head: &str, manifests: &str) -> Option<String> {
     let old = head_of(body)?;
-    if old == new_head || body.contains(STALE) {
+    if old == new_head || body.contains(STALE) || manifests_of(body) == Some(manifests) {
         return None;
     }
     let (first, rest) = body.split_once('\n').unwrap_or((body, ""));
@@ -68,9 +104,10 @@ pub fn outdated(body: &str, new_head: &str) -> Option<String> {
     ))
 }
 
-/// The comment for `review` of `source` at `head`, under [`BODY_LIMIT`].
-pub fn body(source: &str, head: &str, review: &Review) -> String {
-    let mut out = marker(source, head);
+/// The comment for `review` of `source` at `head` (whose manifests have digest
+/// `manifests`), under [`BODY_LIMIT`].
+pub fn body(source: &str, head: &str, manifests: &str, review: &Review) -> String {
+    let mut out = marker(source, head, manifests);
     out.push('\n');
     let title = format!("Meshploy plan for source `{source}` at `{}`", short(head));
     match review {
@@ -131,6 +168,18 @@ fn problems(n: usize) -> String {
     }
 }
 
+/// Whether `existing` (a comment of ours) already says what `review` says, for the same
+/// manifests: then a new head that changed no manifest leaves it as it is.
+pub fn says_already(existing: &str, source: &str, manifests: &str, review: &Review) -> bool {
+    match head_of(existing) {
+        Some(head) => {
+            manifests_of(existing) == Some(manifests)
+                && existing == body(source, head, manifests, review)
+        }
+        None => false,
+    }
+}
+
 /// The commit status `meshploy/plan/<source>` for `review`.
 pub fn status(source: &str, review: &Review) -> (State, String, String) {
     let context = format!("meshploy/plan/{source}");
@@ -180,32 +229,57 @@ mod tests {
 
     #[test]
     fn a_comment_is_found_by_its_source_and_tells_its_head() {
-        let ours = format!("{}\n#### plan", marker("shop", "abc123"));
+        let ours = format!("{}\n#### plan", marker("shop", "abc123", "0f0f"));
         let comments = [
             comment(1, "LGTM"),
-            comment(2, &format!("{}\nother", marker("shop-2", "def"))),
+            comment(2, &format!("{}\nother", marker("shop-2", "def", "0f0f"))),
             comment(3, &ours),
         ];
         assert_eq!(find(&comments, "shop").map(|c| c.id), Some(3));
         assert_eq!(find(&comments, "shop-2").map(|c| c.id), Some(2));
         assert_eq!(find(&comments, "blog"), None);
         assert_eq!(head_of(&ours), Some("abc123"));
+        assert_eq!(manifests_of(&ours), Some("0f0f"));
         assert_eq!(head_of("LGTM"), None);
     }
 
     #[test]
     fn a_comment_is_marked_outdated_once_and_keeps_its_marker() {
-        let old = body(
-            "shop",
-            "1111111111111111",
-            &Review::Failed { reason: "x".into() },
-        );
-        let marked = outdated(&old, "2222222222222222").expect("marked");
+        let failed = Review::Failed { reason: "x".into() };
+        let old = body("shop", "1111111111111111", "aaaa", &failed);
+        let marked = outdated(&old, "2222222222222222", "bbbb").expect("marked");
         assert_eq!(find(&[comment(1, &marked)], "shop").map(|c| c.id), Some(1));
         assert!(marked.contains("describes `111111111111`"), "{marked}");
         assert!(marked.contains("the plan of `222222222222` is being made"));
-        assert_eq!(outdated(&marked, "3333"), None, "marked once");
-        assert_eq!(outdated(&old, "1111111111111111"), None, "same head");
+        assert_eq!(outdated(&marked, "3333", "cccc"), None, "marked once");
+        assert_eq!(
+            outdated(&old, "1111111111111111", "bbbb"),
+            None,
+            "same head"
+        );
+        assert_eq!(
+            outdated(&old, "2222222222222222", "aaaa"),
+            None,
+            "same manifests"
+        );
+        // A new head with the same manifests and the same review: nothing to say.
+        assert!(says_already(&old, "shop", "aaaa", &failed));
+        assert!(!says_already(&old, "shop", "bbbb", &failed));
+        let other = Review::Failed { reason: "y".into() };
+        assert!(!says_already(&old, "shop", "aaaa", &other));
+    }
+
+    #[test]
+    fn the_manifests_digest_ignores_order_and_sees_any_change() {
+        let a = ManifestFile::new("a.yaml", b"x: 1\n".to_vec());
+        let b = ManifestFile::new("b.yaml", b"y: 2\n".to_vec());
+        let digest = manifests_digest(&[a.clone(), b.clone()]);
+        assert_eq!(digest.len(), 16);
+        assert_eq!(digest, manifests_digest(&[b.clone(), a.clone()]));
+        let changed = ManifestFile::new("b.yaml", b"y: 3\n".to_vec());
+        assert_ne!(digest, manifests_digest(&[a.clone(), changed]));
+        let moved = ManifestFile::new("c.yaml", b"y: 2\n".to_vec());
+        assert_ne!(digest, manifests_digest(&[a, moved]));
     }
 
     #[test]
@@ -225,7 +299,7 @@ mod tests {
             })
             .collect();
         let review = Review::Invalid { diagnostics };
-        let text = body("shop", "abcdef0123456789", &review);
+        let text = body("shop", "abcdef0123456789", "0f0f", &review);
         assert!(text.contains("The manifests are invalid (60 problems)"));
         assert!(text.contains("shop.yaml:1:3: unknown field `x0`"), "{text}");
         assert!(text.contains("… and 10 more"));
@@ -241,7 +315,7 @@ mod tests {
         let review = Review::Failed {
             reason: "é".repeat(100_000),
         };
-        let text = body("shop", "abc", &review);
+        let text = body("shop", "abc", "0f0f", &review);
         assert!(text.len() <= BODY_LIMIT, "{}", text.len());
         assert!(text.ends_with("comment size limit.\n"));
     }

@@ -56,18 +56,20 @@ pub enum Published {
 }
 
 /// Marks `source`'s comment on `pr` as describing an older commit than `head`, before the
-/// new plan is made. Returns whether a comment was marked.
+/// new plan is made, unless the head's manifests (digest `manifests`) are the ones the
+/// comment describes. Returns whether a comment was marked.
 pub async fn mark_outdated(
     forge: &impl Forge,
     pr: &PullRef,
     source: &str,
     head: &str,
+    manifests: &str,
 ) -> Result<bool, ForgeError> {
     let comments = forge.comments(pr).await?;
     let Some(existing) = comment::find(&comments, source) else {
         return Ok(false);
     };
-    match comment::outdated(&existing.body, head) {
+    match comment::outdated(&existing.body, head, manifests) {
         Some(body) => {
             forge.edit_comment(pr, existing.id, &body).await?;
             Ok(true)
@@ -76,20 +78,28 @@ pub async fn mark_outdated(
     }
 }
 
-/// Puts `review` of `source` at `head` on `pr`: the comment is created once, then edited in
-/// place, and left alone when its text would not change; then the commit status is set.
+/// Puts `review` of `source` at `head` (whose manifests have digest `manifests`) on `pr`:
+/// the comment is created once, then edited in place, and left alone when it would say the
+/// same (the same text, or the same review of the same manifests at an earlier head); then
+/// the commit status of `head` is set.
 pub async fn publish(
     forge: &impl Forge,
     pr: &PullRef,
     source: &str,
     head: &str,
+    manifests: &str,
     review: &Review,
     target_url: Option<String>,
 ) -> Result<Published, ForgeError> {
-    let body = comment::body(source, head, review);
+    let body = comment::body(source, head, manifests, review);
     let comments = forge.comments(pr).await?;
     let published = match comment::find(&comments, source) {
-        Some(existing) if existing.body == body => Published::Unchanged(existing.id),
+        Some(existing)
+            if existing.body == body
+                || comment::says_already(&existing.body, source, manifests, review) =>
+        {
+            Published::Unchanged(existing.id)
+        }
         Some(existing) => {
             forge.edit_comment(pr, existing.id, &body).await?;
             Published::Edited(existing.id)

@@ -105,14 +105,14 @@ impl Worker {
             number: u64::try_from(pull.number).unwrap_or_default(),
         };
         match self.publish(source, &pr, pull).await {
-            Ok(review) => {
+            Ok((review, manifests)) => {
                 let (state, _, summary) = comment::status(name, &review);
                 let outcome = if state == State::Success {
                     "success"
                 } else {
                     "failure"
                 };
-                let body = comment::body(name, &pull.head, &review);
+                let body = comment::body(name, &pull.head, &manifests, &review);
                 if let Err(error) =
                     store::reviewed(&self.pool, pull, outcome, &summary, &body).await
                 {
@@ -132,10 +132,15 @@ impl Worker {
         source: &PullSource,
         pr: &PullRef,
         pull: &Pull,
-    ) -> Result<Review, ForgeError> {
+    ) -> Result<(Review, String), ForgeError> {
         let name = &source.source.name;
-        review::mark_outdated(&source.forge, pr, name, &pull.head).await?;
-        let review = match self.files(&source.source, pull).await {
+        let files = self.files(&source.source, pull).await;
+        let manifests = files
+            .as_ref()
+            .map(|files| comment::manifests_digest(files))
+            .unwrap_or_default();
+        review::mark_outdated(&source.forge, pr, name, &pull.head, &manifests).await?;
+        let review = match files {
             Ok(files) => {
                 review::plan(&self.pool, name, files, self.keys.as_ref(), &self.guard).await
             }
@@ -148,8 +153,17 @@ impl Worker {
                 pr.number
             )
         });
-        review::publish(&source.forge, pr, name, &pull.head, &review, target).await?;
-        Ok(review)
+        review::publish(
+            &source.forge,
+            pr,
+            name,
+            &pull.head,
+            &manifests,
+            &review,
+            target,
+        )
+        .await?;
+        Ok((review, manifests))
     }
 
     /// The manifests at the pull request's head, from `refs/pull/N/head` of the base

@@ -76,7 +76,8 @@ async fn comment(args: &PlanArgs, pr: &forge::PullRef) -> Result<ExitCode> {
     let pool = database::connect(&args.db, "plan").await?;
     let keys = keyring(&args.keys)?;
     let source = &manifests.source;
-    forge::review::mark_outdated(&client, pr, source, &head).await?;
+    let digest = forge::comment::manifests_digest(&manifests.files);
+    forge::review::mark_outdated(&client, pr, source, &head, &digest).await?;
     let review = forge::review::plan(
         &pool,
         source,
@@ -85,7 +86,8 @@ async fn comment(args: &PlanArgs, pr: &forge::PullRef) -> Result<ExitCode> {
         &guard(&args.guard),
     )
     .await;
-    let published = forge::review::publish(&client, pr, source, &head, &review, None).await?;
+    let published =
+        forge::review::publish(&client, pr, source, &head, &digest, &review, None).await?;
     let done = match published {
         forge::review::Published::Created(id) => format!("posted comment {id}"),
         forge::review::Published::Edited(id) => format!("updated comment {id}"),
