@@ -311,14 +311,15 @@ async fn one_comment_per_pull_request_is_created_then_edited_and_left_alone_when
     }
     dir.write("project.yaml", PROJECT);
     dir.write("web.yaml", service("web", 2));
-    let opened =
-        tokio::task::block_in_place(|| comment(&db, &dir, &forge, "a1a1a1a1a1a1a1a1", &[]));
-    assert_eq!(opened.code, 0, "{}", opened.stderr);
-    assert!(
-        opened.stderr.contains("posted comment"),
-        "{}",
-        opened.stderr
-    );
+    // `plan --comment` at `head`, which succeeds saying `says`.
+    let post = |head: &str, says: &str| {
+        let run = tokio::task::block_in_place(|| comment(&db, &dir, &forge, head, &[]));
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        assert!(run.stderr.contains(says), "{}", run.stderr);
+        run
+    };
+    let patches = |f: &Forge| f.calls.iter().filter(|c| c.starts_with("PATCH")).count();
+    let opened = post("a1a1a1a1a1a1a1a1", "posted comment");
     {
         let f = forge.forge();
         let mine = ours(&f);
@@ -355,47 +356,35 @@ async fn one_comment_per_pull_request_is_created_then_edited_and_left_alone_when
 
     // A new commit: the same comment is first marked outdated, then replaced.
     dir.write("web.yaml", service("web", 3));
-    let pushed =
-        tokio::task::block_in_place(|| comment(&db, &dir, &forge, "b2b2b2b2b2b2b2b2", &[]));
-    assert_eq!(pushed.code, 0, "{}", pushed.stderr);
-    assert!(
-        pushed.stderr.contains("updated comment"),
-        "{}",
-        pushed.stderr
-    );
+    post("b2b2b2b2b2b2b2b2", "updated comment");
     {
         let f = forge.forge();
         let mine = ours(&f);
         assert_eq!(mine.len(), 1);
         assert!(mine[0].1.contains("head=b2b2b2b2b2b2b2b2 manifests="));
         assert!(!mine[0].1.contains("Outdated"), "replaced after the mark");
-        let edits = f.calls.iter().filter(|c| c.starts_with("PATCH")).count();
-        assert_eq!(edits, 2, "marked outdated, then replaced: {:#?}", f.calls);
+        assert_eq!(
+            patches(&f),
+            2,
+            "marked outdated, then replaced: {:#?}",
+            f.calls
+        );
     }
 
     // A new commit that changes no manifest: the comment stays as it is (still naming the
     // commit it was made for); the new commit gets its status.
-    let unchanged =
-        tokio::task::block_in_place(|| comment(&db, &dir, &forge, "c3c3c3c3c3c3c3c3", &[]));
-    assert_eq!(unchanged.code, 0, "{}", unchanged.stderr);
-    assert!(
-        unchanged.stderr.contains("is up to date"),
-        "{}",
-        unchanged.stderr
-    );
+    post("c3c3c3c3c3c3c3c3", "is up to date");
     {
         let f = forge.forge();
-        assert_eq!(f.calls.iter().filter(|c| c.starts_with("PATCH")).count(), 2);
+        assert_eq!(patches(&f), 2);
         assert!(ours(&f)[0].1.contains("head=b2b2b2b2b2b2b2b2 "));
         assert_eq!(f.statuses["c3c3c3c3c3c3c3c3"][0].1, "success");
     }
 
     // The same head and manifests again: nothing is edited.
-    let again = tokio::task::block_in_place(|| comment(&db, &dir, &forge, "b2b2b2b2b2b2b2b2", &[]));
-    assert_eq!(again.code, 0, "{}", again.stderr);
-    assert!(again.stderr.contains("is up to date"), "{}", again.stderr);
+    post("b2b2b2b2b2b2b2b2", "is up to date");
     let f = forge.forge();
-    assert_eq!(f.calls.iter().filter(|c| c.starts_with("PATCH")).count(), 2);
+    assert_eq!(patches(&f), 2);
     assert_eq!(
         f.calls
             .iter()
