@@ -39,13 +39,9 @@ fn run() -> Result<(), String> {
             ("--requests", &mut requests),
         ],
     )?;
-    let binary = measure::build_binary()?;
-    let root = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let cluster = Cluster::new(&root.path().join("pg")).map_err(|e| e.to_string())?;
-    cluster.start().map_err(|e| e.to_string())?;
-    let result = bench(&binary, &cluster, root.path(), resources, requests.max(1));
-    cluster.stop().map_err(|e| e.to_string())?;
-    result
+    measure::with_cluster(|binary, cluster, root| {
+        bench(binary, cluster, root, resources, requests.max(1))
+    })
 }
 
 fn bench(

@@ -47,19 +47,10 @@ fn run() -> Result<(), String> {
         "bench_pulls [--resources N] [--pushes N]",
         &mut [("--resources", &mut resources), ("--pushes", &mut pushes)],
     )?;
-    let binary = measure::build_binary()?;
-    let root = tempfile::tempdir().map_err(|e| e.to_string())?;
-    std::fs::set_permissions(
-        root.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .map_err(|e| e.to_string())?;
-    let cluster = Cluster::new(&root.path().join("pg")).map_err(|e| e.to_string())?;
-    cluster.start().map_err(|e| e.to_string())?;
-    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-    let result = runtime.block_on(bench(&binary, &cluster, root.path(), resources, pushes));
-    cluster.stop().map_err(|e| e.to_string())?;
-    result
+    measure::with_cluster(|binary, cluster, root| {
+        let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+        runtime.block_on(bench(binary, cluster, root, resources, pushes))
+    })
 }
 
 /// The fake forge: comment bodies by id, and when a comment naming each head arrived.

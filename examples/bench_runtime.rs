@@ -38,21 +38,11 @@ fn run() -> Result<(), String> {
         "bench_runtime [--edits N] [--services N]",
         &mut [("--edits", &mut edits), ("--services", &mut services)],
     )?;
-    let binary = measure::build_binary()?;
-    let root = tempfile::tempdir().map_err(|e| e.to_string())?;
-    // The server user must be able to enter it when this runs as root.
-    std::fs::set_permissions(
-        root.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .map_err(|e| e.to_string())?;
-    let cluster = Cluster::new(&root.path().join("pg")).map_err(|e| e.to_string())?;
-    cluster.start().map_err(|e| e.to_string())?;
-    let app = app_repository(root.path())?;
-    let result = edit_to_serving(&binary, &cluster, root.path(), &app, edits)
-        .and_then(|()| convergence(&binary, &cluster, root.path(), &app, services));
-    cluster.stop().map_err(|e| e.to_string())?;
-    result
+    measure::with_cluster(|binary, cluster, root| {
+        let app = app_repository(root)?;
+        edit_to_serving(binary, cluster, root, &app, edits)
+            .and_then(|()| convergence(binary, cluster, root, &app, services))
+    })
 }
 
 /// A repository holding the example's server (examples/local/app), committed on `main`.

@@ -123,6 +123,23 @@ async fn click(client: &Client, css: &str) {
         .expect("click");
 }
 
+/// Whether the text of `css` on the page comes to contain `wanted` within `within`, looked
+/// at every 20 ms.
+async fn shows(client: &Client, css: &str, wanted: &str, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        let text = match client.find(Locator::Css(css)).await {
+            Ok(element) => element.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if text.contains(wanted) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
 async fn path(client: &Client) -> String {
     client
         .current_url()
@@ -265,23 +282,14 @@ async fn the_console_is_walked_in_a_real_browser_from_login_to_every_page() {
     // The healthy service: its log follows live. A line the replica prints appears on the
     // page within a second.
     click(client, "a[href=\"/services/shop/web\"]").await;
-    let live = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let text = client
-                .find(Locator::Css("#live"))
-                .await
-                .expect("#live")
-                .text()
-                .await
-                .unwrap_or_default();
-            if text.contains("Following the log live") {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
+    let live = shows(
+        client,
+        "#live",
+        "Following the log live",
+        Duration::from_secs(10),
+    )
     .await;
-    assert!(live.is_ok(), "the page never connected to the log's events");
+    assert!(live, "the page never connected to the log's events");
     let replica: std::net::SocketAddr = db
         .psql("SELECT address FROM endpoints WHERE service = 'web' LIMIT 1")
         .parse()
@@ -297,24 +305,9 @@ async fn the_console_is_walked_in_a_real_browser_from_login_to_every_page() {
         .expect("the request");
         assert!(answered.is_some(), "the replica answers");
         let marker = format!("console-marker-{n}");
-        let appeared = tokio::time::timeout(Duration::from_secs(5), async {
-            loop {
-                let logs = client
-                    .find(Locator::Css("#logs"))
-                    .await
-                    .expect("#logs")
-                    .text()
-                    .await
-                    .unwrap_or_default();
-                if logs.contains(&marker) {
-                    return asked.elapsed();
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("{marker} never appeared on the page"));
-        delays.push(appeared);
+        let appeared = shows(client, "#logs", &marker, Duration::from_secs(5)).await;
+        assert!(appeared, "{marker} never appeared on the page");
+        delays.push(asked.elapsed());
     }
     eprintln!("log line to page: {delays:?}");
     assert!(

@@ -690,8 +690,16 @@ async fn the_server_reviews_pull_requests_from_signed_webhooks_of_github_and_git
         (db.psql("SELECT count(*) FROM services") == "1").then_some(())
     });
     assert!(applied.is_some(), "the main branch was applied");
-    let post = |headers: &[(&str, &str)], body: &[u8]| {
-        crate::util::http(port, "POST", "/api/v1/webhooks/github", headers, body)
+    // A pull_request webhook as GitHub sends it, signed with `signature` (GitHub's form).
+    let github = |delivery: &str, signature: &str, body: &[u8]| {
+        let headers = [
+            ("X-GitHub-Event", "pull_request"),
+            ("X-GitHub-Delivery", delivery),
+            ("X-Hub-Signature-256", signature),
+        ];
+        tokio::task::block_in_place(|| {
+            crate::util::http(port, "POST", "/api/v1/webhooks/github", &headers, body)
+        })
     };
     let comment_of = |number: u64, head: &str| {
         let key = format!("acme/deploy#{number}");
@@ -718,16 +726,7 @@ async fn the_server_reviews_pull_requests_from_signed_webhooks_of_github_and_git
     let first = pull_head(&service("web", 3), 7);
     let body = pull_event(&url, "opened", 7, &first, Some("acme/deploy"));
     let signed = signature(&body);
-    let (code, answer) = tokio::task::block_in_place(|| {
-        post(
-            &[
-                ("X-GitHub-Event", "pull_request"),
-                ("X-GitHub-Delivery", "pr-1"),
-                ("X-Hub-Signature-256", &signed),
-            ],
-            &body,
-        )
-    });
+    let (code, answer) = github("pr-1", &signed, &body);
     assert_eq!(code, 202, "{answer}");
     let text = tokio::task::block_in_place(|| comment_of(7, &first));
     assert!(
@@ -751,29 +750,11 @@ async fn the_server_reviews_pull_requests_from_signed_webhooks_of_github_and_git
     assert_eq!(db.psql("SELECT fields->>'replicas' FROM services"), "1");
 
     // A replayed delivery and a forged signature do nothing.
-    let (code, answer) = tokio::task::block_in_place(|| {
-        post(
-            &[
-                ("X-GitHub-Event", "pull_request"),
-                ("X-GitHub-Delivery", "pr-1"),
-                ("X-Hub-Signature-256", &signed),
-            ],
-            &body,
-        )
-    });
+    let (code, answer) = github("pr-1", &signed, &body);
     assert_eq!(code, 200, "{answer}");
     assert!(answer.contains("already processed"), "{answer}");
     let forged = signature(b"something else");
-    let (code, _) = tokio::task::block_in_place(|| {
-        post(
-            &[
-                ("X-GitHub-Event", "pull_request"),
-                ("X-GitHub-Delivery", "pr-2"),
-                ("X-Hub-Signature-256", &forged),
-            ],
-            &body,
-        )
-    });
+    let (code, _) = github("pr-2", &forged, &body);
     assert_eq!(code, 401);
 
     // Gitea's flavour: `synchronized`, its own headers and a bare hex signature. The head is
@@ -813,16 +794,7 @@ async fn the_server_reviews_pull_requests_from_signed_webhooks_of_github_and_git
     let fork = pull_head(&service("web", 2), 8);
     let body = pull_event(&url, "opened", 8, &fork, None);
     let signed = signature(&body);
-    let (code, _) = tokio::task::block_in_place(|| {
-        post(
-            &[
-                ("X-GitHub-Event", "pull_request"),
-                ("X-GitHub-Delivery", "pr-4"),
-                ("X-Hub-Signature-256", &signed),
-            ],
-            &body,
-        )
-    });
+    let (code, _) = github("pr-4", &signed, &body);
     assert_eq!(code, 202);
     let text = tokio::task::block_in_place(|| comment_of(8, &fork));
     assert!(text.contains("replicas = 1 -> 2"), "{text}");

@@ -91,3 +91,25 @@ pub fn numbers(usage: &str, numbers: &mut [(&str, &mut usize)]) -> Result<(), St
     }
     Ok(())
 }
+
+/// Builds the release binary and starts a private PostgreSQL cluster in a new temporary
+/// directory, runs `bench` with the binary, the cluster and that directory, and stops the
+/// cluster whatever `bench` returned.
+pub fn with_cluster(
+    bench: impl FnOnce(&Path, &reconciler::postgres::Cluster, &Path) -> Result<(), String>,
+) -> Result<(), String> {
+    let binary = build_binary()?;
+    let root = tempfile::tempdir().map_err(|e| e.to_string())?;
+    // The server user must be able to enter it when this runs as root.
+    std::fs::set_permissions(
+        root.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .map_err(|e| e.to_string())?;
+    let cluster =
+        reconciler::postgres::Cluster::new(&root.path().join("pg")).map_err(|e| e.to_string())?;
+    cluster.start().map_err(|e| e.to_string())?;
+    let result = bench(&binary, &cluster, root.path());
+    cluster.stop().map_err(|e| e.to_string())?;
+    result
+}
