@@ -140,6 +140,18 @@ async fn shows(client: &Client, css: &str, wanted: &str, within: Duration) -> bo
     false
 }
 
+/// Types `token` into the login form on the page and submits it.
+async fn log_in(client: &Client, token: &str) {
+    client
+        .find(Locator::Css("#token"))
+        .await
+        .expect("the token field")
+        .send_keys(token)
+        .await
+        .expect("type the token");
+    click(client, "form.login button").await;
+}
+
 async fn path(client: &Client) -> String {
     client
         .current_url()
@@ -221,14 +233,7 @@ async fn the_console_is_walked_in_a_real_browser_from_login_to_every_page() {
         .expect("goto");
     assert_eq!(path(client).await, "/login");
     seen.page(client, "login").await;
-    client
-        .find(Locator::Css("#token"))
-        .await
-        .expect("the token field")
-        .send_keys(&token)
-        .await
-        .expect("type the token");
-    click(client, "form.login button").await;
+    log_in(client, &token).await;
     assert_eq!(path(client).await, "/");
     let cookies = client.get_all_cookies().await.expect("cookies");
     let session = cookies
@@ -365,14 +370,7 @@ async fn the_console_is_walked_in_a_real_browser_from_login_to_every_page() {
     let plain = open_browser(false).await;
     let client = &plain.client;
     client.goto(&format!("{base}/login")).await.expect("goto");
-    client
-        .find(Locator::Css("#token"))
-        .await
-        .expect("the token field")
-        .send_keys(&token)
-        .await
-        .expect("type the token");
-    click(client, "form.login button").await;
+    log_in(client, &token).await;
     for link in [
         "a[href=\"/projects/shop\"]",
         "a[href=\"/services/shop/web\"]",

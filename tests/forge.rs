@@ -510,104 +510,61 @@ async fn a_wrong_token_or_a_bad_pull_request_is_a_clear_error() {
     let forge = FakeForge::start(false, 30).await;
     dir.write("project.yaml", PROJECT);
     let base = forge.base();
-    let run = |args: &[&str], token: Option<&str>| {
-        let mut command = db.command(&dir, args);
+    // `meshploy plan . ARGS` with `token` as the forge token, which fails with `code`
+    // saying `says`.
+    let fails = |args: &[&str], token: Option<&str>, code: i32, says: &str| {
+        let mut command = db.command(&dir, &[&["plan", "."][..], args].concat());
         command
             .env_remove("MESHPLOY_FORGE_TOKEN")
             .env_remove("GITHUB_TOKEN");
         if let Some(token) = token {
             command.env("MESHPLOY_FORGE_TOKEN", token);
         }
-        Run::new(command.output())
+        let run = tokio::task::block_in_place(|| Run::new(command.output()));
+        assert_eq!(run.code, code, "{args:?}: {}", run.stderr);
+        assert!(run.stderr.contains(says), "{args:?}: {}", run.stderr);
+        run
     };
-    let wrong = tokio::task::block_in_place(|| {
-        run(
-            &[
-                "plan",
-                ".",
-                "--comment",
-                "acme/deploy#7",
-                "--head",
-                "f6f6",
-                "--forge-api",
-                &base,
-            ],
-            Some("not-the-token"),
-        )
-    });
-    assert_eq!(wrong.code, 1);
-    assert!(
-        wrong
-            .stderr
-            .contains("the forge answered 401: Bad credentials"),
-        "{}",
-        wrong.stderr
+    let pr = [
+        "--comment",
+        "acme/deploy#7",
+        "--head",
+        "f6f6",
+        "--forge-api",
+        &base,
+    ];
+    let wrong = fails(
+        &pr,
+        Some("not-the-token"),
+        1,
+        "the forge answered 401: Bad credentials",
     );
     assert!(!wrong.stderr.contains("not-the-token"));
-    let missing = tokio::task::block_in_place(|| {
-        run(
-            &[
-                "plan",
-                ".",
-                "--comment",
-                "acme/deploy#7",
-                "--head",
-                "f6f6",
-                "--forge-api",
-                &base,
-            ],
-            None,
-        )
-    });
-    assert_eq!(missing.code, 1);
-    assert!(
-        missing.stderr.contains("no forge token"),
-        "{}",
-        missing.stderr
+    fails(&pr, None, 1, "no forge token");
+    fails(
+        &["--comment", "acme#7"],
+        Some(TOKEN),
+        2,
+        "owner/name#NUMBER",
     );
-    let bad =
-        tokio::task::block_in_place(|| run(&["plan", ".", "--comment", "acme#7"], Some(TOKEN)));
-    assert_eq!(bad.code, 2, "a usage error");
-    assert!(bad.stderr.contains("owner/name#NUMBER"), "{}", bad.stderr);
-    let no_head = tokio::task::block_in_place(|| {
-        run(
-            &[
-                "plan",
-                ".",
-                "--comment",
-                "acme/deploy#7",
-                "--forge-api",
-                &base,
-            ],
-            Some(TOKEN),
-        )
-    });
-    assert_eq!(no_head.code, 1);
-    assert!(
-        no_head.stderr.contains("give --head SHA"),
-        "{}",
-        no_head.stderr
+    fails(
+        &["--comment", "acme/deploy#7", "--forge-api", &base],
+        Some(TOKEN),
+        1,
+        "give --head SHA",
     );
-    let gitea = tokio::task::block_in_place(|| {
-        run(
-            &[
-                "plan",
-                ".",
-                "--comment",
-                "acme/deploy#7",
-                "--head",
-                "f6",
-                "--forge",
-                "gitea",
-            ],
-            Some(TOKEN),
-        )
-    });
-    assert_eq!(gitea.code, 1);
-    assert!(
-        gitea.stderr.contains("give --forge-api"),
-        "{}",
-        gitea.stderr
+    fails(
+        &[
+            "--comment",
+            "acme/deploy#7",
+            "--head",
+            "f6",
+            "--forge",
+            "gitea",
+        ],
+        Some(TOKEN),
+        1,
+        "give --forge-api",
     );
     assert!(forge.forge().comments.is_empty(), "nothing was posted");
 }
