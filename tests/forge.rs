@@ -86,14 +86,20 @@ impl FakeForge {
 
     /// Someone else's comment on `pr`.
     pub fn add_comment(&self, pr: &str, body: &str) {
-        let mut forge = self.forge();
-        forge.next_id += 1;
-        let id = forge.next_id;
-        forge
-            .comments
+        self.forge().add(pr, body);
+    }
+}
+
+impl Forge {
+    /// A new comment on `pr`; returns its id.
+    fn add(&mut self, pr: &str, body: &str) -> u64 {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.comments
             .entry(pr.to_owned())
             .or_default()
             .push((id, body.to_owned()));
+        id
     }
 }
 
@@ -203,14 +209,10 @@ async fn create_comment(
     let Some(body) = body_of(&request) else {
         return unprocessable(TOO_LONG);
     };
-    let mut forge = state.lock().unwrap_or_else(|e| e.into_inner());
-    forge.next_id += 1;
-    let id = forge.next_id;
-    forge
-        .comments
-        .entry(format!("{owner}/{name}#{number}"))
-        .or_default()
-        .push((id, body.clone()));
+    let id = state
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .add(&format!("{owner}/{name}#{number}"), &body);
     (StatusCode::CREATED, Json(json!({"id": id, "body": body}))).into_response()
 }
 
