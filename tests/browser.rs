@@ -55,7 +55,7 @@ struct Browser {
 
 async fn open_browser(javascript: bool) -> Browser {
     let port = closed_port();
-    let driver = Process::spawn(
+    let driver = Process::spawn_group(
         std::process::Command::new(chromedriver())
             .arg(format!("--port={port}"))
             .stdout(std::process::Stdio::null()),

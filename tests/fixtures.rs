@@ -45,12 +45,26 @@ pub fn shop_remote() -> (Remote, String) {
 #[derive(Debug)]
 pub struct Process {
     child: Child,
+    /// Whether the child leads its own process group, all of which goes with it.
+    group: bool,
 }
 
 impl Process {
     pub fn spawn(command: &mut Command) -> Process {
         Process {
             child: command.spawn().expect("start a process"),
+            group: false,
+        }
+    }
+
+    /// Starts `command` in a process group of its own, killed whole when dropped: for a
+    /// program that starts others (ChromeDriver starts Chromium and its helpers), so that a
+    /// failing test leaves none of them behind.
+    pub fn spawn_group(command: &mut Command) -> Process {
+        use std::os::unix::process::CommandExt;
+        Process {
+            child: command.process_group(0).spawn().expect("start a process"),
+            group: true,
         }
     }
 
@@ -135,6 +149,11 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
+        if self.group {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", self.child.id())])
+                .status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

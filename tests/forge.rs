@@ -712,6 +712,19 @@ async fn the_server_reviews_pull_requests_from_signed_webhooks_of_github_and_git
     let (code, answer) = github("pr-1", &signed, &body);
     assert_eq!(code, 200, "{answer}");
     assert!(answer.contains("already processed"), "{answer}");
+    // Signed but malformed: a clear 400, never a database error.
+    let broken = b"{\"action\": \"opened\", \"number\": 7}";
+    let (code, answer) = github("pr-5", &signature(broken), broken);
+    assert_eq!(code, 400, "{answer}");
+    assert!(
+        answer.contains("the pull_request event cannot be read"),
+        "{answer}"
+    );
+    let negative = pull_event(&url, "opened", 7, &first, None);
+    let negative = String::from_utf8_lossy(&negative).replace("\"number\":7", "\"number\":-7");
+    let (code, answer) = github("pr-6", &signature(negative.as_bytes()), negative.as_bytes());
+    assert_eq!(code, 400, "{answer}");
+    assert!(answer.contains("must be positive, not -7"), "{answer}");
     let forged = signature(b"something else");
     let (code, _) = github("pr-2", &forged, &body);
     assert_eq!(code, 401);

@@ -134,6 +134,12 @@ async fn pull_request(
             ));
         }
     };
+    if event.number <= 0 {
+        return Err(ApiError::BadRequest(format!(
+            "the pull_request event's number must be positive, not {}",
+            event.number
+        )));
+    }
     if !fresh(state, delivery).await? {
         return Ok(ok(json!({ "ignored": "delivery already processed" })));
     }
