@@ -34,6 +34,8 @@ pub struct Forge {
     pub per_page: usize,
     /// Gitea flavour: comments in one answer with `X-Total-Count`, no `Link`.
     pub gitea: bool,
+    /// Pull requests closed on the forge (every other one is open).
+    pub closed: std::collections::BTreeSet<u64>,
 }
 
 /// A status as set: (context, state, description, target URL).
@@ -66,6 +68,7 @@ impl FakeForge {
                 patch(edit_comment),
             )
             .route("/repos/{owner}/{name}/statuses/{sha}", post(set_status))
+            .route("/repos/{owner}/{name}/pulls/{number}", get(pull_state))
             .layer(axum::middleware::from_fn_with_state(state.clone(), record))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -239,6 +242,19 @@ async fn edit_comment(
         }
         None => (StatusCode::NOT_FOUND, Json(json!({"message": "Not Found"}))).into_response(),
     }
+}
+
+async fn pull_state(
+    State(state): State<Shared>,
+    Path((_owner, _name, number)): Path<(String, String, u64)>,
+) -> Response {
+    let closed = state
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .closed
+        .contains(&number);
+    let state = if closed { "closed" } else { "open" };
+    Json(json!({"number": number, "state": state})).into_response()
 }
 
 async fn set_status(
@@ -571,8 +587,42 @@ async fn a_wrong_token_or_a_bad_pull_request_is_a_clear_error() {
     assert!(forge.forge().comments.is_empty(), "nothing was posted");
 }
 
+/// `meshploy serve` of source `shop` (manifests under `deploy/` of `url`) with the fake
+/// forge, its token in the environment, `more` added to the source's configuration and
+/// `args` to the command.
+pub fn serve_command(
+    db: &Db,
+    dir: &Dir,
+    url: &str,
+    forge: &FakeForge,
+    more: &str,
+    args: &[&str],
+) -> std::process::Command {
+    let config = dir.write(
+        "sources.yaml",
+        format!(
+            "sources:\n  - name: shop\n    url: {url}\n    path: deploy\n    pollInterval: 1h\n    forge:\n      kind: github\n      api: {}\n      tokenEnv: SHOP_FORGE_TOKEN\n{more}",
+            forge.base()
+        ),
+    );
+    let mut command = db.command(
+        dir,
+        &[
+            "serve",
+            "--config",
+            &config.display().to_string(),
+            "--listen",
+            "127.0.0.1:0",
+            "--webhook-secret",
+            crate::serve::SECRET,
+        ],
+    );
+    command.args(args).env("SHOP_FORGE_TOKEN", TOKEN);
+    command
+}
+
 /// A signed pull_request event for `acme/deploy#number` against `main` of `url`.
-fn pull_event(
+pub fn pull_event(
     url: &str,
     action: &str,
     number: u64,
@@ -595,7 +645,7 @@ fn pull_event(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_reviews_pull_requests_from_signed_webhooks_of_github_and_gitea() {
-    use crate::serve::{SECRET, signature};
+    use crate::serve::signature;
     let (db, dir) = (Db::new(), Dir::new());
     let forge = FakeForge::start(false, 30).await;
     let repo = crate::util::Remote::new();
@@ -619,29 +669,18 @@ async fn the_server_reviews_pull_requests_from_signed_webhooks_of_github_and_git
         commit
     };
     let url = format!("file://{}", repo.bare().display());
-    let config = dir.write(
-        "sources.yaml",
-        format!(
-            "sources:\n  - name: shop\n    url: {url}\n    path: deploy\n    pollInterval: 1h\n    forge:\n      kind: github\n      api: {}\n      tokenEnv: SHOP_FORGE_TOKEN\n",
-            forge.base()
-        ),
-    );
-    let mut command = db.command(
+    let mut command = serve_command(
+        &db,
         &dir,
+        &url,
+        &forge,
+        "",
         &[
-            "serve",
-            "--config",
-            &config.display().to_string(),
-            "--listen",
-            "127.0.0.1:0",
-            "--webhook-secret",
-            SECRET,
             "--public-url",
             "https://meshploy.example.com",
             "--anonymous-read",
         ],
     );
-    command.env("SHOP_FORGE_TOKEN", TOKEN);
     let (_serve, addresses) =
         crate::fixtures::Process::announced(&mut command, "meshploy serve: API and console on");
     let port = addresses[0].port();
@@ -827,6 +866,26 @@ fn a_bad_forge_configuration_is_refused_at_start_naming_the_file_and_source() {
             "      kind: github\n      token: ghp_inline\n",
             "unknown field `token`",
         ),
+        (
+            "      kind: github\n      tokenFile: token.txt\n    previews:\n      enabled: true\n      host: preview.{host}\n",
+            "source `shop`: previews.host: `preview.{host}` has no `{number}`",
+        ),
+        (
+            "      kind: github\n      tokenFile: token.txt\n    previews:\n      enabled: true\n      ttl: 3 days\n",
+            "source `shop`: previews.ttl: `3 days` has an unknown unit",
+        ),
+        (
+            "      kind: github\n      tokenFile: token.txt\n    previews:\n      enabled: true\n      scheme: ftp\n",
+            "source `shop`: previews.scheme: `ftp` is neither http nor https",
+        ),
+        (
+            "      kind: github\n      tokenFile: token.txt\n    previews:\n      enabled: true\n      maxActive: -1\n",
+            "sources.yaml: line 9 column 18: invalid u32",
+        ),
+        (
+            "    previews:\n      enabled: true\n",
+            "source `shop`: previews need a `forge` to learn of pull requests",
+        ),
     ] {
         dir.write("token.txt", "t0ken\n");
         let config = dir.write("sources.yaml", source(forge));
@@ -955,10 +1014,12 @@ async fn a_burst_of_pushes_is_reviewed_once_for_the_newest_head() {
         sources: vec![forge::worker::PullSource {
             source,
             forge: forge::Client::new(forge::Kind::GitHub, &forge.base(), TOKEN).expect("a client"),
+            previews: None,
         }],
         cache: dir.path().join("cache"),
         keys: None,
         guard: reconciler::plan::Guard::default(),
+        lock_timeout_ms: 30_000,
         public_url: None,
         leading: Arc::new(AtomicBool::new(true)),
     };

@@ -15,7 +15,7 @@ use crate::util::{Db, Dir, Remote, wait_for};
 /// the value the test expects, without saying it), `/healthz` with `HEALTH_STATUS`; prints
 /// what follows `/say/` in a path; with `CRASH_AFTER`, it dies that many seconds after it
 /// starts, saying why.
-const APP: &str = r#"import hashlib, os, sys, threading, time, http.server
+pub const APP: &str = r#"import hashlib, os, sys, threading, time, http.server
 port = int(os.environ["PORT"])
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
@@ -65,7 +65,7 @@ pub fn app_repo() -> Remote {
 
 /// The `shop` project with service `web` built from `git` by `build` (a shell command) and
 /// run as the app with `spec` lines added, and a route from web.test to it.
-fn manifests(git: &Path, build: &str, spec: &str) -> String {
+pub fn manifests(git: &Path, build: &str, spec: &str) -> String {
     format!(
         "apiVersion: meshploy.dev/v1\nkind: Project\nmetadata:\n  name: shop\n---\n\
          apiVersion: meshploy.dev/v1\nkind: Service\nmetadata:\n  name: web\n  project: shop\nspec:\n  \
@@ -578,13 +578,7 @@ fn a_sealed_secret_reaches_the_process_and_nothing_else() {
         .env("MESHPLOY_SECRET_KEYS", &keys)
         .env("RUST_LOG", "debug");
     let up = Up::announced(&mut command);
-    let digest = {
-        use sha2::Digest;
-        sha2::Sha256::digest(TOKEN.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    };
+    let digest = crate::util::sha256_hex(TOKEN.as_bytes());
     serves(&up, "/secret", &digest, ROLLOUT);
     let logs = logs_with(&db, &dir, &["logs", "web"], &["with token (redacted)"]);
     let build = logs_with(

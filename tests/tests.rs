@@ -12,6 +12,7 @@ mod forge;
 mod generate;
 mod git_source;
 mod plan_apply;
+mod previews;
 mod proxy;
 mod runtime;
 mod schema_export;

@@ -461,3 +461,13 @@ pub fn chromedriver() -> PathBuf {
     }
     driver
 }
+
+/// SHA-256 of `bytes` in lowercase hex: what the test app answers for its secret, so a test
+/// can check the value arrived without the app printing it.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -133,6 +133,14 @@ pub trait Forge: Send + Sync {
         commit: &str,
         status: &Status,
     ) -> impl Future<Output = Result<(), ForgeError>> + Send;
+    /// Whether the pull request is open (not closed or merged).
+    fn is_open(&self, pr: &PullRef) -> impl Future<Output = Result<bool, ForgeError>> + Send;
+}
+
+/// The part of a pull request that [`Forge::is_open`] reads.
+#[derive(Deserialize)]
+struct PullState {
+    state: String,
 }
 
 /// Which API a forge speaks.
@@ -333,6 +341,16 @@ impl Forge for Client {
         self.send(&what, self.request(reqwest::Method::POST, &url).json(&body))
             .await?;
         Ok(())
+    }
+
+    async fn is_open(&self, pr: &PullRef) -> Result<bool, ForgeError> {
+        let what = format!("reading the state of {pr}");
+        let url = format!("{}/repos/{}/pulls/{}", self.base, pr.repo, pr.number);
+        let response = self
+            .send(&what, self.request(reqwest::Method::GET, &url))
+            .await?;
+        let pull: PullState = Client::json(&what, response).await?;
+        Ok(pull.state == "open")
     }
 }
 

@@ -23,6 +23,78 @@ pub enum Review {
     Failed { reason: String },
 }
 
+/// What a comment says about the pull request's preview environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Preview {
+    /// Previews are off for the source (or the comment comes from CI).
+    Off,
+    /// It runs: where, and how long it lives without a push (`72h`).
+    Live { urls: Vec<String>, ttl: String },
+    /// There is none, and why.
+    Missing { reason: String },
+}
+
+/// How many preview URLs a comment lists; the rest are counted.
+const SHOWN_URLS: usize = 20;
+/// How much of a reason for a missing preview a comment quotes.
+const SHOWN_REASON: usize = 1_000;
+
+impl Preview {
+    /// The comment's section about the preview (empty when previews are off).
+    fn section(&self) -> String {
+        match self {
+            Preview::Off => String::new(),
+            Preview::Live { urls, ttl } => {
+                let mut out = String::from(
+                    "
+#### Preview
+
+",
+                );
+                if urls.is_empty() {
+                    out.push_str("This pull request's preview runs; none of its routes has a host to link to.
+");
+                } else {
+                    out.push_str(
+                        "This pull request's preview runs at:
+
+",
+                    );
+                    for url in urls.iter().take(SHOWN_URLS) {
+                        out.push_str(&format!(
+                            "- <{url}>
+"
+                        ));
+                    }
+                    if urls.len() > SHOWN_URLS {
+                        out.push_str(&format!(
+                            "- … and {} more
+",
+                            urls.len() - SHOWN_URLS
+                        ));
+                    }
+                }
+                out.push_str(&format!(
+                    "
+It is destroyed when the pull request is closed or merged, or after {ttl} without a push.
+"
+                ));
+                out
+            }
+            Preview::Missing { reason } => {
+                let reason: String = reason.chars().take(SHOWN_REASON).collect();
+                format!(
+                    "
+#### Preview
+
+No preview: {reason}
+"
+                )
+            }
+        }
+    }
+}
+
 /// How many diagnostics a comment lists; the rest are counted.
 const SHOWN_DIAGNOSTICS: usize = 50;
 
@@ -105,8 +177,14 @@ pub fn outdated(body: &str, new_head: &str, manifests: &str) -> Option<String> {
 }
 
 /// The comment for `review` of `source` at `head` (whose manifests have digest
-/// `manifests`), under [`BODY_LIMIT`].
-pub fn body(source: &str, head: &str, manifests: &str, review: &Review) -> String {
+/// `manifests`) and its `preview`, under [`BODY_LIMIT`].
+pub fn body(
+    source: &str,
+    head: &str,
+    manifests: &str,
+    review: &Review,
+    preview: &Preview,
+) -> String {
     let mut out = marker(source, head, manifests);
     out.push('\n');
     let title = format!("Meshploy plan for source `{source}` at `{}`", short(head));
@@ -146,9 +224,12 @@ pub fn body(source: &str, head: &str, manifests: &str, review: &Review) -> Strin
             ));
         }
     }
-    if out.len() > BODY_LIMIT {
+    // The preview's section is bounded (URLs and reason counted), so the rest makes room.
+    let section = preview.section();
+    let limit = BODY_LIMIT - section.len();
+    if out.len() > limit {
         // Only diagnostics or a reason can be this long (a plan is cut by `render::markdown`).
-        let mut end = BODY_LIMIT - 200;
+        let mut end = limit - 200;
         while !out.is_char_boundary(end) {
             end -= 1;
         }
@@ -157,6 +238,7 @@ pub fn body(source: &str, head: &str, manifests: &str, review: &Review) -> Strin
             "\n```\n\n**Cut here:** the rest would exceed the forge's comment size limit.\n",
         );
     }
+    out.push_str(&section);
     out
 }
 
@@ -170,11 +252,17 @@ fn problems(n: usize) -> String {
 
 /// Whether `existing` (a comment of ours) already says what `review` says, for the same
 /// manifests: then a new head that changed no manifest leaves it as it is.
-pub fn says_already(existing: &str, source: &str, manifests: &str, review: &Review) -> bool {
+pub fn says_already(
+    existing: &str,
+    source: &str,
+    manifests: &str,
+    review: &Review,
+    preview: &Preview,
+) -> bool {
     match head_of(existing) {
         Some(head) => {
             manifests_of(existing) == Some(manifests)
-                && existing == body(source, head, manifests, review)
+                && existing == body(source, head, manifests, review, preview)
         }
         None => false,
     }
@@ -246,7 +334,7 @@ mod tests {
     #[test]
     fn a_comment_is_marked_outdated_once_and_keeps_its_marker() {
         let failed = Review::Failed { reason: "x".into() };
-        let old = body("shop", "1111111111111111", "aaaa", &failed);
+        let old = body("shop", "1111111111111111", "aaaa", &failed, &Preview::Off);
         let marked = outdated(&old, "2222222222222222", "bbbb").expect("marked");
         assert_eq!(find(&[comment(1, &marked)], "shop").map(|c| c.id), Some(1));
         assert!(marked.contains("describes `111111111111`"), "{marked}");
@@ -263,10 +351,10 @@ mod tests {
             "same manifests"
         );
         // A new head with the same manifests and the same review: nothing to say.
-        assert!(says_already(&old, "shop", "aaaa", &failed));
-        assert!(!says_already(&old, "shop", "bbbb", &failed));
+        assert!(says_already(&old, "shop", "aaaa", &failed, &Preview::Off));
+        assert!(!says_already(&old, "shop", "bbbb", &failed, &Preview::Off));
         let other = Review::Failed { reason: "y".into() };
-        assert!(!says_already(&old, "shop", "aaaa", &other));
+        assert!(!says_already(&old, "shop", "aaaa", &other, &Preview::Off));
     }
 
     #[test]
@@ -299,7 +387,7 @@ mod tests {
             })
             .collect();
         let review = Review::Invalid { diagnostics };
-        let text = body("shop", "abcdef0123456789", "0f0f", &review);
+        let text = body("shop", "abcdef0123456789", "0f0f", &review, &Preview::Off);
         assert!(text.contains("The manifests are invalid (60 problems)"));
         assert!(text.contains("shop.yaml:1:3: unknown field `x0`"), "{text}");
         assert!(text.contains("… and 10 more"));
@@ -315,8 +403,46 @@ mod tests {
         let review = Review::Failed {
             reason: "é".repeat(100_000),
         };
-        let text = body("shop", "abc", "0f0f", &review);
+        let text = body("shop", "abc", "0f0f", &review, &Preview::Off);
         assert!(text.len() <= BODY_LIMIT, "{}", text.len());
         assert!(text.ends_with("comment size limit.\n"));
+        let missing = Preview::Missing {
+            reason: "x".repeat(5_000),
+        };
+        let text = body("shop", "abc", "0f0f", &review, &missing);
+        assert!(text.len() <= BODY_LIMIT, "{}", text.len());
+        assert!(text.ends_with(&format!("No preview: {}\n", "x".repeat(1_000))));
+    }
+
+    #[test]
+    fn the_preview_section_lists_its_urls_or_says_why_there_is_none() {
+        let failed = Review::Failed { reason: "x".into() };
+        let urls: Vec<String> = (0..25)
+            .map(|i| format!("https://pr-7.s{i}.example.com/"))
+            .collect();
+        let live = Preview::Live {
+            urls,
+            ttl: "72h".into(),
+        };
+        let text = body("shop", "abc", "0f0f", &failed, &live);
+        assert!(text.contains("#### Preview\n\nThis pull request's preview runs at:\n\n- <https://pr-7.s0.example.com/>\n"), "{text}");
+        assert!(text.contains("- … and 5 more\n"), "{text}");
+        assert!(
+            text.contains("closed or merged, or after 72h without a push."),
+            "{text}"
+        );
+        let missing = Preview::Missing {
+            reason: "pull requests from forks get no preview".into(),
+        };
+        let text = body("shop", "abc", "0f0f", &failed, &missing);
+        assert!(
+            text.ends_with("#### Preview\n\nNo preview: pull requests from forks get no preview\n"),
+            "{text}"
+        );
+        assert!(!body("shop", "abc", "0f0f", &failed, &Preview::Off).contains("Preview"));
+        // A different preview is a different comment, even for the same plan.
+        let old = body("shop", "abc", "0f0f", &failed, &live);
+        assert!(says_already(&old, "shop", "0f0f", &failed, &live));
+        assert!(!says_already(&old, "shop", "0f0f", &failed, &missing));
     }
 }

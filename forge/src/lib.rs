@@ -1,10 +1,13 @@
 //! Pull requests: a forge client (GitHub, Gitea/Forgejo) behind one small trait, the plan
 //! comment and commit status as values (`comment`, pure), and the review that plans a pull
-//! request's head read-only and publishes it (`review`); the rows webhooks leave (`store`) and
+//! request's head read-only and publishes it (`review`); preview environments as values
+//! (`preview`, pure) and in the database (`previews`); the rows webhooks leave (`store`) and
 //! the leader's reviewer of them (`worker`).
 
 pub mod client;
 pub mod comment;
+pub mod preview;
+pub mod previews;
 pub mod review;
 pub mod store;
 pub mod worker;

@@ -9,7 +9,7 @@ use schema::{Limits, ManifestFile};
 use sqlx::PgPool;
 
 use crate::client::{Forge, ForgeError, PullRef, Status};
-use crate::comment::{self, Review};
+use crate::comment::{self, Preview, Review};
 
 /// Plans `files` (the manifests at a pull request's head) as `source` against the live
 /// state. Nothing is locked or written: the plan is a preview, as `meshploy plan` makes.
@@ -78,25 +78,38 @@ pub async fn mark_outdated(
     }
 }
 
-/// Puts `review` of `source` at `head` (whose manifests have digest `manifests`) on `pr`:
-/// the comment is created once, then edited in place, and left alone when it would say the
-/// same (the same text, or the same review of the same manifests at an earlier head); then
-/// the commit status of `head` is set.
+/// What one review of a pull request's head says: the head, the digest of its manifests,
+/// the plan and the preview.
+#[derive(Clone, Copy, Debug)]
+pub struct Said<'a> {
+    pub head: &'a str,
+    pub manifests: &'a str,
+    pub review: &'a Review,
+    pub preview: &'a Preview,
+}
+
+/// Puts what `said` of `source` on `pr`: the comment is created once, then edited in place,
+/// and left alone when it would say the same (the same text, or the same review of the same
+/// manifests at an earlier head); then the commit status of the head is set.
 pub async fn publish(
     forge: &impl Forge,
     pr: &PullRef,
     source: &str,
-    head: &str,
-    manifests: &str,
-    review: &Review,
+    said: Said<'_>,
     target_url: Option<String>,
 ) -> Result<Published, ForgeError> {
-    let body = comment::body(source, head, manifests, review);
+    let Said {
+        head,
+        manifests,
+        review,
+        preview,
+    } = said;
+    let body = comment::body(source, head, manifests, review, preview);
     let comments = forge.comments(pr).await?;
     let published = match comment::find(&comments, source) {
         Some(existing)
             if existing.body == body
-                || comment::says_already(&existing.body, source, manifests, review) =>
+                || comment::says_already(&existing.body, source, manifests, review, preview) =>
         {
             Published::Unchanged(existing.id)
         }

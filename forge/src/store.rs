@@ -31,24 +31,33 @@ pub async fn announce(pool: &PgPool, pull: &Pull) -> Result<(), sqlx::Error> {
     .bind(pull.fork)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(CHANNEL)
-        .execute(&mut *tx)
-        .await?;
+    wake(&mut tx).await?;
     tx.commit().await
 }
 
-/// Records that a pull request was closed or merged.
+/// Wakes the leader's reviewer when the transaction commits.
+async fn wake(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(CHANNEL)
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// Records that a pull request was closed or merged, and wakes the leader (which destroys
+/// its preview).
 pub async fn close(pool: &PgPool, source: &str, number: i64) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
     sqlx::query(
         "UPDATE pull_requests SET state = 'closed', updated_at = now() \
          WHERE source = $1 AND number = $2",
     )
     .bind(source)
     .bind(number)
-    .execute(pool)
-    .await
-    .map(|_| ())
+    .execute(&mut *tx)
+    .await?;
+    wake(&mut tx).await?;
+    tx.commit().await
 }
 
 /// Open pull requests whose newest head has not been reviewed, oldest announcement first.

@@ -1,13 +1,20 @@
 //! The leader's pull-request reviewer: woken by `NOTIFY meshploy_pulls` (a webhook recorded
 //! a new head) and every few seconds, it reviews each open pull request whose newest head
 //! has no published review yet. A burst of pushes is one row with the newest head, so it is
-//! reviewed once. Only YAML is read from a pull request's head: nothing of it is built or run,
-//! so forks are reviewed like any other pull request.
+//! reviewed once. Only YAML is read from a pull request's head, so forks are reviewed like any
+//! other pull request; only a preview builds and runs a head's code, and forks get none
+//! unless the source allows it.
+//!
+//! Each pass first sweeps the previews: those of closed pull requests and those whose time is
+//! up are destroyed, and about once a minute the forge is asked whether the pull requests of
+//! the running ones are still open, so a missed close event (or one sent while no server
+//! ran) still removes its preview.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reconciler::plan::Guard;
 use reconciler::secrets::Keyring;
@@ -17,16 +24,19 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 
-use crate::client::{Client, ForgeError, PullRef, State};
-use crate::comment::{self, Review};
-use crate::review;
+use crate::client::{Client, Forge, ForgeError, PullRef, State};
+use crate::comment::{self, Preview, Review};
+use crate::preview::Settings;
+use crate::previews::{self, Head, Key, Which};
+use crate::review::{self, Said};
 use crate::store::{self, Pull};
 
-/// A source whose pull requests are reviewed, with its forge.
+/// A source whose pull requests are reviewed, with its forge and its previews (if on).
 #[derive(Debug)]
 pub struct PullSource {
     pub source: Source,
     pub forge: Client,
+    pub previews: Option<Settings>,
 }
 
 /// How long a burst of webhooks is let settle before the review starts.
@@ -34,6 +44,11 @@ const SETTLE: Duration = Duration::from_millis(100);
 /// How often pending reviews are looked for without a notification (a missed one, or a
 /// review the forge refused before).
 const RECHECK: Duration = Duration::from_secs(10);
+/// How often the forge is asked whether a running preview's pull request is still open.
+const STATE_CHECK: Duration = Duration::from_secs(60);
+
+/// When the forge last said each running preview's pull request was open.
+type Checked = HashMap<(String, i64), Instant>;
 
 #[derive(Debug)]
 pub struct Worker {
@@ -43,6 +58,8 @@ pub struct Worker {
     pub cache: PathBuf,
     pub keys: Option<Keyring>,
     pub guard: Guard,
+    /// How long applying a preview waits for another apply.
+    pub lock_timeout_ms: u64,
     /// The console's public URL, which statuses link to.
     pub public_url: Option<String>,
     pub leading: Arc<AtomicBool>,
@@ -57,8 +74,10 @@ impl Worker {
     pub async fn run(&self, mut stopped: watch::Receiver<bool>) -> Result<(), sqlx::Error> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen(store::CHANNEL).await?;
+        let mut checked = Checked::new();
         loop {
             if self.leading.load(Ordering::SeqCst) {
+                self.sweep(&mut checked).await;
                 self.pass().await;
             }
             tokio::select! {
@@ -89,6 +108,86 @@ impl Worker {
         }
     }
 
+    /// Destroys the previews of closed pull requests and those whose time is up, after
+    /// asking the forge (at most every [`STATE_CHECK`]) which running ones are still open.
+    pub async fn sweep(&self, checked: &mut Checked) {
+        if let Err(error) = self.check_states(checked).await {
+            tracing::warn!(%error, "cannot read the running previews");
+        }
+        match previews::list(&self.pool, Which::OfClosed).await {
+            Ok(closed) => {
+                for key in closed {
+                    if self.destroy(&key, "its pull request was closed").await {
+                        let _ = previews::forget(&self.pool, &key).await;
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the previews of closed pull requests")
+            }
+        }
+        match previews::list(&self.pool, Which::Expired).await {
+            Ok(expired) => {
+                for key in expired {
+                    if self.destroy(&key, "its time was up").await {
+                        let _ = previews::expire(&self.pool, &key).await;
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot read the expired previews"),
+        }
+    }
+
+    /// Marks closed the pull requests of running previews that the forge says are closed.
+    async fn check_states(&self, checked: &mut Checked) -> Result<(), sqlx::Error> {
+        for key in previews::list(&self.pool, Which::Running).await? {
+            let at = (key.source.clone(), key.number);
+            if checked.get(&at).is_some_and(|t| t.elapsed() < STATE_CHECK) {
+                continue;
+            }
+            let Some(source) = self.sources.iter().find(|s| s.source.name == key.source) else {
+                continue;
+            };
+            let pr = PullRef {
+                repo: key.repo.clone(),
+                number: u64::try_from(key.number).unwrap_or_default(),
+            };
+            match source.forge.is_open(&pr).await {
+                Ok(true) => {
+                    checked.insert(at, Instant::now());
+                }
+                Ok(false) => {
+                    tracing::info!(source = key.source, %pr, "the forge says the pull request is closed");
+                    store::close(&self.pool, &key.source, key.number).await?;
+                    checked.remove(&at);
+                }
+                Err(error) => {
+                    tracing::warn!(source = key.source, %pr, %error, "cannot ask whether a pull request is open")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Destroys one preview; returns whether it is gone.
+    async fn destroy(&self, key: &Key, why: &str) -> bool {
+        match previews::destroy(&self.pool, self.lock_timeout_ms, &key.source, key.number).await {
+            Ok(resources) => {
+                tracing::info!(
+                    source = key.source,
+                    number = key.number,
+                    resources,
+                    "preview destroyed: {why}"
+                );
+                true
+            }
+            Err(error) => {
+                tracing::warn!(source = key.source, number = key.number, %error, "cannot destroy a preview");
+                false
+            }
+        }
+    }
+
     async fn review(&self, pull: &Pull) {
         let name = pull.source.as_str();
         let Some(source) = self.sources.iter().find(|s| s.source.name == name) else {
@@ -105,14 +204,14 @@ impl Worker {
             number: u64::try_from(pull.number).unwrap_or_default(),
         };
         match self.publish(source, &pr, pull).await {
-            Ok((review, manifests)) => {
+            Ok((review, manifests, preview)) => {
                 let (state, _, summary) = comment::status(name, &review);
                 let outcome = if state == State::Success {
                     "success"
                 } else {
                     "failure"
                 };
-                let body = comment::body(name, &pull.head, &manifests, &review);
+                let body = comment::body(name, &pull.head, &manifests, &review, &preview);
                 if let Err(error) =
                     store::reviewed(&self.pool, pull, outcome, &summary, &body).await
                 {
@@ -132,7 +231,7 @@ impl Worker {
         source: &PullSource,
         pr: &PullRef,
         pull: &Pull,
-    ) -> Result<(Review, String), ForgeError> {
+    ) -> Result<(Review, String, Preview), ForgeError> {
         let name = &source.source.name;
         let files = self.files(&source.source, pull).await;
         let manifests = files
@@ -140,11 +239,29 @@ impl Worker {
             .map(|files| comment::manifests_digest(files))
             .unwrap_or_default();
         review::mark_outdated(&source.forge, pr, name, &pull.head, &manifests).await?;
-        let review = match files {
+        let review = match &files {
             Ok(files) => {
-                review::plan(&self.pool, name, files, self.keys.as_ref(), &self.guard).await
+                review::plan(
+                    &self.pool,
+                    name,
+                    files.clone(),
+                    self.keys.as_ref(),
+                    &self.guard,
+                )
+                .await
             }
-            Err(reason) => Review::Failed { reason },
+            Err(reason) => Review::Failed {
+                reason: reason.clone(),
+            },
+        };
+        let preview = match (&source.previews, files) {
+            (Some(settings), Ok(files)) if matches!(review, Review::Planned { .. }) => {
+                self.preview(source, settings, pull, files).await
+            }
+            (Some(_), _) => Preview::Missing {
+                reason: "this commit could not be planned (above), so its preview was not made; an earlier one stays as it was".into(),
+            },
+            (None, _) => Preview::Off,
         };
         let target = self.public_url.as_ref().map(|url| {
             format!(
@@ -153,17 +270,75 @@ impl Worker {
                 pr.number
             )
         });
-        review::publish(
-            &source.forge,
-            pr,
-            name,
-            &pull.head,
-            &manifests,
-            &review,
-            target,
+        let said = Said {
+            head: &pull.head,
+            manifests: &manifests,
+            review: &review,
+            preview: &preview,
+        };
+        review::publish(&source.forge, pr, name, said, target).await?;
+        Ok((review, manifests, preview))
+    }
+
+    /// Makes (or updates) the preview of `pull`'s head, unless the source's policy says no.
+    async fn preview(
+        &self,
+        source: &PullSource,
+        settings: &Settings,
+        pull: &Pull,
+        files: Vec<ManifestFile>,
+    ) -> Preview {
+        let missing = |reason: String| Preview::Missing { reason };
+        let ttl = span(settings.ttl);
+        if pull.fork && !settings.allow_forks {
+            return missing("pull requests from forks get no preview, since it would build and run their code (`allowForks: true` allows it)".into());
+        }
+        let name = source.source.name.as_str();
+        let existing = match previews::row(&self.pool, name, pull.number).await {
+            Ok(existing) => existing,
+            Err(error) => return missing(format!("cannot read the previews: {error}")),
+        };
+        let state = existing.as_ref().map(|row| row.state.as_str());
+        if state == Some("expired") && existing.as_ref().is_some_and(|row| row.head == pull.head) {
+            return missing(format!(
+                "it was destroyed after {ttl} without a push; push a commit to make it again"
+            ));
+        }
+        if state != Some("active") {
+            let active = match previews::active_besides(&self.pool, name, pull.number).await {
+                Ok(active) => active,
+                Err(error) => return missing(format!("cannot count the previews: {error}")),
+            };
+            if active >= i64::from(settings.max_active) {
+                return missing(format!(
+                    "source `{name}` already runs {active} previews, its `maxActive`; close one of their pull requests or raise `maxActive`, then push again"
+                ));
+            }
+        }
+        let loaded =
+            tokio::task::spawn_blocking(move || schema::load(&files, &Limits::default())).await;
+        let Ok(Ok(state)) = loaded else {
+            return missing("the manifests could not be read again".into());
+        };
+        let head = Head {
+            source: name,
+            repository: &source.source.url,
+            number: pull.number,
+            commit: &pull.head,
+        };
+        let applied = previews::apply(
+            &self.pool,
+            self.keys.as_ref(),
+            self.lock_timeout_ms,
+            settings,
+            head,
+            &state,
         )
-        .await?;
-        Ok((review, manifests))
+        .await;
+        match applied {
+            Ok(urls) => Preview::Live { urls, ttl },
+            Err(reason) => missing(format!("it cannot be made: {reason}")),
+        }
     }
 
     /// The manifests at the pull request's head, from `refs/pull/N/head` of the base
@@ -182,5 +357,16 @@ impl Worker {
         .map_err(|e| e.to_string())?
         .map(|snapshot| snapshot.files)
         .map_err(|e| e.to_string())
+    }
+}
+
+/// A duration as the configuration writes it: `72h`, `30m`, `45s`.
+fn span(duration: Duration) -> String {
+    let secs = duration.as_secs();
+    match secs {
+        0 => format!("{}ms", duration.as_millis()),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
     }
 }

@@ -27,8 +27,20 @@ use crate::store::writes::{
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Desired {
     pub entries: State,
-    pub envelopes: BTreeMap<String, Envelope>,
+    pub envelopes: BTreeMap<String, Sealed>,
 }
+
+/// A secret as git holds it: the envelope and the project it was sealed for, which is its
+/// resource's project except in a pull request's preview (`shop-pr-7` holds `shop`'s).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sealed {
+    pub project: String,
+    pub envelope: Envelope,
+}
+
+/// The projects whose secrets were sealed for another project: a preview's copies, by their
+/// name, with the name of the project they copy.
+pub type Copies = BTreeMap<String, String>;
 
 /// A plan saved by `meshploy plan --out`, applied by `meshploy apply FILE`: the plan and the
 /// manifests it was made from (sealed secrets only, never a plaintext). Applying validates
@@ -81,16 +93,19 @@ pub fn has_secrets(state: &DesiredState) -> bool {
 }
 
 /// Flattens the desired state. Each secret is opened (proving the envelope belongs where it
-/// sits) and enters the plan only as its keyed digest.
+/// sits: its project, or for a copy in `copies` the project copied) and enters the plan only
+/// as its keyed digest.
 pub fn prepare(
     state: &DesiredState,
+    copies: &Copies,
     secrets: Option<(&Keyring, &Digester)>,
 ) -> Result<Desired, Error> {
     let mut desired = Desired::default();
     for (address, resource) in &state.resources {
+        let sealed_for = copies.get(&address.project).unwrap_or(&address.project);
         let entry = plan::flatten(resource, |name, envelope| {
             let (keys, digester) = secrets.ok_or(SecretError::NoKeys)?;
-            let place = Place::new(&address.project, &address.name, name);
+            let place = Place::new(sealed_for, &address.name, name);
             let plaintext = keys
                 .open(&place, envelope)
                 .map_err(|error| Error::ManifestSecret {
@@ -101,7 +116,10 @@ pub fn prepare(
                 })?;
             desired.envelopes.insert(
                 format!("{}/{}/{name}", address.project, address.name),
-                envelope.clone(),
+                Sealed {
+                    project: sealed_for.clone(),
+                    envelope: envelope.clone(),
+                },
             );
             let stored = Place::stored(&address.project, &address.name, name);
             Ok::<_, Error>(digester.digest(&stored, &plaintext))
@@ -118,12 +136,22 @@ pub async fn prepare_for(
     state: &DesiredState,
     keys: Option<&Keyring>,
 ) -> Result<Desired, Error> {
+    prepare_copies_for(pool, state, &Copies::new(), keys).await
+}
+
+/// [`prepare_for`] with projects that copy others (a pull request's preview).
+pub async fn prepare_copies_for(
+    pool: &PgPool,
+    state: &DesiredState,
+    copies: &Copies,
+    keys: Option<&Keyring>,
+) -> Result<Desired, Error> {
     if !has_secrets(state) {
-        return prepare(state, None);
+        return prepare(state, copies, None);
     }
     let keys = keys.ok_or(SecretError::NoKeys)?;
     let digester = digester(pool, keys).await?;
-    prepare(state, Some((keys, &digester)))
+    prepare(state, copies, Some((keys, &digester)))
 }
 
 /// The digester of this database, made and stored (sealed) on first use.
@@ -292,12 +320,12 @@ fn group_secrets(
             continue;
         }
         let key = format!("{project}/{group}/{name}");
-        let envelope = desired
+        let sealed = desired
             .envelopes
             .get(&key)
             .ok_or_else(|| Error::MissingEnvelope { place: key.clone() })?;
         let keys = keys.ok_or(SecretError::NoKeys)?;
-        let plaintext = keys.open(&Place::new(project, group, name), envelope)?;
+        let plaintext = keys.open(&Place::new(&sealed.project, group, name), &sealed.envelope)?;
         let sealed = keys.seal(&Place::stored(project, group, name), &plaintext);
         writes.secrets.push(SecretRow {
             key: secret,

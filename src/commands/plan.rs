@@ -86,8 +86,13 @@ async fn comment(args: &PlanArgs, pr: &forge::PullRef) -> Result<ExitCode> {
         &guard(&args.guard),
     )
     .await;
-    let published =
-        forge::review::publish(&client, pr, source, &head, &digest, &review, None).await?;
+    let said = forge::review::Said {
+        head: &head,
+        manifests: &digest,
+        review: &review,
+        preview: &forge::comment::Preview::Off,
+    };
+    let published = forge::review::publish(&client, pr, source, said, None).await?;
     let done = match published {
         forge::review::Published::Created(id) => format!("posted comment {id}"),
         forge::review::Published::Edited(id) => format!("updated comment {id}"),

@@ -67,6 +67,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         cache: daemon.settings.cache.clone(),
         keys: keyring(&args.keys).ok().flatten(),
         guard: guard(&args.guard),
+        lock_timeout_ms: daemon.settings.lock_timeout_ms,
         public_url: args.public_url.clone(),
         leading: daemon.leading.clone(),
     });
@@ -211,6 +212,70 @@ struct SourceConfig {
     poll_interval: Option<String>,
     /// Where its pull requests get plan comments and statuses.
     forge: Option<ForgeConfig>,
+    /// Its pull requests' preview environments (off unless `enabled`).
+    previews: Option<PreviewsConfig>,
+}
+
+/// `previews:` of a source.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PreviewsConfig {
+    enabled: bool,
+    #[serde(default = "preview_host")]
+    host: String,
+    #[serde(default = "preview_ttl")]
+    ttl: String,
+    #[serde(default = "preview_max_active")]
+    max_active: u32,
+    #[serde(default)]
+    allow_forks: bool,
+    #[serde(default = "preview_scheme")]
+    scheme: String,
+}
+
+fn preview_host() -> String {
+    "pr-{number}.{host}".into()
+}
+
+fn preview_ttl() -> String {
+    "72h".into()
+}
+
+fn preview_max_active() -> u32 {
+    5
+}
+
+fn preview_scheme() -> String {
+    "https".into()
+}
+
+impl PreviewsConfig {
+    /// The settings, if previews are on.
+    fn settings(&self, place: &str) -> Result<Option<forge::preview::Settings>> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let host = forge::preview::Template::parse(&self.host)
+            .map_err(|e| anyhow::anyhow!("{place}: previews.host: {e}"))?;
+        let ttl =
+            parse_duration(&self.ttl).map_err(|e| anyhow::anyhow!("{place}: previews.ttl: {e}"))?;
+        if ttl.is_zero() {
+            bail!("{place}: previews.ttl: must be longer than 0");
+        }
+        if !matches!(self.scheme.as_str(), "http" | "https") {
+            bail!(
+                "{place}: previews.scheme: `{}` is neither http nor https",
+                self.scheme
+            );
+        }
+        Ok(Some(forge::preview::Settings {
+            host,
+            ttl,
+            max_active: self.max_active,
+            allow_forks: self.allow_forks,
+            scheme: self.scheme.clone(),
+        }))
+    }
 }
 
 /// A source's forge: `kind`, the API's base URL, and where its token is (a file or an
@@ -292,11 +357,20 @@ fn read_config(path: &Path, default_poll: Duration) -> Result<Tracked> {
             path: c.path,
             policy: c.policy,
         };
-        if let Some(forge) = &c.forge {
-            pulls.push(PullSource {
+        let previews = match &c.previews {
+            Some(previews) => previews.settings(&place)?,
+            None => None,
+        };
+        match &c.forge {
+            Some(forge) => pulls.push(PullSource {
                 source: source.clone(),
                 forge: forge.client(&place)?,
-            });
+                previews,
+            }),
+            None if previews.is_some() => {
+                bail!("{place}: previews need a `forge` to learn of pull requests")
+            }
+            None => {}
         }
         sources.push((source, poll));
     }

@@ -1,0 +1,345 @@
+//! Pull requests' preview environments: `meshploy serve` with a forge (the fake one of
+//! `forge`), previews on, the local runtime and the real proxy. A pull request's manifests are
+//! applied as `<project>-pr-<n>`, built from the pull request's head and served at the
+//! rewritten host; closing it, its time running out, or the forge saying it is closed
+//! destroys all of it and nothing else.
+
+use std::time::Duration;
+
+use crate::fixtures::Process;
+use crate::forge::{FakeForge, pull_event, serve_command};
+use crate::runtime::{APP, Up, get, manifests};
+use crate::secret::{encrypt, keygen};
+use crate::serve::signature;
+use crate::util::{Db, Dir, Remote, git, wait_for};
+
+const SECRET_VALUE: &str = "tok_preview_51c2";
+
+/// A repository holding both the app (`app/`) and its manifests (`deploy/`), as a monorepo
+/// does; the service is built from this same repository, so a preview runs the pull
+/// request's code.
+struct Shop {
+    repo: Remote,
+    keys: String,
+    main: String,
+}
+
+impl Shop {
+    fn new() -> Shop {
+        let repo = Remote::new();
+        let keys = keygen("k1");
+        let place = ["--project", "shop", "--group", "creds", "--name", "TOKEN"];
+        let sealed = encrypt(&keys, &place, SECRET_VALUE.as_bytes());
+        assert_eq!(sealed.code, 0, "{}", sealed.stderr);
+        repo.write("app/server.py", APP);
+        repo.write("app/built.txt", "main\n");
+        repo.write(
+            "deploy/creds.yaml",
+            &format!(
+                "apiVersion: meshploy.dev/v1\nkind: VariableGroup\nmetadata:\n  name: creds\n  project: shop\nspec:\n  secrets:\n    TOKEN: {}\n",
+                sealed.stdout.trim()
+            ),
+        );
+        let mut shop = Shop {
+            repo,
+            keys,
+            main: String::new(),
+        };
+        shop.write("live");
+        shop.main = shop.repo.push("the shop");
+        shop
+    }
+
+    fn url(&self) -> String {
+        format!("file://{}", self.repo.bare().display())
+    }
+
+    /// The shop's manifests, its service answering `message`.
+    fn write(&self, message: &str) {
+        self.repo.write(
+            "deploy/shop.yaml",
+            &manifests(
+                &self.repo.bare(),
+                "true",
+                &format!("  env:\n    MESSAGE: {message}\n  variableGroups: [creds]\n"),
+            )
+            .replace("replicas: 2", "replicas: 1"),
+        );
+    }
+
+    /// Pull request `number`'s head on top of main, kept as `refs/pull/N/head` of the base
+    /// repository as forges do: its service answers `message` and its code says `pull-N`.
+    fn pull(&self, number: u64, message: &str) -> String {
+        self.write(message);
+        self.repo
+            .write("app/built.txt", &format!("pull-{number} {message}\n"));
+        let head = self.repo.commit(&format!("pull request {number}"));
+        let work = self.repo.work();
+        git(
+            &work,
+            &[
+                "push",
+                "-q",
+                "-f",
+                "origin",
+                &format!("HEAD:refs/pull/{number}/head"),
+            ],
+        );
+        git(&work, &["reset", "-q", "--hard", &self.main]);
+        head
+    }
+
+    /// `meshploy serve` on this repository with previews configured by `previews`, and
+    /// `args` added.
+    fn serve(&self, db: &Db, dir: &Dir, forge: &FakeForge, previews: &str, args: &[&str]) -> Up {
+        let previews = format!("    previews:\n{previews}");
+        let mut command = serve_command(db, dir, &self.url(), forge, &previews, args);
+        command.env("MESHPLOY_SECRET_KEYS", &self.keys);
+        Up::announcing(&mut command, "meshploy serve: API and console on")
+    }
+
+    /// Sends a signed pull_request webhook for `#number` at `head` to `serve`.
+    fn event(&self, serve: &Up, delivery: &str, action: &str, number: u64, head: &str) {
+        let body = pull_event(&self.url(), action, number, head, Some("acme/deploy"));
+        let headers = [
+            ("X-GitHub-Event", "pull_request"),
+            ("X-GitHub-Delivery", delivery),
+            ("X-Hub-Signature-256", &signature(&body)),
+        ];
+        let (code, answer) = crate::util::http(
+            serve.address().port(),
+            "POST",
+            "/api/v1/webhooks/github",
+            &headers,
+            &body,
+        );
+        assert_eq!(code, 202, "{answer}");
+    }
+}
+
+/// Waits for our comment on `#number` to describe `head` and contain `text`; returns it.
+fn comment_saying(forge: &FakeForge, number: u64, head: &str, text: &str) -> String {
+    let key = format!("acme/deploy#{number}");
+    let marker = format!("head={head} ");
+    wait_for(Duration::from_secs(60), || {
+        let f = forge.forge();
+        f.statuses.get(head)?;
+        f.comments
+            .get(&key)?
+            .iter()
+            .find(|(_, b)| b.contains(&marker) && b.contains(text))
+            .map(|(_, b)| b.clone())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no comment on #{number} for {head} saying `{text}`: {:#?}",
+            forge.forge().comments.get(&key)
+        )
+    })
+}
+
+/// `meshploy state list`, as a user compares it.
+fn state_list(db: &Db, dir: &Dir) -> String {
+    let run = crate::util::Run::new(db.command(dir, &["state", "list"]).output());
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    run.stdout
+}
+
+/// The proxy's answer for `host` and `path`, once it is `expected` (status 200).
+fn served(proxy: std::net::SocketAddr, host: &str, path: &str, expected: &str) {
+    let answer = wait_for(Duration::from_secs(90), || {
+        get(proxy, host, path).filter(|(status, body)| *status == 200 && body == expected)
+    });
+    assert!(
+        answer.is_some(),
+        "{host}{path} never answered `{expected}`; last: {:?}",
+        get(proxy, host, path)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preview_is_built_from_the_pull_request_served_and_destroyed_leaving_live_projects_alone()
+{
+    let (db, dir, shop) = (Db::new(), Dir::new(), Shop::new());
+    let forge = FakeForge::start(false, 30).await;
+    let previews = "      enabled: true\n      host: pr-{number}.{host}\n      maxActive: 1\n      scheme: http\n";
+    let runtime = [
+        "--runtime",
+        "local",
+        "--stop-grace",
+        "1s",
+        "--drain",
+        "200ms",
+    ];
+    let serve = shop.serve(&db, &dir, &forge, previews, &runtime);
+    let (_proxy, proxy) = {
+        let mut command = db.command(
+            &dir,
+            &[
+                "proxy",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--resync-interval",
+                "1s",
+            ],
+        );
+        let (process, addresses) = Process::announced(&mut command, "meshploy proxy: listening");
+        (process, addresses[0])
+    };
+    tokio::task::block_in_place(|| {
+        served(proxy, "web.test", "/", "live");
+        let before = state_list(&db, &dir);
+
+        // Opened: the preview is applied as its own project and source, built from the pull
+        // request's head, and served at the rewritten host; the comment lists it.
+        let head = shop.pull(7, "preview");
+        shop.event(&serve, "p-1", "opened", 7, &head);
+        let text = comment_saying(&forge, 7, &head, "#### Preview");
+        assert!(
+            text.contains("This pull request's preview runs at:\n\n- <http://pr-7.web.test/>\n"),
+            "{text}"
+        );
+        served(proxy, "pr-7.web.test", "/", "preview");
+        served(proxy, "pr-7.web.test", "/built", "pull-7 preview");
+        // The secret was sealed for `shop` in git and still reaches the copy's process.
+        let digest = crate::util::sha256_hex(SECRET_VALUE.as_bytes());
+        served(proxy, "pr-7.web.test", "/secret", &digest);
+        // The live service still runs main's code.
+        served(proxy, "web.test", "/built", "main");
+        let during = state_list(&db, &dir);
+        assert!(during.contains("project/shop-pr-7"), "{during}");
+        assert!(during.contains("shop#pr-7"), "{during}");
+        assert!(!during.contains(SECRET_VALUE) && !text.contains(SECRET_VALUE));
+
+        // Over maxActive: the next pull request gets a comment saying why it has none.
+        let second = shop.pull(8, "second");
+        shop.event(&serve, "p-2", "opened", 8, &second);
+        let text = comment_saying(&forge, 8, &second, "No preview:");
+        assert!(
+            text.contains("source `shop` already runs 1 previews, its `maxActive`"),
+            "{text}"
+        );
+        assert_eq!(
+            db.psql("SELECT count(*) FROM projects WHERE name = 'shop-pr-8'"),
+            "0"
+        );
+
+        // Closed: everything of the preview goes, and the live projects are as they were.
+        shop.event(&serve, "p-3", "closed", 7, &head);
+        let gone = wait_for(Duration::from_secs(60), || {
+            (state_list(&db, &dir) == before).then_some(())
+        });
+        assert!(
+            gone.is_some(),
+            "before:\n{before}\nnow:\n{}",
+            state_list(&db, &dir)
+        );
+        let stopped = wait_for(Duration::from_secs(30), || {
+            get(proxy, "pr-7.web.test", "/")
+                .filter(|(status, _)| *status != 200)
+                .map(|(status, _)| status)
+        });
+        assert_eq!(stopped, Some(404), "the preview's host is no longer served");
+        served(proxy, "web.test", "/", "live");
+        assert_eq!(db.psql("SELECT count(*) FROM previews"), "0");
+    });
+    drop(serve);
+
+    // A close event that never arrived: on its next start the server asks the forge, which
+    // says #8 is closed, so the preview #8 got after #7 closed goes.
+    let serve = shop.serve(&db, &dir, &forge, previews, &runtime);
+    tokio::task::block_in_place(|| {
+        let head = shop.pull(8, "third");
+        shop.event(&serve, "p-4", "synchronize", 8, &head);
+        comment_saying(&forge, 8, &head, "- <http://pr-8.web.test/>");
+        served(proxy, "pr-8.web.test", "/", "third");
+    });
+    drop(serve);
+    forge.forge().closed.insert(8);
+    let _serve = shop.serve(&db, &dir, &forge, previews, &runtime);
+    tokio::task::block_in_place(|| {
+        let gone = wait_for(Duration::from_secs(60), || {
+            (db.psql("SELECT count(*) FROM projects WHERE name = 'shop-pr-8'") == "0").then_some(())
+        });
+        assert!(
+            gone.is_some(),
+            "the preview of a closed pull request stayed"
+        );
+        assert_eq!(
+            db.psql("SELECT state FROM pull_requests WHERE number = 8"),
+            "closed"
+        );
+        assert!(
+            forge
+                .forge()
+                .calls
+                .iter()
+                .any(|c| c == "GET /repos/acme/deploy/pulls/8"),
+            "the forge was asked"
+        );
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preview_expires_after_its_ttl_until_the_next_push_and_forks_get_none() {
+    let (db, dir, shop) = (Db::new(), Dir::new(), Shop::new());
+    let forge = FakeForge::start(false, 30).await;
+    let previews = "      enabled: true\n      ttl: 3s\n";
+    let serve = shop.serve(&db, &dir, &forge, previews, &[]);
+    tokio::task::block_in_place(|| {
+        let head = shop.pull(3, "short-lived");
+        shop.event(&serve, "t-1", "opened", 3, &head);
+        let text = comment_saying(&forge, 3, &head, "- <https://pr-3.web.test/>");
+        assert!(text.contains("or after 3s without a push"), "{text}");
+        assert_eq!(
+            db.psql("SELECT source FROM projects WHERE name = 'shop-pr-3'"),
+            "shop#pr-3"
+        );
+        // Its time runs out: it is destroyed, and the comment says so.
+        let text = comment_saying(&forge, 3, &head, "No preview: it was destroyed after 3s");
+        assert!(text.contains("push a commit to make it again"), "{text}");
+        assert_eq!(
+            db.psql("SELECT count(*) FROM projects WHERE name = 'shop-pr-3'"),
+            "0"
+        );
+        assert_eq!(db.psql("SELECT state FROM previews"), "expired");
+        // The next push makes it again.
+        let again = shop.pull(3, "again");
+        shop.event(&serve, "t-2", "synchronize", 3, &again);
+        comment_saying(&forge, 3, &again, "- <https://pr-3.web.test/>");
+        assert_eq!(
+            db.psql("SELECT fields->>'env.MESSAGE' FROM services WHERE project = 'shop-pr-3'"),
+            "again"
+        );
+
+        // A fork's pull request is planned, but gets no preview: its code would run here.
+        let fork = shop.pull(4, "from-a-fork");
+        let body = pull_event(&shop.url(), "opened", 4, &fork, Some("mallory/deploy"));
+        let body = String::from_utf8(body).expect("utf-8");
+        // The head repository differs from the base: a fork.
+        let (code, answer) = crate::util::http(
+            serve.address().port(),
+            "POST",
+            "/api/v1/webhooks/github",
+            &[
+                ("X-GitHub-Event", "pull_request"),
+                ("X-GitHub-Delivery", "t-3"),
+                ("X-Hub-Signature-256", &signature(body.as_bytes())),
+            ],
+            body.as_bytes(),
+        );
+        assert_eq!(code, 202, "{answer}");
+        let text = comment_saying(&forge, 4, &fork, "No preview:");
+        assert!(
+            text.contains("pull requests from forks get no preview"),
+            "{text}"
+        );
+        assert!(text.contains("Plan: "), "the fork is planned: {text}");
+        assert_eq!(
+            db.psql("SELECT count(*) FROM projects WHERE name = 'shop-pr-4'"),
+            "0"
+        );
+    });
+}
