@@ -3,8 +3,11 @@
 //! 1,000-resource repository.
 //!
 //! ```text
-//! cargo run --release --example bench_pulls [-- --resources 1000 --pushes 20]
+//! cargo run --release --example bench_pulls [-- --resources 1000 --pushes 20 --previews 1]
 //! ```
+//!
+//! With `--previews 1` the source has previews on (`runtime none`: applied, not run), so each
+//! review also applies the pull request's copy of the repository before the comment.
 //!
 //! The release `meshploy serve` follows a generated repository (a bare repository read over
 //! file://, so each review fetches `refs/pull/1/head` as it would from a forge) and reviews
@@ -42,14 +45,19 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<(), String> {
-    let (mut resources, mut pushes) = (1_000, 20);
+    let (mut resources, mut pushes, mut previews) = (1_000, 20, 0);
     measure::numbers(
-        "bench_pulls [--resources N] [--pushes N]",
-        &mut [("--resources", &mut resources), ("--pushes", &mut pushes)],
+        "bench_pulls [--resources N] [--pushes N] [--previews 0|1]",
+        &mut [
+            ("--resources", &mut resources),
+            ("--pushes", &mut pushes),
+            ("--previews", &mut previews),
+        ],
     )?;
+    let previews = previews > 0;
     measure::with_cluster(|binary, cluster, root| {
         let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-        runtime.block_on(bench(binary, cluster, root, resources, pushes))
+        runtime.block_on(bench(binary, cluster, root, (resources, pushes), previews))
     })
 }
 
@@ -123,6 +131,10 @@ async fn fake_forge(forge: Shared) -> Result<String, String> {
             "/repos/{owner}/{name}/statuses/{sha}",
             post(|Json(request): Json<Value>| async move { Json(request) }),
         )
+        .route(
+            "/repos/{owner}/{name}/pulls/{number}",
+            get(|| async { Json(json!({"state": "open"})) }),
+        )
         .with_state(forge);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -136,8 +148,8 @@ async fn bench(
     binary: &std::path::Path,
     cluster: &Cluster,
     root: &std::path::Path,
-    resources: usize,
-    pushes: usize,
+    (resources, pushes): (usize, usize),
+    previews: bool,
 ) -> Result<(), String> {
     let url = format!(
         "postgres://postgres@localhost/postgres?host={}",
@@ -163,7 +175,7 @@ async fn bench(
     std::fs::write(
         &config,
         format!(
-            "sources:\n  - name: bench\n    url: {repo_url}\n    path: deploy\n    pollInterval: 1h\n    forge:\n      kind: github\n      api: {api}\n      tokenEnv: BENCH_FORGE_TOKEN\n"
+            "sources:\n  - name: bench\n    url: {repo_url}\n    path: deploy\n    pollInterval: 1h\n    forge:\n      kind: github\n      api: {api}\n      tokenEnv: BENCH_FORGE_TOKEN\n    previews:\n      enabled: {previews}\n"
         ),
     )
     .map_err(|e| e.to_string())?;
@@ -179,6 +191,17 @@ async fn bench(
         .spawn()
         .map_err(|e| e.to_string())?;
     let result = measure_pushes(&mut serve, &url, &work, &repo_url, &forge, written, pushes).await;
+    if previews && result.is_ok() {
+        let pool = sqlx::PgPool::connect(&url)
+            .await
+            .map_err(|e| e.to_string())?;
+        let copied: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM services WHERE source = 'bench#pr-1'")
+                .fetch_one(&pool)
+                .await
+                .map_err(|e| e.to_string())?;
+        println!("previews on: the preview holds {copied} services");
+    }
     let _ = serve.kill();
     let _ = serve.wait();
     result

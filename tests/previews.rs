@@ -313,6 +313,21 @@ async fn a_preview_expires_after_its_ttl_until_the_next_push_and_forks_get_none(
             db.psql("SELECT fields->>'env.MESSAGE' FROM services WHERE project = 'shop-pr-3'"),
             "again"
         );
+        // A head that cannot be planned makes no preview, and leaves the one there is.
+        shop.repo.write("deploy/broken.yaml", "kind: [");
+        let broken = shop.pull(3, "broken");
+        shop.event(&serve, "t-4", "synchronize", 3, &broken);
+        let text = comment_saying(
+            &forge,
+            3,
+            &broken,
+            "No preview: this commit could not be planned",
+        );
+        assert!(text.contains("deploy/broken.yaml:1:"), "{text}");
+        assert_eq!(
+            db.psql("SELECT fields->>'env.MESSAGE' FROM services WHERE project = 'shop-pr-3'"),
+            "again"
+        );
 
         // A fork's pull request is planned, but gets no preview: its code would run here.
         let fork = shop.pull(4, "from-a-fork");

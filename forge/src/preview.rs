@@ -142,9 +142,12 @@ pub fn rewrite(
                 }
             }
             Spec::Service(service) => {
+                // Spelt as the source spells it, the checkout shares the cache that the
+                // review fetched the head into.
                 if let Workload::Source { source, .. } = &mut service.workload
                     && same_repository(&source.git, repository)
                 {
+                    repository.clone_into(&mut source.git);
                     head.clone_into(&mut source.git_ref);
                 }
             }
@@ -242,15 +245,23 @@ mod tests {
             panic!("a route")
         };
         assert_eq!(all.host, "*.pr-7.shop.example.com");
-        let git_ref = |name| match spec(Kind::Service, name) {
+        let checkout = |name| match spec(Kind::Service, name) {
             Spec::Service(s) => match &s.workload {
-                Workload::Source { source, .. } => source.git_ref.clone(),
+                Workload::Source { source, .. } => (source.git.clone(), source.git_ref.clone()),
                 Workload::Image(_) => panic!("a source"),
             },
             _ => panic!("a service"),
         };
-        assert_eq!(git_ref("web"), "abc123", "this repository runs the head");
-        assert_eq!(git_ref("api"), "v2", "another repository is left alone");
+        assert_eq!(
+            checkout("web"),
+            ("https://git.example.com/acme/shop".into(), "abc123".into()),
+            "this repository runs the head, fetched where the review fetched it"
+        );
+        assert_eq!(
+            checkout("api"),
+            ("https://git.example.com/acme/api".into(), "v2".into()),
+            "another repository is left alone"
+        );
         assert_eq!(preview.urls, ["https://pr-7.shop.example.com/"]);
         assert_eq!(preview.copies["shop-pr-7"], "shop");
     }

@@ -259,7 +259,7 @@ impl Worker {
                 self.preview(source, settings, pull, files).await
             }
             (Some(_), _) => Preview::Missing {
-                reason: "this commit could not be planned (above), so its preview was not made; an earlier one stays as it was".into(),
+                reason: "this commit could not be planned (above), so no preview was made of it; a preview made before stays as it was".into(),
             },
             (None, _) => Preview::Off,
         };
