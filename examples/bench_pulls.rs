@@ -7,7 +7,10 @@
 //! ```
 //!
 //! With `--previews 1` the source has previews on (`runtime none`: applied, not run), so each
-//! review also applies the pull request's copy of the repository before the comment.
+//! review also applies the pull request's copy of the repository before the comment. Its
+//! template is `pr-{number}-{host}`: the generated projects route wildcard hosts, and
+//! `pr-1.p00000.example.com` would fall inside `*.p00000.example.com`, which the live source
+//! serves (the preview is then refused as a conflict, as it should be).
 //!
 //! The release `meshploy serve` follows a generated repository (a bare repository read over
 //! file://, so each review fetches `refs/pull/1/head` as it would from a forge) and reviews
@@ -175,7 +178,7 @@ async fn bench(
     std::fs::write(
         &config,
         format!(
-            "sources:\n  - name: bench\n    url: {repo_url}\n    path: deploy\n    pollInterval: 1h\n    forge:\n      kind: github\n      api: {api}\n      tokenEnv: BENCH_FORGE_TOKEN\n    previews:\n      enabled: {previews}\n"
+            "sources:\n  - name: bench\n    url: {repo_url}\n    path: deploy\n    pollInterval: 1h\n    forge:\n      kind: github\n      api: {api}\n      tokenEnv: BENCH_FORGE_TOKEN\n    previews:\n      enabled: {previews}\n      host: pr-{{number}}-{{host}}\n"
         ),
     )
     .map_err(|e| e.to_string())?;
@@ -200,6 +203,20 @@ async fn bench(
                 .fetch_one(&pool)
                 .await
                 .map_err(|e| e.to_string())?;
+        if copied == 0 {
+            let comment = forge
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .comments
+                .last()
+                .map(|(_, body)| body.clone())
+                .unwrap_or_default();
+            let said = comment
+                .split("#### Preview")
+                .nth(1)
+                .unwrap_or("no preview section");
+            return Err(format!("previews on, but there is no preview: {said}"));
+        }
         println!("previews on: the preview holds {copied} services");
     }
     let _ = serve.kill();
