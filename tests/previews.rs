@@ -138,6 +138,34 @@ fn comment_saying(forge: &FakeForge, number: u64, head: &str, text: &str) -> Str
     })
 }
 
+/// `meshploy proxy` on the test's database, reloading every second.
+fn proxy(db: &Db, dir: &Dir) -> (Process, std::net::SocketAddr) {
+    let mut command = db.command(
+        dir,
+        &[
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--resync-interval",
+            "1s",
+        ],
+    );
+    let (process, addresses) = Process::announced(&mut command, "meshploy proxy: listening");
+    (process, addresses[0])
+}
+
+/// Options that run the services, stopping them quickly.
+const RUNTIME: [&str; 6] = [
+    "--runtime",
+    "local",
+    "--stop-grace",
+    "1s",
+    "--drain",
+    "200ms",
+];
+
 /// `meshploy state list`, as a user compares it.
 fn state_list(db: &Db, dir: &Dir) -> String {
     let run = crate::util::Run::new(db.command(dir, &["state", "list"]).output());
@@ -157,6 +185,15 @@ fn served(proxy: std::net::SocketAddr, host: &str, path: &str, expected: &str) {
     );
 }
 
+/// The proxy's status for `host` once it no longer answers 200.
+fn not_served(proxy: std::net::SocketAddr, host: &str) -> Option<u16> {
+    wait_for(Duration::from_secs(30), || {
+        get(proxy, host, "/")
+            .filter(|(status, _)| *status != 200)
+            .map(|(status, _)| status)
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_preview_is_built_from_the_pull_request_served_and_destroyed_leaving_live_projects_alone()
 {
@@ -171,23 +208,8 @@ async fn a_preview_is_built_from_the_pull_request_served_and_destroyed_leaving_l
         "--drain",
         "200ms",
     ];
-    let serve = shop.serve(&db, &dir, &forge, previews, &runtime);
-    let (_proxy, proxy) = {
-        let mut command = db.command(
-            &dir,
-            &[
-                "proxy",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--resync-interval",
-                "1s",
-            ],
-        );
-        let (process, addresses) = Process::announced(&mut command, "meshploy proxy: listening");
-        (process, addresses[0])
-    };
+    let serve = shop.serve(&db, &dir, &forge, previews, &RUNTIME);
+    let (_proxy, proxy) = proxy(&db, &dir);
     tokio::task::block_in_place(|| {
         served(proxy, "web.test", "/", "live");
         let before = state_list(&db, &dir);
@@ -236,12 +258,11 @@ async fn a_preview_is_built_from_the_pull_request_served_and_destroyed_leaving_l
             "before:\n{before}\nnow:\n{}",
             state_list(&db, &dir)
         );
-        let stopped = wait_for(Duration::from_secs(30), || {
-            get(proxy, "pr-7.web.test", "/")
-                .filter(|(status, _)| *status != 200)
-                .map(|(status, _)| status)
-        });
-        assert_eq!(stopped, Some(404), "the preview's host is no longer served");
+        assert_eq!(
+            not_served(proxy, "pr-7.web.test"),
+            Some(404),
+            "the preview's host is no longer served"
+        );
         served(proxy, "web.test", "/", "live");
         assert_eq!(db.psql("SELECT count(*) FROM previews"), "0");
     });
@@ -249,7 +270,7 @@ async fn a_preview_is_built_from_the_pull_request_served_and_destroyed_leaving_l
 
     // A close event that never arrived: on its next start the server asks the forge, which
     // says #8 is closed, so the preview #8 got after #7 closed goes.
-    let serve = shop.serve(&db, &dir, &forge, previews, &runtime);
+    let serve = shop.serve(&db, &dir, &forge, previews, &RUNTIME);
     tokio::task::block_in_place(|| {
         let head = shop.pull(8, "third");
         shop.event(&serve, "p-4", "synchronize", 8, &head);
@@ -258,7 +279,7 @@ async fn a_preview_is_built_from_the_pull_request_served_and_destroyed_leaving_l
     });
     drop(serve);
     forge.forge().closed.insert(8);
-    let _serve = shop.serve(&db, &dir, &forge, previews, &runtime);
+    let _serve = shop.serve(&db, &dir, &forge, previews, &RUNTIME);
     tokio::task::block_in_place(|| {
         let gone = wait_for(Duration::from_secs(60), || {
             (db.psql("SELECT count(*) FROM projects WHERE name = 'shop-pr-8'") == "0").then_some(())
@@ -286,29 +307,35 @@ async fn a_preview_is_built_from_the_pull_request_served_and_destroyed_leaving_l
 async fn a_preview_expires_after_its_ttl_until_the_next_push_and_forks_get_none() {
     let (db, dir, shop) = (Db::new(), Dir::new(), Shop::new());
     let forge = FakeForge::start(false, 30).await;
-    let previews = "      enabled: true\n      ttl: 3s\n";
-    let serve = shop.serve(&db, &dir, &forge, previews, &[]);
+    // Long enough for the preview to be built and served first.
+    let previews = "      enabled: true\n      ttl: 20s\n      scheme: http\n";
+    let serve = shop.serve(&db, &dir, &forge, previews, &RUNTIME);
+    let (_proxy, proxy) = proxy(&db, &dir);
     tokio::task::block_in_place(|| {
         let head = shop.pull(3, "short-lived");
         shop.event(&serve, "t-1", "opened", 3, &head);
-        let text = comment_saying(&forge, 3, &head, "- <https://pr-3.web.test/>");
-        assert!(text.contains("or after 3s without a push"), "{text}");
+        let text = comment_saying(&forge, 3, &head, "- <http://pr-3.web.test/>");
+        assert!(text.contains("or after 20s without a push"), "{text}");
         assert_eq!(
             db.psql("SELECT source FROM projects WHERE name = 'shop-pr-3'"),
             "shop#pr-3"
         );
+        served(proxy, "pr-3.web.test", "/", "short-lived");
         // Its time runs out: it is destroyed, and the comment says so.
-        let text = comment_saying(&forge, 3, &head, "No preview: it was destroyed after 3s");
+        let text = comment_saying(&forge, 3, &head, "No preview: it was destroyed after 20s");
         assert!(text.contains("push a commit to make it again"), "{text}");
         assert_eq!(
             db.psql("SELECT count(*) FROM projects WHERE name = 'shop-pr-3'"),
             "0"
         );
         assert_eq!(db.psql("SELECT state FROM previews"), "expired");
+        assert_eq!(not_served(proxy, "pr-3.web.test"), Some(404));
+        served(proxy, "web.test", "/", "live");
         // The next push makes it again.
         let again = shop.pull(3, "again");
         shop.event(&serve, "t-2", "synchronize", 3, &again);
-        comment_saying(&forge, 3, &again, "- <https://pr-3.web.test/>");
+        comment_saying(&forge, 3, &again, "- <http://pr-3.web.test/>");
+        served(proxy, "pr-3.web.test", "/", "again");
         assert_eq!(
             db.psql("SELECT fields->>'env.MESSAGE' FROM services WHERE project = 'shop-pr-3'"),
             "again"
