@@ -200,14 +200,6 @@ async fn a_preview_is_built_from_the_pull_request_served_and_destroyed_leaving_l
     let (db, dir, shop) = (Db::new(), Dir::new(), Shop::new());
     let forge = FakeForge::start(false, 30).await;
     let previews = "      enabled: true\n      host: pr-{number}.{host}\n      maxActive: 1\n      scheme: http\n";
-    let runtime = [
-        "--runtime",
-        "local",
-        "--stop-grace",
-        "1s",
-        "--drain",
-        "200ms",
-    ];
     let serve = shop.serve(&db, &dir, &forge, previews, &RUNTIME);
     let (_proxy, proxy) = proxy(&db, &dir);
     tokio::task::block_in_place(|| {
