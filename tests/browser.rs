@@ -152,6 +152,19 @@ async fn log_in(client: &Client, token: &str) {
     click(client, "form.login button").await;
 }
 
+/// The page's path once it is `wanted`, or after 10 s, whatever it is then: a form's
+/// submission may still be under way when the click returns.
+async fn arrives_at(client: &Client, wanted: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let at = path(client).await;
+        if at == wanted || Instant::now() > deadline {
+            return at;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn path(client: &Client) -> String {
     client
         .current_url()
@@ -234,7 +247,7 @@ async fn the_console_is_walked_in_a_real_browser_from_login_to_every_page() {
     assert_eq!(path(client).await, "/login");
     seen.page(client, "login").await;
     log_in(client, &token).await;
-    assert_eq!(path(client).await, "/");
+    assert_eq!(arrives_at(client, "/").await, "/");
     let cookies = client.get_all_cookies().await.expect("cookies");
     let session = cookies
         .iter()
@@ -361,7 +374,7 @@ async fn the_console_is_walked_in_a_real_browser_from_login_to_every_page() {
 
     // Logging out ends the session.
     click(client, "header form button").await;
-    assert_eq!(path(client).await, "/login");
+    assert_eq!(arrives_at(client, "/login").await, "/login");
     client.goto(&format!("{base}/")).await.expect("goto");
     assert_eq!(path(client).await, "/login");
     let _ = browser.client.clone().close().await;

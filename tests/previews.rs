@@ -98,9 +98,22 @@ impl Shop {
         Up::announcing(&mut command, "meshploy serve: API and console on")
     }
 
-    /// Sends a signed pull_request webhook for `#number` at `head` to `serve`.
+    /// Sends a signed pull_request webhook for `#number` at `head` to `serve`, from the base
+    /// repository itself.
     fn event(&self, serve: &Up, delivery: &str, action: &str, number: u64, head: &str) {
-        let body = pull_event(&self.url(), action, number, head, Some("acme/deploy"));
+        self.event_from(serve, delivery, (action, number, head), Some("acme/deploy"));
+    }
+
+    /// [`Shop::event`] from the head repository `from` (another: a fork; `None`: a deleted
+    /// fork).
+    fn event_from(
+        &self,
+        serve: &Up,
+        delivery: &str,
+        (action, number, head): (&str, u64, &str),
+        from: Option<&str>,
+    ) {
+        let body = pull_event(&self.url(), action, number, head, from);
         let headers = [
             ("X-GitHub-Event", "pull_request"),
             ("X-GitHub-Delivery", delivery),
@@ -348,31 +361,21 @@ async fn a_preview_expires_after_its_ttl_until_the_next_push_and_forks_get_none(
             "again"
         );
 
-        // A fork's pull request is planned, but gets no preview: its code would run here.
-        let fork = shop.pull(4, "from-a-fork");
-        let body = pull_event(&shop.url(), "opened", 4, &fork, Some("mallory/deploy"));
-        let body = String::from_utf8(body).expect("utf-8");
-        // The head repository differs from the base: a fork.
-        let (code, answer) = crate::util::http(
-            serve.address().port(),
-            "POST",
-            "/api/v1/webhooks/github",
-            &[
-                ("X-GitHub-Event", "pull_request"),
-                ("X-GitHub-Delivery", "t-3"),
-                ("X-Hub-Signature-256", &signature(body.as_bytes())),
-            ],
-            body.as_bytes(),
-        );
-        assert_eq!(code, 202, "{answer}");
-        let text = comment_saying(&forge, 4, &fork, "No preview:");
-        assert!(
-            text.contains("pull requests from forks get no preview"),
-            "{text}"
-        );
-        assert!(text.contains("Plan: "), "the fork is planned: {text}");
+        // A fork's pull request is planned, but gets no preview: its code would run here. So
+        // is one whose fork was deleted (`head.repo` is null).
+        for (number, from) in [(4, Some("mallory/deploy")), (5, None)] {
+            let fork = shop.pull(number, "from-a-fork");
+            let delivery = format!("t-fork-{number}");
+            shop.event_from(&serve, &delivery, ("opened", number, &fork), from);
+            let text = comment_saying(&forge, number, &fork, "No preview:");
+            assert!(
+                text.contains("pull requests from forks get no preview"),
+                "{text}"
+            );
+            assert!(text.contains("Plan: "), "the fork is planned: {text}");
+        }
         assert_eq!(
-            db.psql("SELECT count(*) FROM projects WHERE name = 'shop-pr-4'"),
+            db.psql("SELECT count(*) FROM projects WHERE name IN ('shop-pr-4', 'shop-pr-5')"),
             "0"
         );
     });

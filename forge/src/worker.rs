@@ -110,7 +110,7 @@ impl Worker {
 
     /// Destroys the previews of closed pull requests and those whose time is up, after
     /// asking the forge (at most every [`STATE_CHECK`]) which running ones are still open.
-    pub async fn sweep(&self, checked: &mut Checked) {
+    async fn sweep(&self, checked: &mut Checked) {
         if let Err(error) = self.check_states(checked).await {
             tracing::warn!(%error, "cannot read the running previews");
         }
@@ -162,7 +162,10 @@ impl Worker {
                     checked.remove(&at);
                 }
                 Err(error) => {
-                    tracing::warn!(source = key.source, %pr, %error, "cannot ask whether a pull request is open")
+                    // Asked again after the same interval, so a forge that is away is not
+                    // called every pass.
+                    tracing::warn!(source = key.source, %pr, %error, "cannot ask whether a pull request is open");
+                    checked.insert(at, Instant::now());
                 }
             }
         }
