@@ -587,6 +587,44 @@ async fn a_wrong_token_or_a_bad_pull_request_is_a_clear_error() {
     assert!(forge.forge().comments.is_empty(), "nothing was posted");
 }
 
+/// Sends a pull_request webhook as GitHub does, with `signature` (GitHub's form) as its
+/// signature, to the `serve` listening on `port`: the status and body of the answer.
+pub fn github_pull_request(
+    port: u16,
+    delivery: &str,
+    signature: &str,
+    body: &[u8],
+) -> (u16, String) {
+    let headers = [
+        ("X-GitHub-Event", "pull_request"),
+        ("X-GitHub-Delivery", delivery),
+        ("X-Hub-Signature-256", signature),
+    ];
+    crate::util::http(port, "POST", "/api/v1/webhooks/github", &headers, body)
+}
+
+/// Waits up to a minute for our comment on `acme/deploy#number` to describe `head` and
+/// contain `text`, and for `head`'s status (set after the comment); returns the comment.
+pub fn comment_saying(forge: &FakeForge, number: u64, head: &str, text: &str) -> String {
+    let key = format!("acme/deploy#{number}");
+    let marker = format!("head={head} ");
+    crate::util::wait_for(std::time::Duration::from_secs(60), || {
+        let f = forge.forge();
+        f.statuses.get(head)?;
+        f.comments
+            .get(&key)?
+            .iter()
+            .find(|(_, b)| b.contains(&marker) && b.contains(text))
+            .map(|(_, b)| b.clone())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no comment on #{number} for {head} saying `{text}`: {:#?}",
+            forge.forge().comments.get(&key)
+        )
+    })
+}
+
 /// `meshploy serve` of source `shop` (manifests under `deploy/` of `url`) with the fake
 /// forge, its token in the environment, `more` added to the source's configuration and
 /// `args` to the command.
@@ -656,16 +694,7 @@ async fn the_server_reviews_pull_requests_from_signed_webhooks_of_github_and_git
     let pull_head = |text: &str, number: u64| {
         repo.write("deploy/web.yaml", text);
         let commit = repo.commit("a change");
-        crate::util::git(
-            &repo.work(),
-            &[
-                "push",
-                "-q",
-                "-f",
-                "origin",
-                &format!("HEAD:refs/pull/{number}/head"),
-            ],
-        );
+        repo.push_pull(number);
         commit
     };
     let url = format!("file://{}", repo.bare().display());
@@ -688,37 +717,10 @@ async fn the_server_reviews_pull_requests_from_signed_webhooks_of_github_and_git
         (db.psql("SELECT count(*) FROM services") == "1").then_some(())
     });
     assert!(applied.is_some(), "the main branch was applied");
-    // A pull_request webhook as GitHub sends it, signed with `signature` (GitHub's form).
     let github = |delivery: &str, signature: &str, body: &[u8]| {
-        let headers = [
-            ("X-GitHub-Event", "pull_request"),
-            ("X-GitHub-Delivery", delivery),
-            ("X-Hub-Signature-256", signature),
-        ];
-        tokio::task::block_in_place(|| {
-            crate::util::http(port, "POST", "/api/v1/webhooks/github", &headers, body)
-        })
+        tokio::task::block_in_place(|| github_pull_request(port, delivery, signature, body))
     };
-    let comment_of = |number: u64, head: &str| {
-        let key = format!("acme/deploy#{number}");
-        let marker = format!("head={head} ");
-        crate::util::wait_for(std::time::Duration::from_secs(30), || {
-            // The comment is posted, then the status set: wait for both.
-            let f = forge.forge();
-            f.statuses.get(head)?;
-            f.comments
-                .get(&key)?
-                .iter()
-                .find(|(_, b)| b.contains(&marker))
-                .map(|(_, b)| b.clone())
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "no comment on #{number} for {head}: {:#?}",
-                forge.forge().calls
-            )
-        })
-    };
+    let comment_of = |number: u64, head: &str| comment_saying(&forge, number, head, "");
 
     // Opened: one comment with the plan, and a success status linking to the console.
     let first = pull_head(&service("web", 3), 7);
@@ -976,10 +978,7 @@ async fn a_burst_of_pushes_is_reviewed_once_for_the_newest_head() {
         repo.write("deploy/web.yaml", &service("web", replicas));
         heads.push(repo.commit("a push"));
     }
-    crate::util::git(
-        &repo.work(),
-        &["push", "-q", "origin", "HEAD:refs/pull/5/head"],
-    );
+    repo.push_pull(5);
     let url = repo.bare().display().to_string();
     let source = reconciler::sync::Source {
         name: "shop".into(),

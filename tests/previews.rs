@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use crate::fixtures::Process;
-use crate::forge::{FakeForge, pull_event, serve_command};
+use crate::forge::{FakeForge, comment_saying, github_pull_request, pull_event, serve_command};
 use crate::runtime::{APP, Up, get, manifests};
 use crate::secret::{encrypt, keygen};
 use crate::serve::signature;
@@ -74,18 +74,8 @@ impl Shop {
         self.repo
             .write("app/built.txt", &format!("pull-{number} {message}\n"));
         let head = self.repo.commit(&format!("pull request {number}"));
-        let work = self.repo.work();
-        git(
-            &work,
-            &[
-                "push",
-                "-q",
-                "-f",
-                "origin",
-                &format!("HEAD:refs/pull/{number}/head"),
-            ],
-        );
-        git(&work, &["reset", "-q", "--hard", &self.main]);
+        self.repo.push_pull(number);
+        git(&self.repo.work(), &["reset", "-q", "--hard", &self.main]);
         head
     }
 
@@ -114,41 +104,10 @@ impl Shop {
         from: Option<&str>,
     ) {
         let body = pull_event(&self.url(), action, number, head, from);
-        let headers = [
-            ("X-GitHub-Event", "pull_request"),
-            ("X-GitHub-Delivery", delivery),
-            ("X-Hub-Signature-256", &signature(&body)),
-        ];
-        let (code, answer) = crate::util::http(
-            serve.address().port(),
-            "POST",
-            "/api/v1/webhooks/github",
-            &headers,
-            &body,
-        );
+        let port = serve.address().port();
+        let (code, answer) = github_pull_request(port, delivery, &signature(&body), &body);
         assert_eq!(code, 202, "{answer}");
     }
-}
-
-/// Waits for our comment on `#number` to describe `head` and contain `text`; returns it.
-fn comment_saying(forge: &FakeForge, number: u64, head: &str, text: &str) -> String {
-    let key = format!("acme/deploy#{number}");
-    let marker = format!("head={head} ");
-    wait_for(Duration::from_secs(60), || {
-        let f = forge.forge();
-        f.statuses.get(head)?;
-        f.comments
-            .get(&key)?
-            .iter()
-            .find(|(_, b)| b.contains(&marker) && b.contains(text))
-            .map(|(_, b)| b.clone())
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "no comment on #{number} for {head} saying `{text}`: {:#?}",
-            forge.forge().comments.get(&key)
-        )
-    })
 }
 
 /// `meshploy proxy` on the test's database, reloading every second.

@@ -324,6 +324,21 @@ impl Remote {
         git(&self.work(), &["rev-parse", "HEAD"])
     }
 
+    /// Pushes the clone's HEAD as pull request `number`'s head, `refs/pull/N/head` of the
+    /// bare repository, as forges keep it.
+    pub fn push_pull(&self, number: u64) {
+        git(
+            &self.work(),
+            &[
+                "push",
+                "-q",
+                "-f",
+                "origin",
+                &format!("HEAD:refs/pull/{number}/head"),
+            ],
+        );
+    }
+
     /// Commits and pushes to the bare repository; returns the commit id.
     pub fn push(&self, message: &str) -> String {
         let commit = self.commit(message);
