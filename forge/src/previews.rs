@@ -70,8 +70,8 @@ pub async fn apply(
     sqlx::query(
         "INSERT INTO previews (source, number, owner, head, urls, state, expires_at) \
          VALUES ($1, $2, $3, $4, $5, 'active', now() + make_interval(secs => $6 / 1000.0)) \
-         ON CONFLICT (source, number) DO UPDATE SET head = $4, urls = $5, state = 'active', \
-           expires_at = now() + make_interval(secs => $6 / 1000.0)",
+         ON CONFLICT (source, number) DO UPDATE SET head = EXCLUDED.head, \
+           urls = EXCLUDED.urls, state = 'active', expires_at = EXCLUDED.expires_at",
     )
     .bind(source)
     .bind(number)

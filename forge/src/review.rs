@@ -5,7 +5,7 @@
 use reconciler::plan::Guard;
 use reconciler::secrets::Keyring;
 use reconciler::{Error, apply, pipeline};
-use schema::{Limits, ManifestFile};
+use schema::{DesiredState, Limits, ManifestFile};
 use sqlx::PgPool;
 
 use crate::client::{Forge, ForgeError, PullRef, Status};
@@ -20,15 +20,31 @@ pub async fn plan(
     keys: Option<&Keyring>,
     guard: &Guard,
 ) -> Review {
+    match load(files).await {
+        Ok(state) => plan_loaded(pool, source, &state, keys, guard).await,
+        Err(review) => review,
+    }
+}
+
+/// Validates `files`; what is wrong with them is the review.
+pub async fn load(files: Vec<ManifestFile>) -> Result<DesiredState, Review> {
     let loaded = tokio::task::spawn_blocking(move || schema::load(&files, &Limits::default()))
         .await
-        .map_err(|e| e.to_string());
-    let state = match loaded {
-        Ok(Ok(state)) => state,
-        Ok(Err(diagnostics)) => return Review::Invalid { diagnostics },
-        Err(reason) => return Review::Failed { reason },
-    };
-    let planned = match apply::prepare_for(pool, &state, keys).await {
+        .map_err(|e| Review::Failed {
+            reason: e.to_string(),
+        })?;
+    loaded.map_err(|diagnostics| Review::Invalid { diagnostics })
+}
+
+/// [`plan`] of manifests already validated.
+pub async fn plan_loaded(
+    pool: &PgPool,
+    source: &str,
+    state: &DesiredState,
+    keys: Option<&Keyring>,
+    guard: &Guard,
+) -> Review {
+    let planned = match apply::prepare_for(pool, state, keys).await {
         Ok(desired) => {
             pipeline::preview(pool, pipeline::Owner::source(source), desired, guard).await
         }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use reconciler::plan::Guard;
 use reconciler::secrets::Keyring;
 use reconciler::sync::Source;
-use schema::{Limits, ManifestFile};
+use schema::{DesiredState, Limits, ManifestFile};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::watch;
@@ -242,24 +242,21 @@ impl Worker {
             .map(|files| comment::manifests_digest(files))
             .unwrap_or_default();
         review::mark_outdated(&source.forge, pr, name, &pull.head, &manifests).await?;
-        let review = match &files {
-            Ok(files) => {
-                review::plan(
-                    &self.pool,
-                    name,
-                    files.clone(),
-                    self.keys.as_ref(),
-                    &self.guard,
-                )
-                .await
-            }
-            Err(reason) => Review::Failed {
-                reason: reason.clone(),
-            },
+        let loaded = match files {
+            Ok(files) => review::load(files).await,
+            Err(reason) => Err(Review::Failed { reason }),
         };
-        let preview = match (&source.previews, files) {
-            (Some(settings), Ok(files)) if matches!(review, Review::Planned { .. }) => {
-                self.preview(source, settings, pull, files).await
+        let (review, state) = match loaded {
+            Ok(state) => {
+                let keys = self.keys.as_ref();
+                let review = review::plan_loaded(&self.pool, name, &state, keys, &self.guard);
+                (review.await, Some(state))
+            }
+            Err(review) => (review, None),
+        };
+        let preview = match (&source.previews, state) {
+            (Some(settings), Some(state)) if matches!(review, Review::Planned { .. }) => {
+                self.preview(source, settings, pull, &state).await
             }
             (Some(_), _) => Preview::Missing {
                 reason: "this commit could not be planned (above), so no preview was made of it; a preview made before stays as it was".into(),
@@ -289,7 +286,7 @@ impl Worker {
         source: &PullSource,
         settings: &Settings,
         pull: &Pull,
-        files: Vec<ManifestFile>,
+        state: &DesiredState,
     ) -> Preview {
         let missing = |reason: String| Preview::Missing { reason };
         let ttl = span(settings.ttl);
@@ -301,13 +298,13 @@ impl Worker {
             Ok(existing) => existing,
             Err(error) => return missing(format!("cannot read the previews: {error}")),
         };
-        let state = existing.as_ref().map(|row| row.state.as_str());
-        if state == Some("expired") && existing.as_ref().is_some_and(|row| row.head == pull.head) {
+        let stage = existing.as_ref().map(|row| row.state.as_str());
+        if stage == Some("expired") && existing.as_ref().is_some_and(|row| row.head == pull.head) {
             return missing(format!(
                 "it was destroyed after {ttl} without a push; push a commit to make it again"
             ));
         }
-        if state != Some("active") {
+        if stage != Some("active") {
             let active = match previews::active_besides(&self.pool, name, pull.number).await {
                 Ok(active) => active,
                 Err(error) => return missing(format!("cannot count the previews: {error}")),
@@ -318,11 +315,6 @@ impl Worker {
                 ));
             }
         }
-        let loaded =
-            tokio::task::spawn_blocking(move || schema::load(&files, &Limits::default())).await;
-        let Ok(Ok(state)) = loaded else {
-            return missing("the manifests could not be read again".into());
-        };
         let head = Head {
             source: name,
             repository: &source.source.url,
@@ -335,7 +327,7 @@ impl Worker {
             self.lock_timeout_ms,
             settings,
             head,
-            &state,
+            state,
         )
         .await;
         match applied {

@@ -27,18 +27,6 @@ impl Default for Guard {
     }
 }
 
-impl Guard {
-    /// The guard of a pull request's preview, whose source owns nothing but the preview:
-    /// it may destroy all of it (the plan is made against that source's own resources
-    /// only, so nothing else is in reach). Protection still holds.
-    pub fn preview() -> Guard {
-        Guard {
-            max_destroy_fraction: 1.0,
-            allow_destroy: true,
-        }
-    }
-}
-
 /// Why a plan may not be applied, with what to do about it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase", tag = "reason")]
@@ -79,6 +67,16 @@ impl std::fmt::Display for Refusal {
 }
 
 impl Guard {
+    /// The guard of a pull request's preview, whose source owns nothing but the preview:
+    /// it may destroy all of it (the plan is made against that source's own resources
+    /// only, so nothing else is in reach). Protection still holds.
+    pub fn preview() -> Guard {
+        Guard {
+            max_destroy_fraction: 1.0,
+            allow_destroy: true,
+        }
+    }
+
     /// Every reason to refuse `plan` against `actual`. Protection cannot be overridden;
     /// the mass-destroy checks can, with `allow_destroy`.
     pub fn check(&self, plan: &Plan, actual: &State) -> Vec<Refusal> {
