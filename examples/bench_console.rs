@@ -51,10 +51,7 @@ fn bench(
     resources: usize,
     requests: usize,
 ) -> Result<(), String> {
-    let url = format!(
-        "postgres://postgres@localhost/postgres?host={}",
-        cluster.dir().display()
-    );
+    let url = cluster.url("postgres").map_err(|e| e.to_string())?;
     let repo = root.join("repo");
     let written = generate::write_repo(&repo, resources).map_err(|e| e.to_string())?;
     let repo_arg = repo.to_str().ok_or("temporary path is not UTF-8")?;

@@ -81,10 +81,7 @@ fn bench(
     if !psql.success() {
         return Err("cannot create the benchmark database".into());
     }
-    let url = format!(
-        "postgres://postgres@localhost/{database}?host={}",
-        cluster.dir().display()
-    );
+    let url = cluster.url(&database).map_err(|e| e.to_string())?;
     let repo = root.join(format!("repo{n}"));
     let written = generate::write_repo(&repo, n).map_err(|e| e.to_string())?;
     let repo_arg = repo.to_str().ok_or("temporary path is not UTF-8")?;

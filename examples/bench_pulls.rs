@@ -154,10 +154,7 @@ async fn bench(
     (resources, pushes): (usize, usize),
     previews: bool,
 ) -> Result<(), String> {
-    let url = format!(
-        "postgres://postgres@localhost/postgres?host={}",
-        cluster.dir().display()
-    );
+    let url = cluster.url("postgres").map_err(|e| e.to_string())?;
     // The manifests in a work tree, pushed to a bare repository that serve reads.
     let work = root.join("work");
     let written =

@@ -132,10 +132,7 @@ async fn bench(
     let name = format!("{trigger:?}").to_lowercase();
     let database = format!("push_{name}");
     sql(cluster, "postgres", &format!("CREATE DATABASE {database}"))?;
-    let url = format!(
-        "postgres://postgres@localhost/{database}?host={}",
-        cluster.dir().display()
-    );
+    let url = cluster.url(&database).map_err(|e| e.to_string())?;
     let base = root.join(&name);
     std::fs::create_dir_all(&base).map_err(|e| e.to_string())?;
     git(&base, &["init", "-q", "--bare", "-b", "main", "bare.git"])?;

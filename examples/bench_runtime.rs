@@ -80,10 +80,7 @@ struct Up {
 
 impl Up {
     fn start(binary: &Path, cluster: &Cluster, database: &str, dir: &Path) -> Result<Up, String> {
-        let url = format!(
-            "postgres://postgres@localhost/{database}?host={}",
-            cluster.dir().display()
-        );
+        let url = cluster.url(database).map_err(|e| e.to_string())?;
         let mut child = Command::new(binary)
             .args(["up", "."])
             .args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"])

@@ -78,6 +78,7 @@ pub enum Command {
     /// edit (or --repo followed), builds and deployments as local processes, the proxy and
     /// the API. Ctrl-C stops it all.
     Up(Box<UpArgs>),
+
     /// List deployments, newest first: state, trigger, release, timings and failure reasons.
     Deployments {
         /// A service, as `project/name` (or `name` when only one project has it).
@@ -386,6 +387,10 @@ pub struct RuntimeOptions {
     /// Lines kept per build log and per replica log (the oldest go first).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(2..))]
     pub log_lines: u64,
+    /// When Meshploy runs as root, who replicas run as: `auto` (a uid of their own per
+    /// deployment, with no /etc/passwd entry) or the name of an unprivileged user.
+    #[arg(long, env = "MESHPLOY_RUN_AS", value_name = "auto|USER")]
+    pub run_as: Option<String>,
 }
 
 #[derive(Debug, Args)]

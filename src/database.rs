@@ -83,7 +83,7 @@ async fn embedded(home_dir: Option<PathBuf>) -> Result<PgConnectOptions> {
         );
     }
     let mut admin = cluster
-        .connect_options("postgres")
+        .connect_options("postgres")?
         .connect()
         .await
         .context("cannot connect to the embedded PostgreSQL")?;
@@ -106,5 +106,5 @@ async fn embedded(home_dir: Option<PathBuf>) -> Result<PgConnectOptions> {
             }
         }
     }
-    Ok(cluster.connect_options(DATABASE))
+    Ok(cluster.connect_options(DATABASE)?)
 }

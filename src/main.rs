@@ -15,6 +15,16 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // No process of the same user (a replica, a build) may read this one's memory or
+    // environment through /proc or ptrace: they hold the keys and the database's password.
+    let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
+    // `meshploy sandbox STAGE` is how Meshploy runs builds and replicas, not a command for
+    // people: it is not in the command line's help.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|a| a == "sandbox") {
+        let stage = args.next().unwrap_or_default();
+        return builder::sandbox::main(&stage.to_string_lossy());
+    }
     let cli = cli::Cli::parse();
     // The daemon reports what it does; one-shot commands only warn.
     let default_level = if matches!(

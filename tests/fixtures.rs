@@ -165,7 +165,10 @@ pub fn proxy_login(db: &crate::util::Db) -> String {
     static ROLES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = ROLES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let role = format!("proxy_{}_{n}", std::process::id());
-    db.psql(&format!("CREATE ROLE {role} LOGIN IN ROLE meshploy_proxy"));
+    db.psql(&format!(
+        "CREATE ROLE {role} LOGIN PASSWORD '{}' IN ROLE meshploy_proxy",
+        db.password()
+    ));
     role
 }
 

@@ -685,10 +685,7 @@ fn an_applied_route_is_live_within_100_ms_and_known_routes_outlive_postgresql() 
         .expect("PostgreSQL binaries")
         .not_durable();
     cluster.start().expect("start a private cluster");
-    let url = format!(
-        "postgres://postgres@localhost/postgres?host={}",
-        cluster.dir().display()
-    );
+    let url = cluster.url("postgres").expect("the cluster's password");
     let dir = Dir::new();
     let apply = |dir: &Dir| {
         let output = meshploy()

@@ -109,11 +109,9 @@ impl Db {
     }
 
     pub fn url(&self) -> String {
-        format!(
-            "postgres://postgres@localhost/{}?host={}",
-            self.name,
-            cluster().dir().display()
-        )
+        cluster()
+            .url(&self.name)
+            .expect("the test cluster's password")
     }
 
     /// `MESHPLOY_HOME` of every command run against this database.
@@ -121,9 +119,15 @@ impl Db {
         self.home.path()
     }
 
-    /// The URL of this database for another role of the cluster.
+    /// The URL of this database for another role of the cluster (made with
+    /// [`Db::password`]).
     pub fn url_as(&self, role: &str) -> String {
-        self.url().replacen("postgres@", &format!("{role}@"), 1)
+        self.url().replacen("postgres:", &format!("{role}:"), 1)
+    }
+
+    /// The cluster's password, which the tests give every role they make.
+    pub fn password(&self) -> String {
+        cluster().password().expect("the test cluster's password")
     }
 
     /// Runs `meshploy ARGS` in `dir` against this database.

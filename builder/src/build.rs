@@ -4,6 +4,7 @@
 //! settings: an unchanged source is not built again.
 
 use std::collections::HashMap;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use crate::decide::ServiceKey;
 use crate::lines::Redactor;
 use crate::logs::{LogWriter, Owner};
 use crate::process::{self, Tail};
+use crate::sandbox::{Identity, Job, Sandbox};
 use crate::store::{self, NewBuild};
 
 /// Where and how builds run.
@@ -28,6 +30,8 @@ pub struct Builder {
     /// The git fetch cache the reconciler and the controller's resolution share.
     pub git_cache: PathBuf,
     pub timeout: Duration,
+    /// How build commands are confined.
+    pub sandbox: Arc<Sandbox>,
     /// Lines kept per build log.
     pub log_lines: u64,
     /// One lock per cache key, so services built from the same source and settings wait
@@ -102,7 +106,7 @@ impl Builder {
             self.log_lines,
         ));
         let work = dir.with_extension(format!("tmp-{id}"));
-        let outcome = self.run(&request, &work, &log).await;
+        let outcome = self.run(&request, id, &work, &log).await;
         let outcome = match outcome {
             Ok(()) => place(&work, &dir).map_err(|e| format!("cannot keep the build: {e}")),
             Err(reason) => Err(reason),
@@ -134,11 +138,16 @@ impl Builder {
     async fn run(
         &self,
         request: &Request<'_>,
+        id: i64,
         work: &Path,
         log: &Arc<LogWriter>,
     ) -> Result<(), String> {
         let _ = std::fs::remove_dir_all(work);
-        std::fs::create_dir_all(&self.dir)
+        // Only Meshploy's own user may enter the cache: replicas run copies of it.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
             .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
         let (url, cache, commit, path, into) = (
             request.url.to_owned(),
@@ -174,38 +183,68 @@ impl Builder {
         match (strategy, request.build) {
             (Strategy::None, _) => Ok(()),
             (Strategy::Command, Build::Command { command }) => {
-                self.command(command, work, request, log).await
+                let tmp = self.dir.join(format!("tmp-{id}"));
+                let built = match std::fs::create_dir(&tmp) {
+                    Ok(()) => self.command(command, id, work, &tmp, request, log).await,
+                    Err(e) => Err(format!("cannot create {}: {e}", tmp.display())),
+                };
+                let _ = std::fs::remove_dir_all(&tmp);
+                built
             }
             (strategy, _) => Err(image_strategy(strategy)),
         }
     }
 
-    /// Runs `build.command` with a shell in `work`, within the build timeout.
+    /// Runs `build.command` with a shell in `work`, confined to `work` and `tmp`, within the
+    /// build timeout.
     async fn command(
         &self,
         command: &str,
+        id: i64,
         work: &Path,
+        tmp: &Path,
         request: &Request<'_>,
         log: &Arc<LogWriter>,
     ) -> Result<(), String> {
         log.line(format!("[meshploy] running: {command}")).await;
-        let mut child = process::shell(command, work, request.env)
-            .spawn()
+        let mut env: Vec<(String, Plaintext)> = request
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), Plaintext::new(v.expose().to_vec())))
+            .collect();
+        // Toolchains live in Meshploy's user's home (read-only to the build).
+        if let Some(home) = std::env::var_os("HOME") {
+            env.push(("HOME".into(), Plaintext::new(home.into_encoded_bytes())));
+        }
+        env.push((
+            "TMPDIR".into(),
+            Plaintext::new(tmp.display().to_string().into_bytes()),
+        ));
+        let job = Job {
+            identity: Identity::Build(id),
+            script: command,
+            dir: work,
+            writable: vec![work.to_owned(), tmp.to_owned()],
+            env: &env,
+            grace: Duration::from_secs(5),
+        };
+        let (mut job, output) = self
+            .sandbox
+            .start(job)
+            .await
             .map_err(|e| format!("cannot start the build command: {e}"))?;
+        drop(env);
         let tail = Tail::default();
-        let capture = process::capture(&mut child, log, &request.redactor, &tail);
-        let status = tokio::time::timeout(self.timeout, child.wait()).await;
+        let capture = process::capture(output, log, &request.redactor, &tail);
+        let status = tokio::time::timeout(self.timeout, job.wait()).await;
         let Ok(status) = status else {
-            process::terminate(&mut child, Duration::from_secs(5)).await;
+            job.stop(Duration::from_secs(5)).await;
             process::drain(capture).await;
             return Err(format!(
                 "the build ran past its timeout of {} s and was stopped",
                 self.timeout.as_secs()
             ));
         };
-        if let Some(pid) = child.id() {
-            process::signal_group(pid, rustix::process::Signal::KILL);
-        }
         process::drain(capture).await;
         let status = status.map_err(|e| format!("cannot wait for the build command: {e}"))?;
         if status.success() {

@@ -5,6 +5,8 @@
 //!   decisions out.
 //! - [`build`] checks a source out through the `git` crate and runs its build strategy,
 //!   streaming the output into PostgreSQL ([`logs`]), with a cache by commit and settings.
+//! - [`sandbox`] confines what builds and replicas run: a supervisor per job that stops
+//!   every process the job starts, Landlock, a user of their own, a cgroup each.
 //! - [`runtime`] is the boundary a runtime implements (start a release's replicas, wait for
 //!   their health, stop them, report how they fare); [`local`] runs them as supervised child
 //!   processes on this machine.
@@ -26,6 +28,7 @@ mod process;
 pub mod release;
 pub mod rollback;
 pub mod runtime;
+pub mod sandbox;
 pub mod store;
 
 pub use error::Error;

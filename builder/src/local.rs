@@ -1,16 +1,21 @@
-//! The local runtime: each replica is a supervised child process on this machine.
+//! The local runtime: each replica is a supervised, confined job on this machine.
 //!
-//! A replica is `command` run by a shell in the build directory, with `PORT` set to a free
-//! port the runtime picked and the release's environment (secrets opened by the caller and
-//! held in memory only, for restarts). Its output goes, redacted, into its log stream.
-//! Until the deployment serves, an exit is final and fails the rollout with the exit code and
-//! last lines; once it serves, an exit is restarted with exponential backoff, and repeated
-//! exits mark the deployment degraded. Each running replica leaves a file under the state
-//! directory with its process group, so a runtime started after a crash stops what the dead
-//! one left running before it starts anything.
+//! Each deployment gets its own working copy of its build (`<state>/deployments/<id>`: the
+//! copy in `app`, with `home` and `tmp` beside it, owned by the replicas' user), removed when
+//! the deployment stops; a replica can write there and nowhere else, so no service can change
+//! what another runs. A replica is `command` run by a shell in that copy through
+//! [`crate::sandbox`], with `PORT` set to a free port the runtime picked, `HOME` and `TMPDIR`
+//! its own, and the release's environment (secrets opened by the caller and held in memory
+//! only, for restarts). Its output goes, redacted, into its log stream. Until the deployment
+//! serves, an exit is final and fails the rollout with the exit code and last lines; once it
+//! serves, an exit is restarted with exponential backoff, and repeated exits mark the
+//! deployment degraded. Each running replica leaves a file under the state directory naming
+//! its supervisor, so a runtime started after a crash stops what the dead one left running
+//! (with the sandbox's leftover cgroups) before it starts anything.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::path::PathBuf;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,12 +33,16 @@ use crate::lines::Redactor;
 use crate::logs::{LogWriter, Owner};
 use crate::process::{self, Tail};
 use crate::runtime::{Endpoint, Launch, Running, Runtime};
+use crate::sandbox::{Identity, Job, Sandbox};
 
 /// How the local runtime treats its processes.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// Where running replicas are recorded (`<home>/runtime`).
+    /// Where running replicas are recorded and deployments' working copies live
+    /// (`<home>/runtime`).
     pub state_dir: PathBuf,
+    /// How replicas are confined.
+    pub sandbox: Arc<Sandbox>,
     /// From SIGTERM to SIGKILL.
     pub stop_grace: Duration,
     /// Lines kept per replica's log.
@@ -84,7 +93,8 @@ struct ReplicaState {
 #[derive(Debug)]
 struct Spawn {
     command: String,
-    workdir: PathBuf,
+    /// The deployment's own directory: `app` (the working copy), `home` and `tmp`.
+    dir: PathBuf,
     env: Vec<(String, Plaintext)>,
     redactor: Arc<Redactor>,
     deployment: i64,
@@ -100,8 +110,28 @@ impl LocalRuntime {
             path: dir.clone(),
             error,
         };
-        std::fs::create_dir_all(dir).map_err(failed)?;
-        let stopped = kill_recorded(dir).map_err(failed)?;
+        // Replicas of other users must reach their own directory below `deployments`, and
+        // nothing else here.
+        for (path, mode) in [
+            (dir.clone(), 0o711),
+            (dir.join("replicas"), 0o700),
+            (dir.join("deployments"), 0o711),
+        ] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(mode)
+                .create(&path)
+                .and_then(|()| {
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                })
+                .map_err(failed)?;
+        }
+        let stopped = kill_recorded(&dir.join("replicas")).map_err(failed)?
+            + settings.sandbox.kill_leftovers();
+        // The working copies of a run that was killed belong to nothing now.
+        for entry in std::fs::read_dir(dir.join("deployments")).map_err(failed)? {
+            let _ = std::fs::remove_dir_all(entry.map_err(failed)?.path());
+        }
         let runtime = LocalRuntime {
             pool,
             settings,
@@ -127,7 +157,20 @@ impl LocalRuntime {
 
     /// Kills every replica now, without a grace period: for a second Ctrl-C.
     pub fn kill_all(&self) {
-        let _ = kill_recorded(&self.settings.state_dir);
+        let _ = kill_recorded(&self.settings.state_dir.join("replicas"));
+        self.settings.sandbox.kill_leftovers();
+    }
+
+    /// How replicas (and, through the controller's builder, builds) are confined.
+    pub fn sandbox(&self) -> Arc<Sandbox> {
+        self.settings.sandbox.clone()
+    }
+
+    fn deployment_dir(&self, deployment: i64) -> PathBuf {
+        self.settings
+            .state_dir
+            .join("deployments")
+            .join(deployment.to_string())
     }
 
     fn replica_states(&self, deployment: i64) -> Option<ReplicaView> {
@@ -166,9 +209,20 @@ impl Runtime for LocalRuntime {
                 "the service has no `command`: the local runtime needs one to start it".into(),
             );
         };
-        let Some(workdir) = launch.workdir.clone() else {
+        let Some(build) = launch.workdir.clone() else {
             return Err("the release has no build directory".into());
         };
+        let dir = self.deployment_dir(launch.deployment);
+        let owner = self.settings.sandbox.replica_user(launch.deployment);
+        let copied = dir.clone();
+        tokio::task::spawn_blocking(move || working_copy(&build, &copied, owner))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+            .map_err(|e| {
+                let _ = std::fs::remove_dir_all(&dir);
+                format!("cannot make the deployment's working copy: {e}")
+            })?;
         let mut replicas = Vec::new();
         let env = Arc::new(launch.env);
         for index in 0..spec.replicas {
@@ -182,7 +236,7 @@ impl Runtime for LocalRuntime {
             let (stop, stopped) = watch::channel(false);
             let spawn = Spawn {
                 command: command.clone(),
-                workdir: workdir.clone(),
+                dir: dir.clone(),
                 env: env
                     .iter()
                     .map(|(k, v)| (k.clone(), Plaintext::new(v.expose().to_vec())))
@@ -253,6 +307,8 @@ impl Runtime for LocalRuntime {
         for replica in removed.replicas {
             let _ = replica.task.await;
         }
+        let dir = self.deployment_dir(deployment);
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
     }
 
     fn running(&self) -> BTreeMap<i64, Running> {
@@ -349,7 +405,9 @@ async fn supervise(
         replica: spawn.replica,
     };
     let log = Arc::new(LogWriter::start(pool, owner, settings.log_lines));
-    let record = (settings.state_dir).join(format!("{}-{}", spawn.deployment, spawn.replica));
+    let record = (settings.state_dir)
+        .join("replicas")
+        .join(format!("{}-{}", spawn.deployment, spawn.replica));
     let mut backoff = Duration::from_millis(100);
     let mut moved = 0;
     loop {
@@ -359,9 +417,27 @@ async fn supervise(
             .iter()
             .map(|(k, v)| (k.clone(), Plaintext::new(v.expose().to_vec())))
             .collect();
-        env.push(("PORT".into(), Plaintext::new(port.to_string().into_bytes())));
-        let mut child = match process::shell(&spawn.command, &spawn.workdir, &env).spawn() {
-            Ok(child) => child,
+        for (name, value) in [
+            ("PORT", port.to_string()),
+            ("HOME", spawn.dir.join("home").display().to_string()),
+            ("TMPDIR", spawn.dir.join("tmp").display().to_string()),
+        ] {
+            env.push((name.into(), Plaintext::new(value.into_bytes())));
+        }
+        let app = spawn.dir.join("app");
+        let job = Job {
+            identity: Identity::Replica {
+                deployment: spawn.deployment,
+                replica: spawn.replica,
+            },
+            script: &spawn.command,
+            dir: &app,
+            writable: vec![spawn.dir.clone()],
+            env: &env,
+            grace: settings.stop_grace,
+        };
+        let (mut job, output) = match settings.sandbox.start(job).await {
+            Ok(started) => started,
             Err(error) => {
                 let why = format!("could not be started: {error}");
                 log.line(format!("[meshploy] the replica {why}")).await;
@@ -370,26 +446,22 @@ async fn supervise(
             }
         };
         drop(env);
-        if let Some(pid) = child.id()
+        if let Some(pid) = job.pid()
             && let Some(started) = start_time(pid)
         {
             let _ = std::fs::write(&record, format!("{pid} {started}\n"));
         }
-        let capture = process::capture(&mut child, &log, &spawn.redactor, &tail);
+        let capture = process::capture(output, &log, &spawn.redactor, &tail);
         let started = Instant::now();
         let status = tokio::select! {
-            status = child.wait() => status,
+            status = job.wait() => status,
             () = stopped(&mut stop) => {
-                process::terminate(&mut child, settings.stop_grace).await;
+                job.stop(settings.stop_grace).await;
                 process::drain(capture).await;
                 let _ = std::fs::remove_file(&record);
                 break;
             }
         };
-        // The replica is its process group: what it started goes with it.
-        if let Some(pid) = child.id() {
-            process::signal_group(pid, Signal::KILL);
-        }
         process::drain(capture).await;
         let _ = std::fs::remove_file(&record);
         let how = match status {
@@ -458,10 +530,11 @@ fn end(state: &Mutex<ReplicaState>, how: String) {
     }
 }
 
-/// Kills the process group of every replica recorded in `dir` that still runs, and forgets
-/// the records. Returns how many were running.
-fn kill_recorded(dir: &std::path::Path) -> std::io::Result<usize> {
-    let mut killed = 0;
+/// Tells the supervisor of every replica recorded in `dir` that still runs to kill its job
+/// now, waits a moment for them to be gone, and forgets the records. Returns how many were
+/// running.
+fn kill_recorded(dir: &Path) -> std::io::Result<usize> {
+    let mut killed = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         let recorded = std::fs::read_to_string(&path).unwrap_or_default();
@@ -470,12 +543,67 @@ fn kill_recorded(dir: &std::path::Path) -> std::io::Result<usize> {
             // The same process only if it started when recorded: a pid may be reused.
             && start_time(pid).as_deref() == Some(started)
         {
-            process::signal_group(pid, Signal::KILL);
-            killed += 1;
+            process::signal(pid, Signal::USR1);
+            killed.push((pid, started.to_owned()));
         }
         let _ = std::fs::remove_file(&path);
     }
-    Ok(killed)
+    for _ in 0..200 {
+        if killed
+            .iter()
+            .all(|(pid, started)| start_time(*pid).as_deref() != Some(started.as_str()))
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(killed.len())
+}
+
+/// Copies the build `from` into a deployment's new directory `dir` (as `app`, with an empty
+/// `home` and `tmp`), owned by `owner` when replicas run as another user. Links are copied as
+/// links, never followed.
+fn working_copy(from: &Path, dir: &Path, owner: Option<(u32, u32)>) -> std::io::Result<()> {
+    std::fs::DirBuilder::new().mode(0o700).create(dir)?;
+    copy_tree(from, &dir.join("app"))?;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir.join("home"))?;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir.join("tmp"))?;
+    if let Some((uid, gid)) = owner {
+        chown_tree(dir, uid, gid)?;
+    }
+    Ok(())
+}
+
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir(to)?;
+    std::fs::set_permissions(to, std::fs::metadata(from)?.permissions())?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let (source, target) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type()?;
+        if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&source)?, &target)?;
+        } else if kind.is_dir() {
+            copy_tree(&source, &target)?;
+        } else if kind.is_file() {
+            std::fs::copy(&source, &target)?;
+        }
+    }
+    Ok(())
+}
+
+fn chown_tree(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+    if std::fs::symlink_metadata(path)?.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            chown_tree(&entry?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
 }
 
 /// A port nothing listens on now. Another process may take it before the replica listens;

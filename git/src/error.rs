@@ -38,6 +38,13 @@ pub enum GitError {
         dest: PathBuf,
         error: std::io::Error,
     },
+    #[error("`{path}` in commit {commit} of {url} cannot be checked out: {why}")]
+    UnsafeEntry {
+        url: String,
+        commit: String,
+        path: String,
+        why: &'static str,
+    },
     #[error("cannot read {what} in {url}: {detail}")]
     Object {
         url: String,

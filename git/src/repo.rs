@@ -9,6 +9,7 @@
 //! never leave this module: every URL shown to a user goes through [`redact`], and error
 //! texts from gix are scrubbed of the URL's user information.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
@@ -21,6 +22,24 @@ use sha2::{Digest, Sha256};
 use crate::GitError;
 use crate::select::{self, Collected};
 use crate::url::{Location, redact, scrub};
+
+/// Why a tree entry's name cannot be checked out, if it cannot: one that could name a place
+/// outside its directory, or git's own directory.
+fn safe_name(name: &gix::bstr::BStr) -> Result<(), &'static str> {
+    if name.is_empty() || name == "." || name == ".." {
+        return Err("it names no file or a directory above");
+    }
+    if name.contains(&b'/') || name.contains(&b'\\') {
+        return Err("it holds a path separator");
+    }
+    if name.contains(&0) {
+        return Err("it holds a NUL byte");
+    }
+    if name.eq_ignore_ascii_case(b".git") {
+        return Err("it is git's own directory");
+    }
+    Ok(())
+}
 
 /// A repository ready to read, and the name it is shown under.
 #[derive(Debug)]
@@ -227,51 +246,106 @@ impl Repo {
     /// build runs in. Executable files keep their mode and symbolic links stay links; a
     /// submodule becomes an empty directory, as `git clone` without `--recursive` leaves it.
     /// Returns the number of files written.
+    ///
+    /// A tree is untrusted input: an entry whose name could reach outside its directory
+    /// (`..`, a `/` or `\\`, NUL, `.git`) is refused, naming it. Nothing is written through a
+    /// symbolic link: every file and directory is created new (`O_EXCL`) inside a directory
+    /// this checkout just made, so a link in the tree stays a leaf, and a tree naming an entry
+    /// twice (a link, then a directory through it) fails on the second.
     pub fn export(&self, commit: &str, path: &str, dest: &Path) -> Result<u64, GitError> {
-        use std::os::unix::fs::PermissionsExt;
         let root = self.subtree(commit, path)?;
-        let written = |e: std::io::Error| GitError::Export {
-            url: self.url.clone(),
-            commit: commit.to_owned(),
-            dest: dest.to_owned(),
-            error: e,
-        };
-        let mut recorder = gix::traverse::tree::Recorder::default();
-        root.traverse()
-            .breadthfirst(&mut recorder)
-            .map_err(|e| self.object_error(format!("the tree of commit {commit}"), &e))?;
-        std::fs::create_dir(dest).map_err(written)?;
+        std::fs::create_dir(dest).map_err(|e| self.export_error(commit, dest, e))?;
         let mut files = 0;
-        // Breadth first: every directory is recorded before what it holds.
-        for entry in recorder.records {
-            let relative = entry.filepath.to_str_lossy();
-            let target = dest.join(relative.as_ref());
-            let blob = || {
-                self.repo
-                    .find_object(entry.oid)
-                    .map(|o| o.detach().data)
-                    .map_err(|e| self.object_error(format!("`{relative}`"), &e))
+        self.write_tree(commit, &root, dest, "", 0, &mut files)?;
+        Ok(files)
+    }
+
+    /// Writes the entries of `tree` (at `shown` in the commit) into `dir`.
+    fn write_tree(
+        &self,
+        commit: &str,
+        tree: &gix::Tree<'_>,
+        dir: &Path,
+        shown: &str,
+        depth: usize,
+        files: &mut u64,
+    ) -> Result<(), GitError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        /// Deeper than any real tree; a hostile one must not exhaust the stack.
+        const MAX_DEPTH: usize = 256;
+        for entry in tree.iter() {
+            let entry =
+                entry.map_err(|e| self.object_error(format!("the tree at `{shown}`"), &e))?;
+            let name = entry.filename();
+            let place = if shown.is_empty() {
+                name.to_str_lossy().into_owned()
+            } else {
+                format!("{shown}/{}", name.to_str_lossy())
             };
-            match entry.mode.kind() {
-                EntryKind::Tree | EntryKind::Commit => {
-                    std::fs::create_dir(&target).map_err(written)?;
-                }
-                EntryKind::Blob | EntryKind::BlobExecutable => {
-                    std::fs::write(&target, blob()?).map_err(written)?;
-                    if entry.mode.kind() == EntryKind::BlobExecutable {
-                        let mode = std::fs::Permissions::from_mode(0o755);
-                        std::fs::set_permissions(&target, mode).map_err(written)?;
+            if let Err(why) = safe_name(name) {
+                return Err(GitError::UnsafeEntry {
+                    url: self.url.clone(),
+                    commit: commit.to_owned(),
+                    path: place.escape_debug().to_string(),
+                    why,
+                });
+            }
+            let target = dir.join(std::ffi::OsStr::from_bytes(name));
+            let written = |e| self.export_error(commit, &target, e);
+            let object = || {
+                self.repo
+                    .find_object(entry.oid())
+                    .map_err(|e| self.object_error(format!("`{place}`"), &e))
+            };
+            match entry.mode().kind() {
+                EntryKind::Tree => {
+                    if depth >= MAX_DEPTH {
+                        return Err(self.object_error(
+                            format!("`{place}`"),
+                            &format!("the tree is nested deeper than {MAX_DEPTH} directories"),
+                        ));
                     }
-                    files += 1;
+                    std::fs::create_dir(&target).map_err(written)?;
+                    let subtree = object()?
+                        .peel_to_tree()
+                        .map_err(|e| self.object_error(format!("`{place}`"), &e))?;
+                    self.write_tree(commit, &subtree, &target, &place, depth + 1, files)?;
+                }
+                EntryKind::Commit => std::fs::create_dir(&target).map_err(written)?,
+                kind @ (EntryKind::Blob | EntryKind::BlobExecutable) => {
+                    let mode = if kind == EntryKind::BlobExecutable {
+                        0o755
+                    } else {
+                        0o644
+                    };
+                    let data = object()?.detach().data;
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(mode)
+                        .open(&target)
+                        .and_then(|mut file| file.write_all(&data))
+                        .map_err(written)?;
+                    *files += 1;
                 }
                 EntryKind::Link => {
-                    let link = String::from_utf8_lossy(&blob()?).into_owned();
+                    let link = String::from_utf8_lossy(&object()?.data).into_owned();
                     std::os::unix::fs::symlink(link, &target).map_err(written)?;
-                    files += 1;
+                    *files += 1;
                 }
             }
         }
-        Ok(files)
+        Ok(())
+    }
+
+    fn export_error(&self, commit: &str, dest: &Path, error: std::io::Error) -> GitError {
+        GitError::Export {
+            url: self.url.clone(),
+            commit: commit.to_owned(),
+            dest: dest.to_owned(),
+            error,
+        }
     }
 
     fn object_error(&self, what: String, error: &dyn std::fmt::Display) -> GitError {
@@ -392,6 +466,159 @@ impl Repo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::process::{Command, Stdio};
+
+    /// Runs git in `dir` with a fixed identity and returns its standard output.
+    fn git(dir: &Path, args: &[&str], input: Option<&[u8]>) -> String {
+        use std::io::Write;
+        let mut child = Command::new("git")
+            .current_dir(dir)
+            .args(args)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("HOME", dir)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run git");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(input.unwrap_or_default()).expect("write");
+        drop(stdin);
+        let output = child.wait_with_output().expect("git");
+        assert!(output.status.success(), "git {args:?} failed");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    fn bare() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("temp dir");
+        git(dir.path(), &["init", "-q", "--bare"], None);
+        dir
+    }
+
+    fn commit(dir: &Path, tree: &str) -> String {
+        git(dir, &["commit-tree", tree, "-m", "a commit"], None)
+    }
+
+    fn blob(dir: &Path, data: &[u8]) -> String {
+        git(dir, &["hash-object", "-w", "--stdin"], Some(data))
+    }
+
+    /// A tree holding `entries` (mode, name, object id) as they are: made with
+    /// `--literally`, as an attacker would, unchecked and unsorted.
+    fn literal_tree(dir: &Path, entries: &[(&str, &[u8], String)]) -> String {
+        let mut raw = Vec::new();
+        for (mode, name, id) in entries {
+            raw.extend_from_slice(mode.as_bytes());
+            raw.push(b' ');
+            raw.extend_from_slice(name);
+            raw.push(0);
+            let id = gix::ObjectId::from_hex(id.as_bytes()).expect("an object id");
+            raw.extend_from_slice(id.as_bytes());
+        }
+        git(
+            dir,
+            &["hash-object", "-t", "tree", "--literally", "-w", "--stdin"],
+            Some(&raw),
+        )
+    }
+
+    fn export(repo: &Path, commit: &str, dest: &Path) -> Result<u64, GitError> {
+        let cache = tempfile::tempdir().expect("cache");
+        open(repo.to_str().expect("a path"), cache.path())?.export(commit, "", dest)
+    }
+
+    #[test]
+    fn a_checkout_writes_files_modes_links_and_directories() {
+        let dir = bare();
+        let (script, readme) = (blob(dir.path(), b"echo hi\n"), blob(dir.path(), b"hello\n"));
+        let link = blob(dir.path(), b"../README");
+        let inner = literal_tree(
+            dir.path(),
+            &[("100755", b"run.sh", script), ("120000", b"readme", link)],
+        );
+        let tree = literal_tree(
+            dir.path(),
+            &[("100644", b"README", readme), ("40000", b"bin", inner)],
+        );
+        let commit = commit(dir.path(), &tree);
+        let out = tempfile::tempdir().expect("out");
+        let dest = out.path().join("checkout");
+        assert_eq!(export(dir.path(), &commit, &dest).expect("exported"), 3);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dest.join("bin/run.sh")).expect("script");
+        assert_eq!(mode.permissions().mode() & 0o777, 0o755);
+        assert_eq!(
+            std::fs::read_link(dest.join("bin/readme")).expect("a link"),
+            Path::new("../README")
+        );
+        assert_eq!(
+            std::fs::read_to_string(dest.join("bin/readme")).expect("read"),
+            "hello\n"
+        );
+    }
+
+    #[test]
+    fn entries_that_name_a_place_outside_their_directory_are_refused_by_name() {
+        for (name, why) in [
+            (&b"../../../ESCAPED"[..], "path separator"),
+            (b"..", "directory above"),
+            (b".", "directory above"),
+            (b"a\\b", "path separator"),
+            (b".GIT", "git's own directory"),
+        ] {
+            let dir = bare();
+            let id = blob(dir.path(), b"pwned\n");
+            let tree = literal_tree(dir.path(), &[("100644", name, id)]);
+            let commit = commit(dir.path(), &tree);
+            let out = tempfile::tempdir().expect("out");
+            let dest = out.path().join("a/b/c/checkout");
+            std::fs::create_dir_all(dest.parent().expect("parent")).expect("parents");
+            let error = export(dir.path(), &commit, &dest)
+                .expect_err("refused")
+                .to_string();
+            assert!(
+                error.contains("cannot be checked out") && error.contains(why),
+                "{error}"
+            );
+            assert!(!out.path().join("ESCAPED").exists(), "written outside");
+            assert!(!out.path().join("a/ESCAPED").exists(), "written outside");
+        }
+    }
+
+    #[test]
+    fn nothing_is_written_through_a_link_even_when_the_tree_names_it_twice() {
+        let outside = tempfile::tempdir().expect("outside");
+        let dir = bare();
+        let pwned = blob(dir.path(), b"pwned\n");
+        let inner = literal_tree(dir.path(), &[("100644", b"pwned", pwned.clone())]);
+        let to_file = blob(
+            dir.path(),
+            outside.path().join("pwned").as_os_str().as_bytes(),
+        );
+        let to_dir = blob(dir.path(), outside.path().as_os_str().as_bytes());
+        // `out` is a link out, then a file (or a directory holding one) of the same name: a
+        // checkout that followed the link would write `pwned` outside.
+        for (link, second) in [(to_file, ("100644", pwned)), (to_dir, ("40000", inner))] {
+            let tree = literal_tree(
+                dir.path(),
+                &[("120000", b"out", link), (second.0, b"out", second.1)],
+            );
+            let commit = commit(dir.path(), &tree);
+            let out = tempfile::tempdir().expect("out");
+            let error = export(dir.path(), &commit, &out.path().join("checkout"))
+                .expect_err("refused")
+                .to_string();
+            assert!(error.contains("File exists"), "{error}");
+            assert_eq!(
+                std::fs::read_dir(outside.path()).expect("read").count(),
+                0,
+                "written through the link"
+            );
+        }
+    }
 
     #[test]
     fn fetch_errors_say_why_and_hide_credentials_in_every_cause() {

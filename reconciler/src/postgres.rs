@@ -6,10 +6,16 @@
 //! to run as root, so when we are root the server runs as the unprivileged `postgres` user
 //! (or `nobody`) and owns the directory. Starting is idempotent and serialised by a file lock,
 //! so concurrent commands that all need the database start it once.
+//!
+//! Every connection authenticates with a password (SCRAM): a random one made with the
+//! cluster, kept in `password` (and, for libpq's tools, `pgpass`) in the cluster's own
+//! directory with mode 0600. Reaching the socket is not enough, since a process of the same
+//! user (a replica of a service, when Meshploy does not run as root) may reach it. A cluster
+//! made by an older release, which trusted its socket, is moved to passwords on its next start.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -121,20 +127,41 @@ impl Cluster {
     }
 
     /// Connection options for `database` over the cluster's socket.
-    pub fn connect_options(&self, database: &str) -> PgConnectOptions {
-        PgConnectOptions::new_without_pgpass()
+    pub fn connect_options(&self, database: &str) -> Result<PgConnectOptions, ClusterError> {
+        Ok(PgConnectOptions::new_without_pgpass()
             .socket(&self.dir)
             .port(PORT)
             .username(SUPERUSER)
-            .database(database)
+            .password(&self.password()?)
+            .database(database))
     }
 
-    /// A libpq connection string for `database`, for `psql` and `pg_dump`.
+    /// A libpq connection string for `database`, for `psql` and `pg_dump`; the password
+    /// comes from the cluster's `pgpass` file, not the command line.
     pub fn conninfo(&self, database: &str) -> String {
         format!(
-            "host={} port={PORT} user={SUPERUSER} dbname={database}",
-            self.dir.display()
+            "host={} port={PORT} user={SUPERUSER} dbname={database} passfile={}",
+            self.dir.display(),
+            self.dir.join("pgpass").display()
         )
+    }
+
+    /// A `postgres://` URL for `database` over the cluster's socket, password included: for
+    /// `DATABASE_URL` in tests and benchmarks.
+    pub fn url(&self, database: &str) -> Result<String, ClusterError> {
+        Ok(format!(
+            "postgres://{SUPERUSER}:{}@localhost/{database}?host={}",
+            self.password()?,
+            self.dir.display()
+        ))
+    }
+
+    /// The password of every role Meshploy makes in this cluster, from its file.
+    pub fn password(&self) -> Result<String, ClusterError> {
+        let path = self.dir.join("password");
+        fs::read_to_string(&path)
+            .map(|p| p.trim().to_owned())
+            .map_err(|source| io(&path, source))
     }
 
     pub fn status(&self) -> Result<Status, ClusterError> {
@@ -169,6 +196,7 @@ impl Cluster {
                 true
             }
         };
+        self.require_passwords()?;
         // Dropping the file releases the lock.
         drop(lock);
         Ok(started)
@@ -243,19 +271,27 @@ impl Cluster {
             );
             fs::rename(&data, &aside).map_err(|source| io(&data, source))?;
         }
+        let password = self.password_files()?;
         let mut command = self.command("initdb");
-        command.arg("-D").arg(&fresh).args([
-            "--username",
-            SUPERUSER,
-            "--auth-local=trust",
-            "--auth-host=reject",
-            "--encoding=UTF8",
-            "--no-locale",
-        ]);
+        command
+            .arg("-D")
+            .arg(&fresh)
+            .arg("--pwfile")
+            .arg(&password)
+            .args([
+                "--username",
+                SUPERUSER,
+                "--auth-local=scram-sha-256",
+                "--auth-host=reject",
+                "--encoding=UTF8",
+                "--no-locale",
+            ]);
         if !self.durable {
             command.arg("--no-sync");
         }
         self.check("initdb", &mut command)?;
+        let hba = fresh.join("pg_hba.conf");
+        fs::write(&hba, HBA).map_err(|source| io(&hba, source))?;
         // Settings go into the configuration file rather than onto the command line, so a
         // server started by hand with `pg_ctl -D` behaves the same.
         let mut settings = format!(
@@ -275,6 +311,86 @@ impl Cluster {
             })
             .map_err(|source| io(&conf, source))?;
         fs::rename(&fresh, &data).map_err(|source| io(&fresh, source))
+    }
+
+    /// Makes the password files if there are none: the password (read by `initdb --pwfile`
+    /// and by Meshploy) and a libpq `pgpass`, both 0600 and owned by the server's user.
+    /// Returns the password file's path.
+    fn password_files(&self) -> Result<PathBuf, ClusterError> {
+        let path = self.dir.join("password");
+        if !path.exists() {
+            let password = crate::secrets::generate_key();
+            let pgpass = self.dir.join("pgpass");
+            for (file, text) in [
+                (&pgpass, format!("*:*:*:*:{password}\n")),
+                (&path, format!("{password}\n")),
+            ] {
+                let written = OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(file)
+                    .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()));
+                written.map_err(|source| io(file, source))?;
+                if let Some((_, uid, gid)) = &self.server_user {
+                    std::os::unix::fs::chown(file, Some(*uid), Some(*gid))
+                        .map_err(|source| io(file, source))?;
+                }
+            }
+        }
+        Ok(path)
+    }
+
+    /// Moves a running cluster that still trusts its socket (made by an older release) to
+    /// passwords: the superuser gets the password over the trusted socket, then the
+    /// authentication file is replaced and the server reloads it.
+    fn require_passwords(&self) -> Result<(), ClusterError> {
+        let hba = self.data().join("pg_hba.conf");
+        let current = fs::read_to_string(&hba).map_err(|source| io(&hba, source))?;
+        // A file that begins as Meshploy's does is Meshploy's; any other still trusts the
+        // socket and is replaced.
+        if HBA
+            .lines()
+            .next()
+            .is_some_and(|marker| current.starts_with(marker))
+        {
+            return Ok(());
+        }
+        self.password_files()?;
+        let mut psql = self.command("psql");
+        psql.args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+            .arg(format!(
+                "host={} port={PORT} user={SUPERUSER} dbname=postgres",
+                self.dir.display()
+            ))
+            .stdin(Stdio::piped());
+        let mut child = psql.spawn().map_err(|e| ClusterError::Command {
+            what: "psql".into(),
+            detail: e.to_string(),
+        })?;
+        // The password goes on standard input, never on a command line.
+        let sql = format!("ALTER ROLE {SUPERUSER} PASSWORD '{}';\n", self.password()?);
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(sql.as_bytes())
+                .map_err(|source| io(&hba, source))?;
+        }
+        let output = child
+            .wait_with_output()
+            .map_err(|e| ClusterError::Command {
+                what: "psql".into(),
+                detail: e.to_string(),
+            })?;
+        if !output.status.success() {
+            return Err(ClusterError::Command {
+                what: "setting the superuser's password".into(),
+                detail: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+            });
+        }
+        fs::write(&hba, HBA).map_err(|source| io(&hba, source))?;
+        self.check("pg_ctl reload", self.pg_ctl().arg("reload"))
+            .map(drop)
     }
 
     fn start_server(&self) -> Result<(), ClusterError> {
@@ -347,6 +463,11 @@ impl Cluster {
         })
     }
 }
+
+/// Client authentication: the socket only, and only with a password.
+const HBA: &str = "# Meshploy: every connection gives the cluster's password.\n\
+# TYPE  DATABASE  USER  METHOD\n\
+local   all       all   scram-sha-256\n";
 
 fn io(path: &Path, source: std::io::Error) -> ClusterError {
     ClusterError::Io {

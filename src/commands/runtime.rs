@@ -1,14 +1,15 @@
 //! The local runtime and its controller, as `up` and `serve --runtime local` run them.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use builder::build::Builder;
 use builder::controller::{self, Controller};
 use builder::local::{self, LocalRuntime};
+use builder::sandbox::{self, Sandbox};
 use reconciler::secrets::Keyring;
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -16,12 +17,31 @@ use tokio::sync::watch;
 use crate::cli::RuntimeOptions;
 
 /// The local runtime keeping its records under `home`; replicas a killed run left are
-/// stopped first.
-pub fn local(pool: &PgPool, home: &Path, options: &RuntimeOptions) -> Result<Arc<LocalRuntime>> {
+/// stopped first. Builds and replicas may read nothing of `home` but their own directories,
+/// nor any of `hidden` (the secret keys file).
+pub fn local(
+    pool: &PgPool,
+    home: &Path,
+    hidden: Vec<PathBuf>,
+    options: &RuntimeOptions,
+) -> Result<Arc<LocalRuntime>> {
+    let sandbox = Sandbox::detect(sandbox::Options {
+        exe: std::env::current_exe().context("cannot find Meshploy's own binary")?,
+        home: home.to_owned(),
+        hidden,
+        run_as: options.run_as.clone(),
+    })?;
+    tracing::info!("isolation: {}", sandbox.describe());
+    if sandbox.landlock() == sandbox::Landlock::Unavailable && !sandbox.separate_users() {
+        tracing::warn!(
+            "replicas and builds run as Meshploy's own user without Landlock: they can read Meshploy's home (see the README's \"What a service can and cannot reach\")"
+        );
+    }
     let (runtime, orphans) = LocalRuntime::new(
         pool.clone(),
         local::Settings {
             state_dir: home.join("runtime"),
+            sandbox: Arc::new(sandbox),
             stop_grace: options.stop_grace,
             log_lines: options.log_lines,
         },
@@ -49,6 +69,7 @@ pub fn controller(
             dir: home.join("builds"),
             git_cache: home.join("git"),
             timeout: options.build_timeout,
+            sandbox: runtime.sandbox(),
             log_lines: options.log_lines,
             building: Arc::default(),
         },

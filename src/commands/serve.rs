@@ -82,7 +82,12 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     let controller = match args.runtime {
         RuntimeKind::None => None,
         RuntimeKind::Local => {
-            let runtime = super::runtime::local(&daemon.pool, &home, &args.runtime_options)?;
+            let runtime = super::runtime::local(
+                &daemon.pool,
+                &home,
+                args.keys.secret_keys_file.iter().cloned().collect(),
+                &args.runtime_options,
+            )?;
             let keys = keyring(&args.keys)?.map(Arc::new);
             let (pool, runs) = (daemon.pool.clone(), runtime.clone());
             let (options, poll) = (args.runtime_options, args.poll_interval);

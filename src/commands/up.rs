@@ -29,7 +29,12 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     let home = database::home(args.db.home.clone())?;
     let pool = database::pool(&args.db, "up", 16).await?;
     let keys = keyring(&args.keys)?.map(Arc::new);
-    let runtime = super::runtime::local(&pool, &home, &args.runtime)?;
+    let runtime = super::runtime::local(
+        &pool,
+        &home,
+        args.keys.secret_keys_file.iter().cloned().collect(),
+        &args.runtime,
+    )?;
     let proxy_database = database::options(&args.db, "up proxy").await?;
     let proxy = proxy::Proxy::start(super::proxy::config(&args.proxy, None), proxy_database)
         .await
