@@ -387,6 +387,14 @@ pub struct RuntimeOptions {
     /// Lines kept per build log and per replica log (the oldest go first).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(2..))]
     pub log_lines: u64,
+    /// Bytes of logs kept per service, over all its deployments and replicas, and per build
+    /// (the oldest go first).
+    #[arg(long, default_value = "64MiB", value_parser = log_budget)]
+    pub log_budget: u64,
+    /// Bytes per second one replica or build may log; faster output is dropped, and a line
+    /// says how much.
+    #[arg(long, default_value = "256KiB", value_parser = log_rate)]
+    pub log_rate: u64,
     /// When Meshploy runs as root, who replicas run as: `auto` (a uid of their own per
     /// deployment, with no /etc/passwd entry) or the name of an unprivileged user.
     #[arg(long, env = "MESHPLOY_RUN_AS", value_name = "auto|USER")]
@@ -631,6 +639,27 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => Ok(Duration::from_secs(n * 3600)),
         _ => Err(format!("`{text}` has an unknown unit (use ms, s, m or h)")),
     }
+}
+
+/// A log budget: at least 64 KiB, so that a few lines always fit.
+fn log_budget(text: &str) -> Result<u64, String> {
+    at_least(text, 64 << 10)
+}
+
+/// A log rate: at least 8 KiB per second, the longest line Meshploy keeps.
+fn log_rate(text: &str) -> Result<u64, String> {
+    at_least(text, builder::MAX_LINE as u64)
+}
+
+fn at_least(text: &str, floor: u64) -> Result<u64, String> {
+    let n = report::parse_bytes(text)?;
+    if n < floor {
+        return Err(format!(
+            "is below the least allowed, {}",
+            report::bytes(floor)
+        ));
+    }
+    Ok(n)
 }
 
 /// A secret or token: anything but empty, since an empty key would let anyone sign or

@@ -54,10 +54,10 @@ pub fn app_repo() -> Remote {
         "app/loud.sh",
         "head -c 100000000 /dev/zero | tr '\\0' x | fold -w 1000\nexec python3 server.py\n",
     );
-    // Takes the replica's port from outside its process group before it listens, once.
+    // Once, says its port and waits until the test has taken it before it listens.
     remote.write(
         "app/squat.sh",
-        "if [ ! -e \"$SQUAT_MARK\" ]; then\n  touch \"$SQUAT_MARK\"\n  setsid python3 -c 'import socket, sys, time; s = socket.socket(); s.bind((\"127.0.0.1\", int(sys.argv[1]))); time.sleep(30)' \"$PORT\" &\n  sleep 0.5\nfi\nexec python3 server.py\n",
+        "if [ ! -e \"$HOME/squatted\" ]; then\n  touch \"$HOME/squatted\"\n  echo \"$PORT\" > \"$HOME/port\"\n  while [ ! -e \"$HOME/taken\" ]; do sleep 0.05; done\nfi\nexec python3 server.py\n",
     );
     remote.push("the app");
     remote
@@ -92,7 +92,7 @@ pub struct Up {
 }
 
 impl Up {
-    fn start(db: &Db, dir: &Dir, args: &[&str]) -> Up {
+    pub fn start(db: &Db, dir: &Dir, args: &[&str]) -> Up {
         Up::of(db, dir, ".", args)
     }
 
@@ -117,7 +117,7 @@ impl Up {
         Up::announced(&mut command)
     }
 
-    fn announced(command: &mut std::process::Command) -> Up {
+    pub fn announced(command: &mut std::process::Command) -> Up {
         Up::announcing(command, "meshploy up: proxy on")
     }
 
@@ -140,17 +140,17 @@ impl Up {
     }
 
     /// SIGKILL: nothing of `up` gets to clean up.
-    fn kill(&mut self) {
+    pub fn kill(&mut self) {
         drop(self.process.take());
     }
 
-    fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.process.as_ref().map_or(0, Process::id)
     }
 
     /// GET `path` on web.test through the proxy: the status and body, or `None` when the
     /// proxy could not be reached.
-    fn get(&self, path: &str) -> Option<(u16, String)> {
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
         get(self.address, "web.test", path)
     }
 }
@@ -162,12 +162,12 @@ impl Drop for Up {
         {
             process.terminate();
         }
-        // A test that failed half-way (or killed `up`) must not leave replicas running: kill
-        // every process group the runtime still has a record of.
+        // A test that failed half-way (or killed `up`) must not leave replicas running: tell
+        // every supervisor the runtime still has a record of to kill its replica at once.
         let Some(Ok(records)) = self
             .home
             .as_ref()
-            .map(|h| std::fs::read_dir(h.join("runtime")))
+            .map(|h| std::fs::read_dir(h.join("runtime/replicas")))
         else {
             return;
         };
@@ -175,7 +175,7 @@ impl Drop for Up {
             let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
             if let Some(pid) = text.split_whitespace().next() {
                 let _ = std::process::Command::new("kill")
-                    .args(["-KILL", "--", &format!("-{pid}")])
+                    .args(["-USR1", pid])
                     .status();
             }
         }
@@ -203,7 +203,7 @@ pub fn get(proxy: SocketAddr, host: &str, path: &str) -> Option<(u16, String)> {
 }
 
 /// The deployments of `shop/web` as `id|state|trigger|reason|degraded`, oldest first.
-fn deployments(db: &Db) -> Vec<String> {
+pub fn deployments(db: &Db) -> Vec<String> {
     let rows = db.psql(
         "SELECT id || '|' || state || '|' || trigger || '|' || replace(coalesce(reason, ''), E'\\n', ' / ') || '|' || coalesce(degraded, '') \
          FROM deployments ORDER BY id",
@@ -223,7 +223,7 @@ fn newest_in(db: &Db, state: &str, timeout: Duration) -> String {
 }
 
 /// Waits until the proxy answers web.test's `path` with `body`.
-fn serves(up: &Up, path: &str, body: &str, timeout: Duration) {
+pub fn serves(up: &Up, path: &str, body: &str, timeout: Duration) {
     let found = wait_for(timeout, || {
         up.get(path).filter(|(_, b)| b == body).map(|_| ())
     });
@@ -234,7 +234,7 @@ fn serves(up: &Up, path: &str, body: &str, timeout: Duration) {
     );
 }
 
-const ROLLOUT: Duration = Duration::from_secs(60);
+pub const ROLLOUT: Duration = Duration::from_secs(60);
 
 #[test]
 fn a_source_service_is_built_by_its_command_and_served_through_the_proxy() {
@@ -508,7 +508,7 @@ fn a_rollback_pins_the_old_release_until_the_next_change_to_the_service() {
 }
 
 #[test]
-fn after_a_sigkill_a_restart_stops_the_orphans_and_serves_the_last_healthy_release() {
+fn after_a_sigkill_the_replicas_stop_and_a_restart_serves_the_last_healthy_release() {
     let (db, dir, repo) = (Db::new(), Dir::new(), app_repo());
     web(&dir, &repo, "  env:\n    MESSAGE: kept\n");
     let mut first = Up::start(&db, &dir, &[]);
@@ -519,12 +519,18 @@ fn after_a_sigkill_a_restart_stops_the_orphans_and_serves_the_last_healthy_relea
         .filter_map(|p| p.parse().ok())
         .collect();
     assert_eq!(old.len(), 2);
-    // SIGKILL: nothing of `up` runs any more, and its replicas are orphans still listening.
+    // SIGKILL: nothing of `up` runs any more, and its replicas' supervisors stop them (they
+    // die with it), within their grace.
     first.kill();
     for port in &old {
         assert!(
-            crate::fixtures::listening(*port, Duration::from_secs(1)),
-            "orphan on {port}"
+            wait_for(Duration::from_secs(5), || {
+                std::net::TcpStream::connect(("127.0.0.1", *port))
+                    .is_err()
+                    .then_some(())
+            })
+            .is_some(),
+            "a replica on {port} outlived its `up`"
         );
     }
     let second = Up::start(&db, &dir, &[]);
@@ -563,17 +569,7 @@ fn a_sealed_secret_reaches_the_process_and_nothing_else() {
             "  variableGroups: [creds]\n",
         ),
     );
-    let mut command = db.command(
-        &dir,
-        &[
-            "up",
-            ".",
-            "--listen",
-            "127.0.0.1:0",
-            "--api-listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let mut command = db.command(&dir, &UP_HERE);
     command
         .env("MESHPLOY_SECRET_KEYS", &keys)
         .env("RUST_LOG", "debug");
@@ -601,7 +597,7 @@ fn a_sealed_secret_reaches_the_process_and_nothing_else() {
 }
 
 /// The output of `meshploy ARGS` once it contains every one of `wanted`.
-fn logs_with(db: &Db, dir: &Dir, args: &[&str], wanted: &[&str]) -> String {
+pub fn logs_with(db: &Db, dir: &Dir, args: &[&str], wanted: &[&str]) -> String {
     let mut last = String::new();
     wait_for(Duration::from_secs(10), || {
         last = db.meshploy(dir, args).stdout;
@@ -836,21 +832,26 @@ fn the_serve_leader_runs_what_it_applies_from_git_and_stops_it_on_shutdown() {
 #[test]
 fn a_port_taken_before_the_replica_listens_moves_the_replica_to_another() {
     let (db, dir, repo) = (Db::new(), Dir::new(), app_repo());
-    let mark = dir.path().join("squatted");
     dir.write(
         "shop.yaml",
-        manifests(
-            &repo.bare(),
-            "true",
-            &format!(
-                "  env:\n    MESSAGE: moved\n    SQUAT_MARK: {}\n",
-                mark.display()
-            ),
-        )
-        .replace("replicas: 2", "replicas: 1")
-        .replace("command: python3 server.py", "command: sh squat.sh"),
+        manifests(&repo.bare(), "true", "  env:\n    MESSAGE: moved\n")
+            .replace("replicas: 2", "replicas: 1")
+            .replace("command: python3 server.py", "command: sh squat.sh"),
     );
     let up = Up::start(&db, &dir, &[]);
+    // Another process (this test: not one of the replica's, which would go with it) takes
+    // the port the replica was given before it listens.
+    let home = db.home().join("runtime/deployments/1/home");
+    let port: u16 = wait_for(ROLLOUT, || {
+        std::fs::read_to_string(home.join("port"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    })
+    .expect("the replica says its port");
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", port)).expect("take the port");
+    std::fs::write(home.join("taken"), "").expect("tell the replica");
     serves(&up, "/", "moved", ROLLOUT);
     let logs = logs_with(
         &db,
@@ -862,9 +863,7 @@ fn a_port_taken_before_the_replica_listens_moves_the_replica_to_another() {
         logs.contains("OSError") || logs.contains("Address already in use"),
         "{logs}"
     );
-    let _ = std::process::Command::new("pkill")
-        .args(["-f", "time.sleep\\(30\\)"])
-        .status();
+    drop(squatter);
 }
 
 #[test]
@@ -919,21 +918,8 @@ fn ctrl_c_stops_the_replicas_and_the_embedded_database_and_a_second_one_stops_at
         ),
     );
     let command = |grace: &str| {
-        let mut command = crate::util::meshploy();
-        command
-            .current_dir(dir.path())
-            .args([
-                "up",
-                ".",
-                "--listen",
-                "127.0.0.1:0",
-                "--api-listen",
-                "127.0.0.1:0",
-            ])
-            .args(["--stop-grace", grace])
-            .env("MESHPLOY_HOME", home.path())
-            .env_remove("DATABASE_URL")
-            .env_remove("RUST_LOG");
+        let mut command = embedded_up(&dir, home.path());
+        command.args(["--stop-grace", grace]);
         command
     };
     let db_status = || {
@@ -947,7 +933,8 @@ fn ctrl_c_stops_the_replicas_and_the_embedded_database_and_a_second_one_stops_at
     // The ports the replicas listen on, from what they printed.
     let ports = |up: &Up| -> Vec<u16> {
         serves(up, "/", "stubborn", ROLLOUT);
-        let records = std::fs::read_dir(home.path().join("runtime")).expect("runtime records");
+        let records =
+            std::fs::read_dir(home.path().join("runtime/replicas")).expect("runtime records");
         assert_eq!(records.count(), 2, "one record per running replica");
         wait_for(Duration::from_secs(10), || {
             let output = crate::util::meshploy()
@@ -1018,8 +1005,30 @@ fn ctrl_c_stops_the_replicas_and_the_embedded_database_and_a_second_one_stops_at
     gone(&running);
 }
 
+/// `meshploy up .` with its proxy and API on ports the system picks.
+const UP_HERE: [&str; 6] = [
+    "up",
+    ".",
+    "--listen",
+    "127.0.0.1:0",
+    "--api-listen",
+    "127.0.0.1:0",
+];
+
+/// `meshploy up .` in `dir` on the embedded database of `home`.
+pub fn embedded_up(dir: &Dir, home: &Path) -> std::process::Command {
+    let mut command = crate::util::meshploy();
+    command
+        .current_dir(dir.path())
+        .args(UP_HERE)
+        .env("MESHPLOY_HOME", home)
+        .env_remove("DATABASE_URL")
+        .env_remove("RUST_LOG");
+    command
+}
+
 /// Stops the embedded database under a home when dropped, also when a test fails.
-struct StopsDatabase(std::path::PathBuf);
+pub struct StopsDatabase(pub std::path::PathBuf);
 
 impl Drop for StopsDatabase {
     fn drop(&mut self) {

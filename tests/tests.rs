@@ -10,7 +10,11 @@ mod forge;
 #[allow(dead_code)]
 #[path = "../examples/support/generate.rs"]
 mod generate;
+#[allow(dead_code)]
+#[path = "../examples/support/git_cli.rs"]
+mod git_cli;
 mod git_source;
+mod isolation;
 mod plan_apply;
 mod previews;
 mod proxy;

@@ -16,7 +16,7 @@ use sqlx::PgPool;
 
 use crate::decide::ServiceKey;
 use crate::lines::Redactor;
-use crate::logs::{LogWriter, Owner};
+use crate::logs::{Budget, LogWriter, Owner};
 use crate::process::{self, Tail};
 use crate::sandbox::{Identity, Job, Sandbox};
 use crate::store::{self, NewBuild};
@@ -32,8 +32,8 @@ pub struct Builder {
     pub timeout: Duration,
     /// How build commands are confined.
     pub sandbox: Arc<Sandbox>,
-    /// Lines kept per build log.
-    pub log_lines: u64,
+    /// How much of a build's output is kept.
+    pub log: Budget,
     /// One lock per cache key, so services built from the same source and settings wait
     /// for one build and share it rather than all building at once.
     pub building: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
@@ -103,7 +103,7 @@ impl Builder {
         let log = Arc::new(LogWriter::start(
             self.pool.clone(),
             Owner::Build(id),
-            self.log_lines,
+            self.log,
         ));
         let work = dir.with_extension(format!("tmp-{id}"));
         let outcome = self.run(&request, id, &work, &log).await;

@@ -32,3 +32,4 @@ pub mod sandbox;
 pub mod store;
 
 pub use error::Error;
+pub use process::MAX_LINE;

@@ -30,7 +30,7 @@ use crate::Error;
 use crate::decide::ServiceKey;
 use crate::health::{Probe, probe};
 use crate::lines::Redactor;
-use crate::logs::{LogWriter, Owner};
+use crate::logs::{Budget, LogWriter, Owner};
 use crate::process::{self, Tail};
 use crate::runtime::{Endpoint, Launch, Running, Runtime};
 use crate::sandbox::{Identity, Job, Sandbox};
@@ -45,8 +45,8 @@ pub struct Settings {
     pub sandbox: Arc<Sandbox>,
     /// From SIGTERM to SIGKILL.
     pub stop_grace: Duration,
-    /// Lines kept per replica's log.
-    pub log_lines: u64,
+    /// How much of a replica's output is kept.
+    pub log: Budget,
 }
 
 /// Exits within this window that mark a deployment degraded.
@@ -404,7 +404,7 @@ async fn supervise(
         deployment: spawn.deployment,
         replica: spawn.replica,
     };
-    let log = Arc::new(LogWriter::start(pool, owner, settings.log_lines));
+    let log = Arc::new(LogWriter::start(pool, owner, settings.log));
     let record = (settings.state_dir)
         .join("replicas")
         .join(format!("{}-{}", spawn.deployment, spawn.replica));

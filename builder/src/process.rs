@@ -77,13 +77,13 @@ async fn copy(
         for line in lines.push(&buffer[..n]) {
             let line = redactor.redact(line);
             tail.push(&line);
-            log.line(line).await;
+            log.output(line).await;
         }
     }
     if let Some(line) = lines.finish() {
         let line = redactor.redact(line);
         tail.push(&line);
-        log.line(line).await;
+        log.output(line).await;
     }
 }
 

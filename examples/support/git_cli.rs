@@ -10,8 +10,12 @@ pub fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
 }
 
 /// Runs `git ARGS` in `dir` with `input` on standard input (`mktree` reads its listing
-/// there) and returns its trimmed standard output.
-pub fn git_with_input(dir: &Path, args: &[&str], input: &str) -> Result<String, String> {
+/// there, `hash-object --stdin` its object) and returns its trimmed standard output.
+pub fn git_with_input(
+    dir: &Path,
+    args: &[&str],
+    input: impl AsRef<[u8]>,
+) -> Result<String, String> {
     let mut child = Command::new("git")
         .current_dir(dir)
         .args(args)
@@ -28,7 +32,7 @@ pub fn git_with_input(dir: &Path, args: &[&str], input: &str) -> Result<String, 
         .map_err(|e| format!("cannot run git: {e}"))?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
-            .write_all(input.as_bytes())
+            .write_all(input.as_ref())
             .map_err(|e| format!("cannot write to git: {e}"))?;
     }
     let output = child

@@ -1,8 +1,9 @@
-//! How an error is shown to a person: one line with every cause.
+//! How things are shown to a person: an error on one line with every cause, and sizes.
 //!
 //! Transport errors often say only "handshake failed" or "connection error" at the top and
 //! why (refused, TLS, DNS) in their sources, so every message shown to a user or logged goes
-//! through [`causes`]. It is the one rule for the whole workspace.
+//! through [`causes`]. It is the one rule for the whole workspace. Sizes are written and read
+//! in binary units (`64 MiB`) by [`bytes`] and [`parse_bytes`], for settings and messages alike.
 
 /// An error and its causes, joined as `outer: inner`. A cause whose text the message already
 /// holds (wrappers that repeat their source) is not repeated.
@@ -20,9 +21,73 @@ pub fn causes(error: &dyn std::error::Error) -> String {
     text
 }
 
+const UNITS: [(&str, u64); 4] = [
+    ("GiB", 1 << 30),
+    ("MiB", 1 << 20),
+    ("KiB", 1 << 10),
+    ("B", 1),
+];
+
+/// `n` bytes in the largest binary unit that divides it (`64 MiB`, `1536 KiB`, `100 B`).
+pub fn bytes(n: u64) -> String {
+    let (unit, size) = UNITS
+        .iter()
+        .find(|(_, size)| n >= *size && n.is_multiple_of(*size))
+        .copied()
+        .unwrap_or(("B", 1));
+    format!("{} {unit}", n / size)
+}
+
+/// A size as people write it: a whole number, optionally followed by `B`, `KiB`, `MiB` or
+/// `GiB` (`64MiB`, `64 MiB`, `4096`).
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits = text.len() - text.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size such as 64MiB or 512KiB"))?;
+    let unit = unit.trim();
+    let scale = match UNITS
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(unit))
+    {
+        Some((_, scale)) => *scale,
+        None if unit.is_empty() => 1,
+        None => return Err(format!("`{unit}` is not a unit: use B, KiB, MiB or GiB")),
+    };
+    number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_are_written_in_the_largest_whole_unit_and_read_back() {
+        assert_eq!(bytes(64 << 20), "64 MiB");
+        assert_eq!(bytes(1536 << 10), "1536 KiB");
+        assert_eq!(bytes(100), "100 B");
+        assert_eq!(bytes(0), "0 B");
+        for n in [0, 1, 100, 1 << 10, 3 << 20, 5 << 30, 12345] {
+            assert_eq!(parse_bytes(&bytes(n)), Ok(n));
+        }
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("256 kib"), Ok(256 << 10));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        for bad in [
+            "",
+            "MiB",
+            "-1",
+            "1.5MiB",
+            "12 MB",
+            "99999999999999999999GiB",
+        ] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
+        }
+    }
 
     #[derive(Debug)]
     struct Wrapped(std::io::Error, &'static str);

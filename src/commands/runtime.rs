@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use builder::build::Builder;
 use builder::controller::{self, Controller};
 use builder::local::{self, LocalRuntime};
+use builder::logs::Budget;
 use builder::sandbox::{self, Sandbox};
 use reconciler::secrets::Keyring;
 use sqlx::PgPool;
@@ -43,13 +44,22 @@ pub fn local(
             state_dir: home.join("runtime"),
             sandbox: Arc::new(sandbox),
             stop_grace: options.stop_grace,
-            log_lines: options.log_lines,
+            log: log_budget(options),
         },
     )?;
     if orphans > 0 {
         eprintln!("meshploy: stopped {orphans} replicas that an earlier run left running");
     }
     Ok(Arc::new(runtime))
+}
+
+/// How much of each build's and replica's output is kept.
+fn log_budget(options: &RuntimeOptions) -> Budget {
+    Budget {
+        lines: options.log_lines,
+        bytes: options.log_budget,
+        rate: options.log_rate,
+    }
 }
 
 /// A controller driving `runtime`, building under `home`.
@@ -70,7 +80,7 @@ pub fn controller(
             git_cache: home.join("git"),
             timeout: options.build_timeout,
             sandbox: runtime.sandbox(),
-            log_lines: options.log_lines,
+            log: log_budget(options),
             building: Arc::default(),
         },
         keys,
