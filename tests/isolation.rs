@@ -34,24 +34,43 @@ try:
     print("password: LEAK", flush=True)
 except OSError as error:
     print("password: denied", error.strerror, flush=True)
+try:
+    open(home + "/runtime/escaped", "w").write("pwned")
+    print("write: LEAK", flush=True)
+except OSError as error:
+    print("write: denied", error.strerror, flush=True)
+pid = os.getpid()
+while b"sandbox\0supervise" not in open("/proc/%d/cmdline" % pid, "rb").read():
+    pid = int(open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()[1])
+try:
+    os.kill(pid, 0)
+    print("signal: ALLOWED to", pid, flush=True)
+except PermissionError:
+    print("signal: denied", flush=True)
 "#;
 
-/// `meshploy up` in `dir` on the embedded database of `home`, with the canary key.
-fn up_embedded(dir: &Dir, home: &Path) -> Up {
-    let mut command = embedded_up(dir, home);
-    command
-        .args(["--stop-grace", "2s", "--drain", "300ms"])
-        .env("MESHPLOY_SECRET_KEYS", CANARY);
-    Up::announced(&mut command)
-}
+/// The unprivileged user Meshploy runs as in the tests of its unprivileged sandbox.
+const NOBODY: u32 = 65534;
 
-#[test]
-fn a_replica_reads_neither_meshploys_environment_nor_its_database() {
+/// Runs the probe as a replica of `meshploy up` on its embedded database, with the canary
+/// key, as root or as `user`; checks what it could reach, then that its detached daemon goes
+/// with a killed `up`.
+fn probe_as(user: Option<u32>) {
+    use std::os::unix::process::CommandExt;
     let (dir, repo) = (Dir::new(), app_repo());
     repo.write("app/probe.py", PROBE);
     repo.push("the probe");
     let home = open_tempdir();
-    let _database = StopsDatabase(home.path().to_owned());
+    let _database = match user {
+        Some(uid) => {
+            for path in [home.path(), dir.path()] {
+                std::os::unix::fs::chown(path, Some(uid), Some(uid)).expect("chown");
+            }
+            StopsDatabase::of_user(home.path(), uid)
+        }
+        None => StopsDatabase::new(home.path()),
+    };
+    let daemon = "setsid sh -c 'echo $$ > \"$HOME/daemon.pid\"; exec sleep 1000' &";
     dir.write(
         "shop.yaml",
         manifests(
@@ -64,36 +83,64 @@ fn a_replica_reads_neither_meshploys_environment_nor_its_database() {
         )
         .replace(
             "command: python3 server.py",
-            "command: python3 probe.py; exec python3 server.py",
+            &format!("command: {daemon} python3 probe.py; exec python3 server.py"),
         )
         .replace("replicas: 2", "replicas: 1"),
     );
-    let up = up_embedded(&dir, home.path());
+    let mut command = embedded_up(&dir, home.path());
+    command
+        .args(["--stop-grace", "2s", "--drain", "300ms"])
+        .env("MESHPLOY_SECRET_KEYS", CANARY);
+    if let Some(uid) = user {
+        command.uid(uid).gid(uid).env("HOME", home.path());
+    }
+    let mut up = Up::announced(&mut command);
     serves(&up, "/", "probed", ROLLOUT);
-    let logs = wait_for(Duration::from_secs(10), || {
-        let output = crate::util::meshploy()
-            .args(["logs", "web"])
-            .env("MESHPLOY_HOME", home.path())
-            .output()
-            .ok()?;
-        let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        text.contains("password:").then_some(text)
+    // Meshploy's other commands, as the user whose embedded database it is.
+    let meshploy = |args: &[&str]| {
+        let mut command = crate::util::meshploy();
+        command.args(args).env("MESHPLOY_HOME", home.path());
+        if let Some(uid) = user {
+            command.uid(uid).gid(uid);
+        }
+        command.output().expect("run meshploy")
+    };
+    let mut logs = String::new();
+    wait_for(Duration::from_secs(10), || {
+        let output = meshploy(&["logs", "web"]);
+        logs = String::from_utf8_lossy(&output.stdout).into_owned();
+        logs.contains("signal:").then_some(())
     })
-    .expect("the probe's lines");
-    assert!(logs.contains("environ: nothing readable"), "{logs}");
-    assert!(logs.contains("psql: refused"), "{logs}");
-    assert!(logs.contains("password: denied"), "{logs}");
+    .unwrap_or_else(|| panic!("the probe did not finish:\n{logs}"));
+    for line in [
+        "environ: nothing readable",
+        "psql: refused",
+        "password: denied",
+        "write: denied",
+        "signal: denied",
+    ] {
+        assert!(logs.contains(line), "no `{line}` in:\n{logs}");
+    }
     assert!(!logs.contains(CANARY.split(':').nth(1).unwrap_or(CANARY)));
-    // Meshploy itself may read its own database: the password is in its home, for it only.
-    let state = crate::util::meshploy()
-        .args(["state", "list"])
-        .env("MESHPLOY_HOME", home.path())
-        .output()
-        .expect("state list");
+    // Meshploy itself reads its own database: the password is in its home, for it only.
+    let state = meshploy(&["state", "list"]);
     assert!(
         String::from_utf8_lossy(&state.stdout).contains("service/shop/web"),
         "{state:?}"
     );
+    let pid = daemon_pid(home.path(), 1);
+    up.kill();
+    assert!(gone(pid), "the daemon {pid} outlived a killed `up`");
+}
+
+#[test]
+fn as_root_a_replica_reaches_neither_meshploy_nor_its_database_nor_its_supervisor() {
+    probe_as(None);
+}
+
+#[test]
+fn unprivileged_a_replica_reaches_neither_meshploy_nor_its_database_nor_its_supervisor() {
+    probe_as(Some(NOBODY));
 }
 
 #[test]

@@ -908,7 +908,7 @@ fn up_follows_a_repository_and_applies_each_push() {
 fn ctrl_c_stops_the_replicas_and_the_embedded_database_and_a_second_one_stops_at_once() {
     let (dir, repo) = (Dir::new(), app_repo());
     let home = crate::util::open_tempdir();
-    let _database = StopsDatabase(home.path().to_owned());
+    let _database = StopsDatabase::new(home.path());
     // `trap` makes the replicas ignore SIGTERM, so only the second Ctrl-C ends them quickly.
     dir.write(
         "shop.yaml",
@@ -1027,15 +1027,40 @@ pub fn embedded_up(dir: &Dir, home: &Path) -> std::process::Command {
     command
 }
 
-/// Stops the embedded database under a home when dropped, also when a test fails.
-pub struct StopsDatabase(pub std::path::PathBuf);
+/// Stops the embedded database under a home when dropped, also when a test fails; as the
+/// user whose database it is, when that is not root.
+pub struct StopsDatabase {
+    home: std::path::PathBuf,
+    user: Option<u32>,
+}
+
+impl StopsDatabase {
+    pub fn new(home: &Path) -> StopsDatabase {
+        StopsDatabase {
+            home: home.to_owned(),
+            user: None,
+        }
+    }
+
+    pub fn of_user(home: &Path, uid: u32) -> StopsDatabase {
+        StopsDatabase {
+            home: home.to_owned(),
+            user: Some(uid),
+        }
+    }
+}
 
 impl Drop for StopsDatabase {
     fn drop(&mut self) {
-        let _ = crate::util::meshploy()
+        use std::os::unix::process::CommandExt;
+        let mut command = crate::util::meshploy();
+        command
             .args(["db", "stop"])
-            .env("MESHPLOY_HOME", &self.0)
-            .status();
+            .env("MESHPLOY_HOME", &self.home);
+        if let Some(uid) = self.user {
+            command.uid(uid).gid(uid);
+        }
+        let _ = command.status();
     }
 }
 

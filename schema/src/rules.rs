@@ -81,6 +81,10 @@ pub fn project_name(name: &str) -> Result<(), Problem> {
 
 /// An RFC 1123 host name, optionally with `*` as its whole leftmost label. Returns the
 /// lowercase form, which is how hosts are compared.
+///
+/// `localhost` and address literals are not names a route may claim: the API and console
+/// answer there, and a browser sends the console's session cookie to every port of the host
+/// it was set for, so a service served under that name would receive it.
 pub fn host(host: &str) -> Result<String, Problem> {
     if host.is_empty() {
         return Err(Problem::new("host is empty"));
@@ -132,6 +136,13 @@ pub fn host(host: &str) -> Result<String, Problem> {
                 "label `{label}` of host `{host}` is not valid: use letters, digits and `-` (at most 63), not starting or ending with `-`"
             )));
         }
+    }
+    let address = labels.iter().all(|l| l.bytes().all(|b| b.is_ascii_digit()));
+    if lower == "localhost" || address {
+        return Err(Problem::new(format!(
+            "`{host}` is where Meshploy's API and console answer, not a name for a route"
+        ))
+        .hint("give the route a name of its own, such as `app.localhost` or `shop.example.com`"));
     }
     Ok(lower)
 }
@@ -409,8 +420,13 @@ mod tests {
     fn hosts() {
         assert_eq!(host("Shop.Example.COM").as_deref(), Ok("shop.example.com"));
         assert_eq!(host("*.example.com").as_deref(), Ok("*.example.com"));
-        assert_eq!(host("localhost").as_deref(), Ok("localhost"));
+        assert_eq!(host("app.localhost").as_deref(), Ok("app.localhost"));
+        assert_eq!(host("1.example.com").as_deref(), Ok("1.example.com"));
         for bad in [
+            "localhost",
+            "LocalHost",
+            "127.0.0.1",
+            "10.1.2.3",
             "",
             "*",
             "a.*.com",
