@@ -4,6 +4,7 @@ mod cli;
 mod commands;
 mod database;
 mod manifests;
+mod ports;
 
 use std::process::ExitCode;
 

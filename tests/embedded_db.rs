@@ -160,3 +160,59 @@ fn a_cluster_left_half_made_by_a_killed_first_start_is_made_again_safely() {
     assert!(!home.join("postgres/data.new").exists());
     assert_eq!(run(home, &dir, &["db", "stop"], &[]).code, 0);
 }
+
+/// `psql` on the embedded cluster of `home` as its superuser, without a password: what any
+/// process that reaches the socket could try.
+fn psql_without_password(home: &std::path::Path) -> std::process::Output {
+    std::process::Command::new("psql")
+        .args(["-X", "-w", "-h"])
+        .arg(home.join("postgres"))
+        .args(["-U", "postgres", "-d", "postgres", "-c", "SELECT 1"])
+        .env("PGPASSFILE", "/dev/null")
+        .output()
+        .expect("run psql")
+}
+
+#[test]
+fn the_embedded_database_wants_its_password_even_from_a_cluster_that_trusted_its_socket() {
+    let home = open_tempdir();
+    let home = home.path();
+    let dir = Dir::new();
+    dir.write(
+        "hello.yaml",
+        "apiVersion: meshploy.dev/v1\nkind: Project\nmetadata:\n  name: hello\n",
+    );
+    let apply = run(home, &dir, &["apply", "--auto-approve"], &[]);
+    assert_eq!(apply.code, 0, "{}", apply.stderr);
+    let refused = psql_without_password(home);
+    assert!(!refused.status.success(), "connected without a password");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("password"),
+        "{refused:?}"
+    );
+    let password = home.join("postgres/password");
+    let mode = std::fs::metadata(&password).expect("the password file");
+    assert_eq!(mode.permissions().mode() & 0o777, 0o600);
+
+    // A cluster made by an older release: it trusts its socket and has no password file.
+    let hba = home.join("postgres/data/pg_hba.conf");
+    std::fs::write(&hba, "local all all trust\n").expect("write pg_hba.conf");
+    for file in ["password", "pgpass"] {
+        std::fs::remove_file(home.join("postgres").join(file)).expect("remove");
+    }
+    // Its next start moves it to passwords, and keeps its state.
+    assert_eq!(run(home, &dir, &["db", "stop"], &[]).code, 0);
+    assert_eq!(run(home, &dir, &["db", "start"], &[]).code, 0);
+    let plan = run(home, &dir, &["plan", "--detailed-exitcode"], &[]);
+    assert_eq!(plan.code, 0, "{}{}", plan.stdout, plan.stderr);
+    assert!(
+        !psql_without_password(home).status.success(),
+        "still trusted"
+    );
+    assert!(
+        std::fs::read_to_string(&hba)
+            .expect("read")
+            .contains("scram-sha-256")
+    );
+    assert_eq!(run(home, &dir, &["db", "stop"], &[]).code, 0);
+}

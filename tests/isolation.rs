@@ -354,3 +354,30 @@ fn a_flood_of_output_keeps_the_database_within_the_log_budget() {
         "{logs}"
     );
 }
+
+#[test]
+fn a_port_in_use_is_named_with_the_process_that_holds_it() {
+    let (db, dir) = (Db::new(), Dir::new());
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = held.local_addr().expect("address").to_string();
+    let run = db.meshploy(
+        &dir,
+        &[
+            "up",
+            ".",
+            "--listen",
+            &address,
+            "--api-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    run.assert_fails_with(&format!(
+        "cannot listen on {address} (--listen): Address already in use"
+    ));
+    assert!(
+        run.stderr
+            .contains(&format!("pid {} (", std::process::id())),
+        "{}",
+        run.stderr
+    );
+}

@@ -13,8 +13,7 @@ pub async fn run(args: ProxyArgs) -> Result<ExitCode> {
     // The proxy only reads, so it does not migrate: it may run as the read-only role.
     let database = database::options(&args.db, "proxy").await?;
     let started = Instant::now();
-    let proxy =
-        proxy::Proxy::start(config(&args.proxy, Some(args.proxy.admin_listen)), database).await?;
+    let proxy = start(config(&args.proxy, Some(args.proxy.admin_listen)), database).await?;
     let show = |a: Option<std::net::SocketAddr>| a.map_or("?".to_owned(), |a| a.to_string());
     let routes = match proxy.routes() {
         1 => "1 route".to_owned(),
@@ -33,6 +32,28 @@ pub async fn run(args: ProxyArgs) -> Result<ExitCode> {
         })
         .await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the proxy; a listener it cannot open is named with its flag and, when the port is
+/// in use, with the process that holds it.
+pub async fn start(
+    config: proxy::Config,
+    database: sqlx::postgres::PgConnectOptions,
+) -> Result<proxy::Proxy> {
+    let (listen, admin) = (config.listen, config.admin);
+    proxy::Proxy::start(config, database)
+        .await
+        .map_err(|error| match error {
+            proxy::ProxyError::Listen { addr, source } => {
+                let flag = if Some(addr) == admin && addr != listen {
+                    "--admin-listen"
+                } else {
+                    "--listen"
+                };
+                anyhow::anyhow!(crate::ports::cannot_listen(addr, flag, &source))
+            }
+            other => anyhow::Error::new(other).context("cannot start the proxy"),
+        })
 }
 
 /// The proxy's configuration from its options; `admin` is where metrics are served, if

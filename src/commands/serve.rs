@@ -40,7 +40,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+        .map_err(|e| anyhow::anyhow!(crate::ports::cannot_listen(args.listen, "--listen", &e)))?;
     let address = listener.local_addr()?;
     let names: Vec<&str> = sources.iter().map(|(s, _)| s.name.as_str()).collect();
     eprintln!(

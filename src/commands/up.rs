@@ -23,7 +23,7 @@ use super::apply::{How, actor, plan_and_apply};
 use super::serve::shutdown_signal;
 use super::{guard, keyring, validate};
 use crate::cli::{SourceArgs, UpArgs};
-use crate::{database, manifests};
+use crate::{database, manifests, ports};
 
 pub async fn run(args: UpArgs) -> Result<ExitCode> {
     let home = database::home(args.db.home.clone())?;
@@ -36,15 +36,14 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
         &args.runtime,
     )?;
     let proxy_database = database::options(&args.db, "up proxy").await?;
-    let proxy = proxy::Proxy::start(super::proxy::config(&args.proxy, None), proxy_database)
-        .await
-        .context("cannot start the proxy")?;
+    let proxy =
+        super::proxy::start(super::proxy::config(&args.proxy, None), proxy_database).await?;
     let proxy_address = proxy
         .local_addr()
         .context("the proxy has no listening address")?;
     let listener = tokio::net::TcpListener::bind(args.api_listen)
         .await
-        .with_context(|| format!("cannot listen on {}", args.api_listen))?;
+        .map_err(|e| anyhow::anyhow!(ports::cannot_listen(args.api_listen, "--api-listen", &e)))?;
     let api_address = listener.local_addr()?;
     let (stop, stopped) = watch::channel(false);
     let leading = Arc::new(AtomicBool::new(true));
