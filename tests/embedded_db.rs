@@ -17,15 +17,20 @@ fn run(home: &std::path::Path, dir: &Dir, args: &[&str], env: &[(&str, &str)]) -
     )
 }
 
+/// Writes a manifest directory holding one project.
+fn hello(dir: &Dir) {
+    dir.write(
+        "hello.yaml",
+        "apiVersion: meshploy.dev/v1\nkind: Project\nmetadata:\n  name: hello\n",
+    );
+}
+
 #[test]
 fn the_embedded_database_starts_on_first_use_and_stops_on_request() {
     let home = open_tempdir();
     let home = home.path();
     let dir = Dir::new();
-    dir.write(
-        "hello.yaml",
-        "apiVersion: meshploy.dev/v1\nkind: Project\nmetadata:\n  name: hello\n",
-    );
+    hello(&dir);
 
     let status = run(home, &dir, &["db", "status"], &[]);
     assert_eq!(status.code, 3);
@@ -178,10 +183,7 @@ fn the_embedded_database_wants_its_password_even_from_a_cluster_that_trusted_its
     let home = open_tempdir();
     let home = home.path();
     let dir = Dir::new();
-    dir.write(
-        "hello.yaml",
-        "apiVersion: meshploy.dev/v1\nkind: Project\nmetadata:\n  name: hello\n",
-    );
+    hello(&dir);
     let apply = run(home, &dir, &["apply", "--auto-approve"], &[]);
     assert_eq!(apply.code, 0, "{}", apply.stderr);
     let refused = psql_without_password(home);
