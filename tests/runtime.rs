@@ -850,7 +850,21 @@ fn a_port_taken_before_the_replica_listens_moves_the_replica_to_another() {
             .ok()
     })
     .expect("the replica says its port");
-    let squatter = std::net::TcpListener::bind(("127.0.0.1", port)).expect("take the port");
+    // Bound but not listening, so the replica's health check is refused rather than
+    // answered by the squatter.
+    let mut squatter = Process::spawn(
+        std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import socket, sys, time; s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1]))); print('bound', flush=True); time.sleep(120)",
+                &port.to_string(),
+            ])
+            .stdout(std::process::Stdio::piped()),
+    );
+    let bound = squatter
+        .stdout_lines()
+        .recv_timeout(Duration::from_secs(10));
+    assert_eq!(bound.as_deref(), Ok("bound"), "the squatter took the port");
     std::fs::write(home.join("taken"), "").expect("tell the replica");
     serves(&up, "/", "moved", ROLLOUT);
     let logs = logs_with(
