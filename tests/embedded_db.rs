@@ -184,8 +184,22 @@ fn the_embedded_database_wants_its_password_even_from_a_cluster_that_trusted_its
     let home = home.path();
     let dir = Dir::new();
     hello(&dir);
-    let apply = run(home, &dir, &["apply", "--auto-approve"], &[]);
+    let key = "k1:VDT7krsxaM23mIIaBMjctfq_j0Z4pMkFb7KgZUE4ePU";
+    let apply = run(
+        home,
+        &dir,
+        &["apply", "--auto-approve"],
+        &[("MESHPLOY_SECRET_KEYS", key)],
+    );
     assert_eq!(apply.code, 0, "{}", apply.stderr);
+    // The server outlives the command that started it, with its own environment only.
+    let pid = std::fs::read_to_string(home.join("postgres/data/postmaster.pid")).expect("pid");
+    let pid = pid.lines().next().expect("a pid");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("its environment");
+    assert!(
+        !String::from_utf8_lossy(&environ).contains("MESHPLOY_SECRET_KEYS"),
+        "the server holds Meshploy's keys"
+    );
     let refused = psql_without_password(home);
     assert!(!refused.status.success(), "connected without a password");
     assert!(

@@ -427,11 +427,18 @@ impl Cluster {
 
     fn command(&self, program: &str) -> Command {
         let mut command = Command::new(self.program(program));
+        // The server lives on in its own process with the environment it was started with:
+        // Meshploy's keys, tokens and database URL must not be part of it.
         command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .env_remove("PGDATA");
+            .env_clear();
+        for name in ["PATH", "LANG", "LC_ALL", "TZ"] {
+            if let Some(value) = std::env::var_os(name) {
+                command.env(name, value);
+            }
+        }
         if let Some((_, uid, gid)) = &self.server_user {
             // std drops root's supplementary groups when it changes the uid.
             command.uid(*uid).gid(*gid);
