@@ -46,6 +46,9 @@ fn main() -> ExitCode {
     let runtime = match cli.command {
         cli::Command::Serve(_) | cli::Command::Up(_) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
+            // Blocking work (checkouts, working copies, git reads) is disk-bound: a few
+            // threads do it as fast as many, and each thread costs its own allocator heap.
+            .max_blocking_threads(8)
             .build(),
         _ => tokio::runtime::Builder::new_current_thread()
             .enable_all()

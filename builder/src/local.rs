@@ -60,6 +60,10 @@ pub struct LocalRuntime {
     pool: PgPool,
     settings: Settings,
     deployments: Mutex<BTreeMap<i64, Deployment>>,
+    /// Working copies made at once: copying is disk-bound, and each copy in flight holds a
+    /// blocking thread (with its own allocator heap), so fifty deployments starting together
+    /// must not mean fifty threads.
+    copying: tokio::sync::Semaphore,
 }
 
 #[derive(Debug)]
@@ -136,6 +140,7 @@ impl LocalRuntime {
             pool,
             settings,
             deployments: Mutex::new(BTreeMap::new()),
+            copying: tokio::sync::Semaphore::new(2),
         };
         Ok((runtime, stopped))
     }
@@ -215,9 +220,10 @@ impl Runtime for LocalRuntime {
         let dir = self.deployment_dir(launch.deployment);
         let owner = self.settings.sandbox.replica_user(launch.deployment);
         let copied = dir.clone();
-        tokio::task::spawn_blocking(move || working_copy(&build, &copied, owner))
-            .await
-            .map_err(|e| e.to_string())
+        let permit = self.copying.acquire().await.map_err(|e| e.to_string())?;
+        let made = tokio::task::spawn_blocking(move || working_copy(&build, &copied, owner)).await;
+        drop(permit);
+        made.map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| e.to_string()))
             .map_err(|e| {
                 let _ = std::fs::remove_dir_all(&dir);
