@@ -543,3 +543,38 @@ fn an_edited_saved_plan_is_refused_rather_than_applying_what_it_does_not_show() 
         "registry.example.com/a:1 2"
     );
 }
+
+#[test]
+fn a_saved_plan_edited_consistently_is_refused_as_not_the_one_that_was_made() {
+    let (db, dir) = (Db::new(), shop());
+    assert_eq!(db.meshploy(&dir, &["apply", "--auto-approve"]).code, 0);
+    dir.write("a.yaml", service("a", 2));
+    let plan = db.meshploy(&dir, &["plan", "--out", "a.plan"]);
+    assert_eq!(plan.code, 0, "{}", plan.stderr);
+    let saved = std::fs::read_to_string(dir.path().join("a.plan")).expect("plan file");
+    // The attack: the manifests it carries and the plan it shows, edited together, so that
+    // the plan made again from the manifests is the plan shown.
+    let (written, shown) = ("replicas: 2", "\"after\":{\"type\":\"int\",\"value\":2}");
+    assert!(saved.contains(written) && saved.contains(shown), "{saved}");
+    let edited = saved
+        .replace(written, "replicas: 7")
+        .replace(shown, "\"after\":{\"type\":\"int\",\"value\":7}");
+    dir.write("edited.plan", &edited);
+    let refused = db.meshploy(&dir, &["apply", "edited.plan"]);
+    refused.assert_fails_with("edited.plan is not a plan `meshploy plan --out` saved against this database");
+    assert!(refused.stderr.contains("changed since"), "{}", refused.stderr);
+    // A plan made against another database is refused the same way.
+    Db::new()
+        .meshploy(&dir, &["apply", "a.plan"])
+        .assert_fails_with("a.plan is not a plan `meshploy plan --out` saved against this database");
+    assert_eq!(
+        db.psql("SELECT replicas FROM services WHERE name = 'a'"),
+        "1",
+        "nothing of the edited plan was applied"
+    );
+    assert_eq!(db.psql("SELECT count(*) FROM revisions"), "1");
+    // The file as it was saved applies.
+    let apply = db.meshploy(&dir, &["apply", "a.plan"]);
+    assert_eq!(apply.code, 0, "{}", apply.stderr);
+    assert_eq!(db.psql("SELECT replicas FROM services WHERE name = 'a'"), "2");
+}

@@ -56,6 +56,11 @@ impl Shop {
 
     /// The shop's manifests, its service answering `message`.
     fn write(&self, message: &str) {
+        self.write_running(message, "python3 server.py");
+    }
+
+    /// The shop's manifests, its service running `command` and answering `message`.
+    fn write_running(&self, message: &str, command: &str) {
         self.repo.write(
             "deploy/shop.yaml",
             &manifests(
@@ -63,14 +68,20 @@ impl Shop {
                 "true",
                 &format!("  env:\n    MESSAGE: {message}\n  variableGroups: [creds]\n"),
             )
-            .replace("replicas: 2", "replicas: 1"),
+            .replace("replicas: 2", "replicas: 1")
+            .replace("command: python3 server.py", &format!("command: {command}")),
         );
     }
 
     /// Pull request `number`'s head on top of main, kept as `refs/pull/N/head` of the base
     /// repository as forges do: its service answers `message` and its code says `pull-N`.
     fn pull(&self, number: u64, message: &str) -> String {
-        self.write(message);
+        self.pull_running(number, message, "python3 server.py")
+    }
+
+    /// [`Shop::pull`], with the service running `command`.
+    fn pull_running(&self, number: u64, message: &str, command: &str) -> String {
+        self.write_running(message, command);
         self.repo
             .write("app/built.txt", &format!("pull-{number} {message}\n"));
         let head = self.repo.commit(&format!("pull request {number}"));
@@ -82,6 +93,7 @@ impl Shop {
     /// `meshploy serve` on this repository with previews configured by `previews`, and
     /// `args` added.
     fn serve(&self, db: &Db, dir: &Dir, forge: &FakeForge, previews: &str, args: &[&str]) -> Up {
+        forge.keep_heads_of(self.repo.bare());
         let previews = format!("    previews:\n{previews}");
         let mut command = serve_command(db, dir, &self.url(), forge, &previews, args);
         command.env("MESHPLOY_SECRET_KEYS", &self.keys);
@@ -324,6 +336,7 @@ async fn a_preview_expires_after_its_ttl_until_the_next_push_and_forks_get_none(
         // is one whose fork was deleted (`head.repo` is null).
         for (number, from) in [(4, Some("mallory/deploy")), (5, None)] {
             let fork = shop.pull(number, "from-a-fork");
+            forge.forge().forks.insert(number, from.map(str::to_owned));
             let delivery = format!("t-fork-{number}");
             shop.event_from(&serve, &delivery, ("opened", number, &fork), from);
             let text = comment_saying(&forge, number, &fork, "No preview:");
@@ -337,5 +350,59 @@ async fn a_preview_expires_after_its_ttl_until_the_next_push_and_forks_get_none(
             db.psql("SELECT count(*) FROM projects WHERE name IN ('shop-pr-4', 'shop-pr-5')"),
             "0"
         );
+    });
+}
+
+/// What a pull request's service runs to print the secret `TOKEN` base64-encoded before it
+/// serves: what anyone who can push a branch would try.
+const LEAK: &str = "echo leak=$(printf %s \"$TOKEN\" | base64) && exec python3 server.py";
+
+/// The captured lines of the newest deployment of `project`'s service, as the API gives
+/// them to any reader (`--anonymous-read`), once they hold `expected`.
+fn deployment_log(db: &Db, serve: &Up, project: &str, expected: &str) -> String {
+    let port = serve.address().port();
+    let read = || {
+        let id = db.psql(&format!(
+            "SELECT coalesce(max(id), 0) FROM deployments WHERE project = '{project}'"
+        ));
+        let path = format!("/api/v1/deployments/{id}/logs");
+        let (code, body) = crate::util::http(port, "GET", &path, &[], b"");
+        (code == 200 && body.contains(expected)).then_some(body)
+    };
+    wait_for(Duration::from_secs(60), read).unwrap_or_else(|| {
+        panic!("the log of {project} never held `{expected}`")
+    })
+}
+
+fn base64(bytes: &[u8]) -> String {
+    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_request_cannot_read_production_secrets_through_its_preview() {
+    let (db, dir, shop) = (Db::new(), Dir::new(), Shop::new());
+    let forge = FakeForge::start(false, 30).await;
+    let previews = "      enabled: true\n      scheme: http\n";
+    let mut args = RUNTIME.to_vec();
+    args.push("--anonymous-read");
+    let serve = shop.serve(&db, &dir, &forge, previews, &args);
+    let (_proxy, proxy) = proxy(&db, &dir);
+    tokio::task::block_in_place(|| {
+        let production = crate::util::sha256_hex(SECRET_VALUE.as_bytes());
+        served(proxy, "web.test", "/secret", &production);
+        // Someone who can push a branch has the preview print the secret, encoded.
+        let head = shop.pull_running(7, "leak", LEAK);
+        shop.event(&serve, "l-1", "opened", 7, &head);
+        comment_saying(&forge, 7, &head, "- <http://pr-7.web.test/>");
+        served(proxy, "pr-7.web.test", "/", "leak");
+        let log = deployment_log(&db, &serve, "shop-pr-7", "leak=");
+        let encoded = base64(SECRET_VALUE.as_bytes());
+        assert!(
+            !log.contains(&encoded[..16]) && !log.contains(SECRET_VALUE),
+            "the production secret reached the preview's log: {log}"
+        );
+        // The preview's process has no production secret at all.
+        served(proxy, "pr-7.web.test", "/secret", &crate::util::sha256_hex(b""));
+        served(proxy, "web.test", "/secret", &production);
     });
 }

@@ -141,4 +141,38 @@ mod tests {
         );
         assert_eq!(redactor.redact("nothing here".into()), "nothing here");
     }
+
+    #[test]
+    fn the_common_encodings_of_a_secret_are_redacted_too() {
+        // printf %s "$SECRET" | base64, | basenc --base64url, | xxd -p, and as a URL encodes it.
+        let secret = "p4ss?>~word/+key";
+        let redactor = Redactor::new(vec![Plaintext::new(secret.as_bytes().to_vec())]);
+        for encoded in [
+            "cDRzcz8+fndvcmQvK2tleQ==",
+            "cDRzcz8+fndvcmQvK2tleQ",
+            "cDRzcz8-fndvcmQvK2tleQ==",
+            "cDRzcz8-fndvcmQvK2tleQ",
+            "703473733f3e7e776f72642f2b6b6579",
+            "703473733F3E7E776F72642F2B6B6579",
+            "p4ss%3F%3E~word%2F%2Bkey",
+            "p4ss%3f%3e~word%2f%2bkey",
+        ] {
+            let line = redactor.redact(format!("leak={encoded} done"));
+            assert!(!line.contains(&encoded[..12]), "{encoded}: {line}");
+            assert!(line.starts_with("leak=(redacted)") && line.ends_with(" done"), "{line}");
+        }
+        // Inside a longer base64 text, at any of the three alignments, with the newline
+        // `echo` adds: what encodes the secret alone is gone.
+        for prefix in ["", "x", "xy"] {
+            let text = format!("{prefix}{secret}\n");
+            let encoded = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &text);
+            let line = redactor.redact(encoded.clone());
+            assert!(line.contains("(redacted)"), "{prefix}: {encoded} -> {line}");
+            let left: String = line.split("(redacted)").collect();
+            assert!(left.len() <= 8, "{prefix}: at most the edges are left: {line}");
+        }
+        // Short secrets are redacted as they are, but their encodings would match too much.
+        let short = Redactor::new(vec![Plaintext::new(b"abc".to_vec())]);
+        assert_eq!(short.redact("YWJj 616263 abc".into()), "YWJj 616263 (redacted)");
+    }
 }
