@@ -29,7 +29,8 @@ fn serve(db: &Db, dir: &Dir, args: &[&str]) -> (Process, u16) {
     all.extend_from_slice(args);
     let mut command = db.command(dir, &all);
     command.stdin(Stdio::null()).stdout(Stdio::null());
-    let (process, addresses) = Process::announced(&mut command, "meshploy serve: API and console on");
+    let (process, addresses) =
+        Process::announced(&mut command, "meshploy serve: API and console on");
     // The repository must outlive the process: it is read on every poll.
     std::mem::forget(remote);
     (process, addresses[0].port())
@@ -73,7 +74,10 @@ impl Stream {
                     break;
                 }
                 let text = String::from_utf8_lossy(&buffer[..n]).into_owned();
-                shared.lock().unwrap_or_else(|e| e.into_inner()).push_str(&text);
+                shared
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_str(&text);
             }
             let _ = end.send(Instant::now());
         });
@@ -133,7 +137,10 @@ fn a_log_stream_ends_within_30_seconds_of_its_token_being_revoked() {
             .recv_timeout(Duration::from_secs(35).saturating_sub(at.elapsed()))
             .unwrap_or_else(|_| panic!("the {name} stream still runs 35 s after the revocation"));
         let after = ended.duration_since(at);
-        assert!(after <= Duration::from_secs(30), "the {name} stream ended after {after:?}");
+        assert!(
+            after <= Duration::from_secs(30),
+            "the {name} stream ended after {after:?}"
+        );
     }
     db.psql("INSERT INTO log_lines (deployment_id, replica, line) VALUES (1, 0, 'after revoking')");
     std::thread::sleep(Duration::from_millis(500));
@@ -240,7 +247,11 @@ fn only_known_host_names_are_answered_and_cross_site_posts_are_refused() {
     let (_serve, port) = serve(
         &db,
         &dir,
-        &["--anonymous-read", "--public-url", "https://meshploy.example.com/"],
+        &[
+            "--anonymous-read",
+            "--public-url",
+            "https://meshploy.example.com/",
+        ],
     );
     let token = crate::api::token(&db, &dir, "reader", "read");
     let with_host = |method: &str, path: &str, host: &str, extra: &[(&str, &str)], body: &[u8]| {
@@ -267,7 +278,13 @@ fn only_known_host_names_are_answered_and_cross_site_posts_are_refused() {
     }
     // Loopback names and addresses, and --public-url's host, are answered.
     let local = format!("127.0.0.1:{port}");
-    for host in [local.as_str(), "localhost", "LOCALHOST:8080", "[::1]:80", "meshploy.example.com"] {
+    for host in [
+        local.as_str(),
+        "localhost",
+        "LOCALHOST:8080",
+        "[::1]:80",
+        "meshploy.example.com",
+    ] {
         let answer = with_host("GET", "/api/v1/services", host, &[], b"");
         assert_eq!(crate::util::status_of(&answer), 200, "{host}: {answer}");
     }
@@ -285,7 +302,11 @@ fn only_known_host_names_are_answered_and_cross_site_posts_are_refused() {
         vec![form_type, ("Origin", "null")],
     ] {
         let answer = with_host("POST", "/login", &local, &headers, form.as_bytes());
-        assert_eq!(crate::util::status_of(&answer), 403, "{headers:?}: {answer}");
+        assert_eq!(
+            crate::util::status_of(&answer),
+            403,
+            "{headers:?}: {answer}"
+        );
         assert!(!answer.contains("meshploy_session="), "{answer}");
     }
     let origin = format!("http://{local}");
@@ -293,7 +314,11 @@ fn only_known_host_names_are_answered_and_cross_site_posts_are_refused() {
         "POST",
         "/login",
         &local,
-        &[form_type, ("Origin", &origin), ("Sec-Fetch-Site", "same-origin")],
+        &[
+            form_type,
+            ("Origin", &origin),
+            ("Sec-Fetch-Site", "same-origin"),
+        ],
         form.as_bytes(),
     );
     assert_eq!(crate::util::status_of(&answer), 303, "{answer}");
@@ -325,7 +350,8 @@ fn secrets_given_as_flags_are_warned_about_without_being_shown() {
         ("--secret-keys", "MESHPLOY_SECRET_KEYS_FILE"),
     ] {
         assert!(
-            run.stderr.contains(&format!("warning: {flag} on the command line")),
+            run.stderr
+                .contains(&format!("warning: {flag} on the command line")),
             "{flag}: {}",
             run.stderr
         );
@@ -386,9 +412,21 @@ fn a_route_reaches_neither_the_platforms_own_ports_nor_internal_addresses_unless
         let (proxy, api) = (addresses[0], addresses[1].port());
         let routes = [
             upstream_route("api", "api.test", &format!("http://127.0.0.1:{api}")),
-            upstream_route("api-by-name", "name.test", &format!("http://localhost:{api}")),
-            upstream_route("api-as-number", "number.test", &format!("http://2130706433:{api}")),
-            upstream_route("proxy", "loop.test", &format!("http://127.0.0.1:{}", proxy.port())),
+            upstream_route(
+                "api-by-name",
+                "name.test",
+                &format!("http://localhost:{api}"),
+            ),
+            upstream_route(
+                "api-as-number",
+                "number.test",
+                &format!("http://2130706433:{api}"),
+            ),
+            upstream_route(
+                "proxy",
+                "loop.test",
+                &format!("http://127.0.0.1:{}", proxy.port()),
+            ),
             upstream_route("metadata", "metadata.test", "http://169.254.169.254"),
             upstream_route("local", "local.test", &format!("http://127.0.0.1:{local}")),
         ];
@@ -399,7 +437,13 @@ fn a_route_reaches_neither_the_platforms_own_ports_nor_internal_addresses_unless
         assert!(applied.is_some(), "the routes were applied");
         // The proxy reloads on the apply's notification.
         std::thread::sleep(Duration::from_millis(500));
-        for host in ["api.test", "name.test", "number.test", "loop.test", "metadata.test"] {
+        for host in [
+            "api.test",
+            "name.test",
+            "number.test",
+            "loop.test",
+            "metadata.test",
+        ] {
             let answer = crate::runtime::get(proxy, host, "/readyz");
             let (status, body) = answer.unwrap_or_default();
             assert_eq!(status, 502, "{allow:?}: {host} answered {status}: {body}");
@@ -410,7 +454,11 @@ fn a_route_reaches_neither_the_platforms_own_ports_nor_internal_addresses_unless
         }
         let answer = crate::runtime::get(proxy, "local.test", "/").unwrap_or_default();
         if allow.is_some() {
-            assert_eq!(answer, (200, "allowed".to_owned()), "allowed by --allow-upstream");
+            assert_eq!(
+                answer,
+                (200, "allowed".to_owned()),
+                "allowed by --allow-upstream"
+            );
         } else {
             assert_eq!(answer.0, 502, "loopback is refused by default: {answer:?}");
             assert!(answer.1.contains("--allow-upstream"), "{answer:?}");

@@ -91,7 +91,10 @@ impl FakeForge {
                 "/repos/{owner}/{name}/collaborators/{user}/permission",
                 get(permission),
             )
-            .route("/user", get(|| async { Json(json!({"login": BOT, "id": 1})) }))
+            .route(
+                "/user",
+                get(|| async { Json(json!({"login": BOT, "id": 1})) }),
+            )
             .layer(axum::middleware::from_fn_with_state(state.clone(), record))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -304,7 +307,12 @@ async fn pull_state(
         let output = std::process::Command::new("git")
             .arg("--git-dir")
             .arg(repository)
-            .args(["rev-parse", "--verify", "-q", &format!("refs/pull/{number}/head")])
+            .args([
+                "rev-parse",
+                "--verify",
+                "-q",
+                &format!("refs/pull/{number}/head"),
+            ])
             .output()
             .ok()?;
         output
@@ -315,7 +323,11 @@ async fn pull_state(
     let Some(head) = head else {
         return (StatusCode::NOT_FOUND, Json(json!({"message": "Not Found"}))).into_response();
     };
-    let open = if forge.closed.contains(&number) { "closed" } else { "open" };
+    let open = if forge.closed.contains(&number) {
+        "closed"
+    } else {
+        "open"
+    };
     let base = format!("{owner}/{name}");
     let head_repo = match forge.forks.get(&number) {
         Some(fork) => fork.clone(),
@@ -1175,7 +1187,11 @@ async fn a_comment_of_someone_else_that_looks_like_ours_is_left_alone_and_ours_i
     {
         let f = forge.forge();
         let all = &f.comments["acme/deploy#7"];
-        assert_eq!(all[0], (theirs, fake.to_owned()), "their comment is untouched");
+        assert_eq!(
+            all[0],
+            (theirs, fake.to_owned()),
+            "their comment is untouched"
+        );
         let mine = ours(&f);
         assert_eq!(mine.len(), 1, "{all:#?}");
         assert!(mine[0].1.contains("Plan: 2 to add"), "{}", mine[0].1);
@@ -1226,10 +1242,8 @@ impl Reviewed {
         let url = format!("file://{}", repo.bare().display());
         let more = format!("    previews:\n      enabled: true\n{previews}");
         let mut command = serve_command(&db, &dir, &url, &forge, &more, &[]);
-        let (serve, addresses) = crate::fixtures::Process::announced(
-            &mut command,
-            "meshploy serve: API and console on",
-        );
+        let (serve, addresses) =
+            crate::fixtures::Process::announced(&mut command, "meshploy serve: API and console on");
         let applied = crate::util::wait_for(std::time::Duration::from_secs(30), || {
             (db.psql("SELECT count(*) FROM services") == "1").then_some(())
         });
@@ -1247,7 +1261,8 @@ impl Reviewed {
 
     /// Pushes pull request `number`'s head, in which `web` has `replicas`; returns it.
     fn head(&self, number: u64, replicas: u32) -> String {
-        self.repo.write("deploy/web.yaml", &service("web", replicas));
+        self.repo
+            .write("deploy/web.yaml", &service("web", replicas));
         let commit = self.repo.commit(&format!("{replicas} replicas"));
         self.repo.push_pull(number);
         commit
@@ -1292,19 +1307,28 @@ async fn a_replayed_or_forged_pull_request_event_moves_nothing_back_and_closes_n
     let opened = pull_event(&shop.url, "opened", 7, &first, Some("acme/deploy"));
     assert_eq!(shop.send("d-1", &opened).0, 202);
     comment_of(&first);
-    shop.wait_until("SELECT count(*) FROM projects WHERE name = 'shop-pr-7'", "1");
+    shop.wait_until(
+        "SELECT count(*) FROM projects WHERE name = 'shop-pr-7'",
+        "1",
+    );
     assert_eq!(shop.preview(7), "2");
     // Closed, then reopened with a fix pushed: the preview runs the fix.
     shop.forge.forge().closed.insert(7);
     let closed = pull_event(&shop.url, "closed", 7, &first, Some("acme/deploy"));
     assert_eq!(shop.send("d-2", &closed).0, 202);
-    shop.wait_until("SELECT count(*) FROM projects WHERE name = 'shop-pr-7'", "0");
+    shop.wait_until(
+        "SELECT count(*) FROM projects WHERE name = 'shop-pr-7'",
+        "0",
+    );
     shop.forge.forge().closed.remove(&7);
     let fixed = shop.head(7, 3);
     let pushed = pull_event(&shop.url, "synchronize", 7, &fixed, Some("acme/deploy"));
     assert_eq!(shop.send("d-3", &pushed).0, 202);
     comment_of(&fixed);
-    shop.wait_until("SELECT coalesce(max(fields->>'replicas'), '') FROM services WHERE project = 'shop-pr-7'", "3");
+    shop.wait_until(
+        "SELECT coalesce(max(fields->>'replicas'), '') FROM services WHERE project = 'shop-pr-7'",
+        "3",
+    );
 
     // The `opened` body replayed under a new delivery id (which the signature does not
     // cover) is recognised by its signed body.
@@ -1323,10 +1347,18 @@ async fn a_replayed_or_forged_pull_request_event_moves_nothing_back_and_closes_n
     );
     {
         let f = shop.forge.forge();
-        assert_eq!(f.statuses[&first].len(), 1, "no second status for the old head");
+        assert_eq!(
+            f.statuses[&first].len(),
+            1,
+            "no second status for the old head"
+        );
         let mine: Vec<&(u64, String)> = f.comments["acme/deploy#7"].iter().collect();
         assert_eq!(mine.len(), 1, "{mine:#?}");
-        assert!(mine[0].1.contains(&format!("head={fixed} ")), "{}", mine[0].1);
+        assert!(
+            mine[0].1.contains(&format!("head={fixed} ")),
+            "{}",
+            mine[0].1
+        );
     }
     assert_eq!(shop.preview(7), "3", "the preview still runs the fix");
 
@@ -1343,7 +1375,10 @@ async fn a_replayed_or_forged_pull_request_event_moves_nothing_back_and_closes_n
     shop.forge.forge().closed.insert(7);
     claimed["sender"] = json!({"login": "alice"});
     assert_eq!(shop.send("d-8", claimed.to_string().as_bytes()).0, 202);
-    shop.wait_until("SELECT count(*) FROM projects WHERE name = 'shop-pr-7'", "0");
+    shop.wait_until(
+        "SELECT count(*) FROM projects WHERE name = 'shop-pr-7'",
+        "0",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1366,7 +1401,11 @@ async fn an_untrusted_authors_pull_request_is_planned_but_not_built_until_a_main
         text.contains("`mallory` (CONTRIBUTOR)") && text.contains("label `preview-approved`"),
         "the comment says how to approve: {text}"
     );
-    assert_eq!(shop.preview(9), "", "nothing of the head was applied to run");
+    assert_eq!(
+        shop.preview(9),
+        "",
+        "nothing of the head was applied to run"
+    );
     // A maintainer labels it: the preview is made.
     shop.forge
         .forge()

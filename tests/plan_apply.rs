@@ -561,12 +561,20 @@ fn a_saved_plan_edited_consistently_is_refused_as_not_the_one_that_was_made() {
         .replace(shown, "\"after\":{\"type\":\"int\",\"value\":7}");
     dir.write("edited.plan", &edited);
     let refused = db.meshploy(&dir, &["apply", "edited.plan"]);
-    refused.assert_fails_with("edited.plan is not a plan `meshploy plan --out` saved against this database");
-    assert!(refused.stderr.contains("changed since"), "{}", refused.stderr);
+    refused.assert_fails_with(
+        "edited.plan is not a plan `meshploy plan --out` saved against this database",
+    );
+    assert!(
+        refused.stderr.contains("changed since"),
+        "{}",
+        refused.stderr
+    );
     // A plan made against another database is refused the same way.
     Db::new()
         .meshploy(&dir, &["apply", "a.plan"])
-        .assert_fails_with("a.plan is not a plan `meshploy plan --out` saved against this database");
+        .assert_fails_with(
+            "a.plan is not a plan `meshploy plan --out` saved against this database",
+        );
     assert_eq!(
         db.psql("SELECT replicas FROM services WHERE name = 'a'"),
         "1",
@@ -576,5 +584,8 @@ fn a_saved_plan_edited_consistently_is_refused_as_not_the_one_that_was_made() {
     // The file as it was saved applies.
     let apply = db.meshploy(&dir, &["apply", "a.plan"]);
     assert_eq!(apply.code, 0, "{}", apply.stderr);
-    assert_eq!(db.psql("SELECT replicas FROM services WHERE name = 'a'"), "2");
+    assert_eq!(
+        db.psql("SELECT replicas FROM services WHERE name = 'a'"),
+        "2"
+    );
 }

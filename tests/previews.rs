@@ -369,9 +369,8 @@ fn deployment_log(db: &Db, serve: &Up, project: &str, expected: &str) -> String 
         let (code, body) = crate::util::http(port, "GET", &path, &[], b"");
         (code == 200 && body.contains(expected)).then_some(body)
     };
-    wait_for(Duration::from_secs(60), read).unwrap_or_else(|| {
-        panic!("the log of {project} never held `{expected}`")
-    })
+    wait_for(Duration::from_secs(60), read)
+        .unwrap_or_else(|| panic!("the log of {project} never held `{expected}`"))
 }
 
 fn base64(bytes: &[u8]) -> String {
@@ -402,7 +401,12 @@ async fn a_pull_request_cannot_read_production_secrets_through_its_preview() {
             "the production secret reached the preview's log: {log}"
         );
         // The preview's process has no production secret at all.
-        served(proxy, "pr-7.web.test", "/secret", &crate::util::sha256_hex(b""));
+        served(
+            proxy,
+            "pr-7.web.test",
+            "/secret",
+            &crate::util::sha256_hex(b""),
+        );
         served(proxy, "web.test", "/secret", &production);
     });
 }

@@ -160,7 +160,11 @@ fn encodings(secret: &[u8]) -> Vec<Plaintext> {
                 if unreserved(*b) {
                     bytes.push(*b);
                 } else {
-                    bytes.extend([b'%', digits[usize::from(b >> 4)], digits[usize::from(b & 15)]]);
+                    bytes.extend([
+                        b'%',
+                        digits[usize::from(b >> 4)],
+                        digits[usize::from(b & 15)],
+                    ]);
                 }
             }
             out.push(Plaintext::new(bytes));
@@ -230,7 +234,10 @@ mod tests {
         ] {
             let line = redactor.redact(format!("leak={encoded} done"));
             assert!(!line.contains(&encoded[..12]), "{encoded}: {line}");
-            assert!(line.starts_with("leak=(redacted)") && line.ends_with(" done"), "{line}");
+            assert!(
+                line.starts_with("leak=(redacted)") && line.ends_with(" done"),
+                "{line}"
+            );
         }
         // Inside a longer base64 text, at any of the three alignments, with the newline
         // `echo` adds: what encodes the secret alone is gone.
@@ -240,10 +247,16 @@ mod tests {
             let line = redactor.redact(encoded.clone());
             assert!(line.contains("(redacted)"), "{prefix}: {encoded} -> {line}");
             let left: String = line.split("(redacted)").collect();
-            assert!(left.len() <= 8, "{prefix}: at most the edges are left: {line}");
+            assert!(
+                left.len() <= 8,
+                "{prefix}: at most the edges are left: {line}"
+            );
         }
         // Short secrets are redacted as they are, but their encodings would match too much.
         let short = Redactor::new(vec![Plaintext::new(b"abc".to_vec())]);
-        assert_eq!(short.redact("YWJj 616263 abc".into()), "YWJj 616263 (redacted)");
+        assert_eq!(
+            short.redact("YWJj 616263 abc".into()),
+            "YWJj 616263 (redacted)"
+        );
     }
 }

@@ -636,7 +636,10 @@ fn credentials_in_a_url_never_reach_a_rendering() {
         render::text(&plan, false),
         render::json(&plan).to_string(),
         render::markdown(&plan, "Meshploy plan"),
-        plan.changes.iter().map(|c| render::block(c, false)).collect(),
+        plan.changes
+            .iter()
+            .map(|c| render::block(c, false))
+            .collect(),
     ];
     for shown in renderings {
         for secret in ["ghp_0ld70k3n", "ghp_n3w70k3n", "k3y5ecr3t"] {
@@ -646,6 +649,9 @@ fn credentials_in_a_url_never_reach_a_rendering() {
             shown.contains("https://***@git.example.com/acme/web.git"),
             "{shown}"
         );
-        assert!(shown.contains("https://legacy.example.com/v1?***"), "{shown}");
+        assert!(
+            shown.contains("https://legacy.example.com/v1?***"),
+            "{shown}"
+        );
     }
 }
