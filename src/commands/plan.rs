@@ -37,6 +37,9 @@ pub async fn run(args: PlanArgs) -> Result<ExitCode> {
     if let Some(out) = &args.out {
         let saved = preview.save(manifests.source, manifests.commit, &manifests.files);
         let json = serde_json::to_vec(&saved)?;
+        // The file's digest goes into the database first: `apply FILE` applies only a file
+        // recorded there, so an edited one is refused whatever the edit.
+        reconciler::store::record_saved_plan(&pool, &json, &saved.source).await?;
         std::fs::write(out, json).with_context(|| format!("cannot write {}", out.display()))?;
         eprintln!(
             "Saved the plan to {}; apply exactly this plan with `meshploy apply {}`.",
