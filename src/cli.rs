@@ -251,6 +251,16 @@ pub struct CommentArgs {
     /// A file holding the forge token. Default: MESHPLOY_FORGE_TOKEN, else GITHUB_TOKEN.
     #[arg(long, value_name = "FILE", requires = "comment")]
     pub forge_token_file: Option<PathBuf>,
+    /// The token's user, whose comments are Meshploy's; for tokens that may not ask the
+    /// forge who they are, such as GitHub Actions' GITHUB_TOKEN (`github-actions[bot]`).
+    /// Default: asked of the forge (`GET /user`).
+    #[arg(
+        long,
+        value_name = "LOGIN",
+        env = "MESHPLOY_FORGE_USER",
+        requires = "comment"
+    )]
+    pub forge_user: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -1131,6 +1131,7 @@ async fn a_burst_of_pushes_is_reviewed_once_for_the_newest_head() {
                 head: head.clone(),
                 fork: false,
             },
+            false,
         )
         .await
         .expect("announce");
@@ -1394,11 +1395,11 @@ async fn an_untrusted_authors_pull_request_is_planned_but_not_built_until_a_main
     let text = tokio::task::block_in_place(|| comment_saying(&shop.forge, 9, &head, ""));
     assert!(text.contains("replicas = 1 -> 4"), "planned: {text}");
     assert!(
-        text.contains("No preview: pull requests of authors who are not members or collaborators of the repository are built only once approved"),
+        text.contains("No preview: its author `mallory` (CONTRIBUTOR) is not trusted to have code built and run here"),
         "{text}"
     );
     assert!(
-        text.contains("`mallory` (CONTRIBUTOR)") && text.contains("label `preview-approved`"),
+        text.contains("adding the label `preview-approved`"),
         "the comment says how to approve: {text}"
     );
     assert_eq!(
@@ -1417,4 +1418,60 @@ async fn an_untrusted_authors_pull_request_is_planned_but_not_built_until_a_main
         comment_saying(&shop.forge, 9, &head, "This pull request's preview runs")
     });
     assert_eq!(shop.preview(9), "4");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_requests_head_state_and_author_come_from_the_forge_on_github_and_gitea() {
+    use forge::Forge;
+    let repo = crate::util::Remote::new();
+    repo.write("deploy/project.yaml", PROJECT);
+    repo.push("the shop");
+    let head = repo.commit("a change");
+    repo.push_pull(3);
+    for gitea in [false, true] {
+        let fake = FakeForge::start(gitea, 30).await;
+        fake.keep_heads_of(repo.bare());
+        let kind = if gitea {
+            forge::Kind::Gitea
+        } else {
+            forge::Kind::GitHub
+        };
+        let client = forge::Client::new(kind, &fake.base(), TOKEN).expect("a client");
+        let pr: forge::PullRef = "acme/deploy#3".parse().expect("a pull request");
+        for (login, association, trusted) in [
+            ("olivia", "OWNER", true),
+            ("mia", "MEMBER", true),
+            ("carl", "COLLABORATOR", true),
+            ("mallory", "CONTRIBUTOR", false),
+            ("nobody", "NONE", false),
+        ] {
+            fake.forge()
+                .pull_authors
+                .insert(3, (login.into(), association.into()));
+            let pull = client.pull(&pr).await.expect("the pull request");
+            assert_eq!(pull.head, head, "gitea {gitea}");
+            assert!(pull.open);
+            assert!(!pull.fork);
+            assert_eq!(pull.author, login);
+            let trust = forge::Trust::default();
+            assert_eq!(
+                trust.trusts(&pull),
+                trusted,
+                "gitea {gitea}: {login} {association}"
+            );
+        }
+        fake.forge()
+            .labels
+            .insert(3, vec![forge::Trust::default().label]);
+        let pull = client.pull(&pr).await.expect("the pull request");
+        assert!(
+            forge::Trust::default().trusts(&pull),
+            "a maintainer's label approves"
+        );
+        fake.forge().closed.insert(3);
+        fake.forge().forks.insert(3, Some("mallory/deploy".into()));
+        let pull = client.pull(&pr).await.expect("the pull request");
+        assert!(!pull.open && pull.fork);
+        assert_eq!(client.me().await.expect("the token's user"), BOT);
+    }
 }

@@ -183,7 +183,8 @@ async fn a_preview_is_built_from_the_pull_request_served_and_destroyed_leaving_l
 {
     let (db, dir, shop) = (Db::new(), Dir::new(), Shop::new());
     let forge = FakeForge::start(false, 30).await;
-    let previews = "      enabled: true\n      host: pr-{number}.{host}\n      maxActive: 1\n      scheme: http\n";
+    // Previews inherit the production secrets of `creds`, by choice.
+    let previews = "      enabled: true\n      host: pr-{number}.{host}\n      maxActive: 1\n      scheme: http\n      secrets:\n        creds: inherit\n";
     let serve = shop.serve(&db, &dir, &forge, previews, &RUNTIME);
     let (_proxy, proxy) = proxy(&db, &dir);
     tokio::task::block_in_place(|| {
@@ -201,7 +202,8 @@ async fn a_preview_is_built_from_the_pull_request_served_and_destroyed_leaving_l
         );
         served(proxy, "pr-7.web.test", "/", "preview");
         served(proxy, "pr-7.web.test", "/built", "pull-7 preview");
-        // The secret was sealed for `shop` in git and still reaches the copy's process.
+        // The secret was sealed for `shop` in git and still reaches the copy's process, since
+        // the source lets previews inherit it.
         let digest = crate::util::sha256_hex(SECRET_VALUE.as_bytes());
         served(proxy, "pr-7.web.test", "/secret", &digest);
         // The live service still runs main's code.
@@ -224,7 +226,9 @@ async fn a_preview_is_built_from_the_pull_request_served_and_destroyed_leaving_l
             "0"
         );
 
-        // Closed: everything of the preview goes, and the live projects are as they were.
+        // Closed (on the forge, which the server asks before it believes the event):
+        // everything of the preview goes, and the live projects are as they were.
+        forge.forge().closed.insert(7);
         shop.event(&serve, "p-3", "closed", 7, &head);
         let gone = wait_for(Duration::from_secs(60), || {
             (state_list(&db, &dir) == before).then_some(())
@@ -407,6 +411,56 @@ async fn a_pull_request_cannot_read_production_secrets_through_its_preview() {
             "/secret",
             &crate::util::sha256_hex(b""),
         );
+        served(proxy, "web.test", "/secret", &production);
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preview_gets_the_preview_only_secrets_its_source_names_and_none_of_their_encodings_reach_its_log()
+ {
+    const PREVIEW_VALUE: &str = "tok_only_for_previews_93";
+    let (db, dir, mut shop) = (Db::new(), Dir::new(), Shop::new());
+    let place = [
+        "--project",
+        "shop",
+        "--group",
+        "creds-preview",
+        "--name",
+        "TOKEN",
+    ];
+    let sealed = encrypt(&shop.keys, &place, PREVIEW_VALUE.as_bytes());
+    assert_eq!(sealed.code, 0, "{}", sealed.stderr);
+    shop.repo.write(
+        "deploy/creds-preview.yaml",
+        &format!(
+            "apiVersion: meshploy.dev/v1\nkind: VariableGroup\nmetadata:\n  name: creds-preview\n  project: shop\nspec:\n  secrets:\n    TOKEN: {}\n",
+            sealed.stdout.trim()
+        ),
+    );
+    shop.main = shop.repo.push("a group for previews");
+    let forge = FakeForge::start(false, 30).await;
+    let previews =
+        "      enabled: true\n      scheme: http\n      secrets:\n        creds: creds-preview\n";
+    let mut args = RUNTIME.to_vec();
+    args.push("--anonymous-read");
+    let serve = shop.serve(&db, &dir, &forge, previews, &args);
+    let (_proxy, proxy) = proxy(&db, &dir);
+    tokio::task::block_in_place(|| {
+        let head = shop.pull_running(7, "preview-only", LEAK);
+        shop.event(&serve, "o-1", "opened", 7, &head);
+        comment_saying(&forge, 7, &head, "- <http://pr-7.web.test/>");
+        let preview_only = crate::util::sha256_hex(PREVIEW_VALUE.as_bytes());
+        served(proxy, "pr-7.web.test", "/secret", &preview_only);
+        // The value it printed, base64-encoded, is redacted like the value itself.
+        let log = deployment_log(&db, &serve, "shop-pr-7", "leak=");
+        assert!(log.contains("leak=(redacted)"), "{log}");
+        let encoded = base64(PREVIEW_VALUE.as_bytes());
+        assert!(
+            !log.contains(&encoded[..16]) && !log.contains(PREVIEW_VALUE),
+            "{log}"
+        );
+        // Production keeps its own.
+        let production = crate::util::sha256_hex(SECRET_VALUE.as_bytes());
         served(proxy, "web.test", "/secret", &production);
     });
 }

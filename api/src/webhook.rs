@@ -129,17 +129,24 @@ fn tracked<'a>(state: &'a AppState, repository: &Repository, reference: &str) ->
         .collect()
 }
 
-/// A pull request opened, pushed to, reopened or closed against a tracked branch: recorded
-/// for the leader's reviewer (which plans its head and comments), or marked closed.
+/// A pull request opened, pushed to, reopened, labelled or closed against a tracked branch:
+/// recorded for the leader's reviewer (which reads the pull request from the forge, plans its
+/// head and comments), or marked closed (which the reviewer confirms with the forge before
+/// destroying its preview).
 async fn pull_request(
     state: &AppState,
     seen: &Seen<'_>,
     event: PullEvent,
 ) -> Result<Response, ApiError> {
-    let open = match event.action.as_str() {
+    // Whether the event says the pull request is open, and whether its head must be reviewed
+    // again even if it was (its labels, which may approve it, changed; or it was reopened).
+    // This is a claim only: the reviewer reads the pull request from the forge before acting.
+    let (open, again) = match event.action.as_str() {
         // GitHub says `synchronize`, Gitea and Forgejo `synchronized`.
-        "opened" | "reopened" | "synchronize" | "synchronized" => true,
-        "closed" => false,
+        "opened" | "synchronize" | "synchronized" => (true, false),
+        // Gitea and Forgejo say `label_updated` and `label_cleared`.
+        "reopened" | "labeled" | "unlabeled" | "label_updated" | "label_cleared" => (true, true),
+        "closed" => (false, false),
         other => {
             return Ok(ok(
                 json!({ "ignored": format!("pull request action `{other}`") }),
@@ -180,6 +187,7 @@ async fn pull_request(
                     head: pull.head.sha.clone(),
                     fork,
                 },
+                again,
             )
             .await
         } else {

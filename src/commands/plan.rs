@@ -158,5 +158,5 @@ fn forge_client(args: &CommentArgs) -> Result<forge::Client> {
                 .context("give --forge-api https://HOST/api/v1 for a Gitea or Forgejo forge")?,
         ),
     };
-    Ok(forge::Client::new(kind, &api, &token)?)
+    Ok(forge::Client::new(kind, &api, &token)?.with_user(args.forge_user.as_deref()))
 }
