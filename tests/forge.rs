@@ -1014,6 +1014,22 @@ fn a_bad_forge_configuration_is_refused_at_start_naming_the_file_and_source() {
             "    previews:\n      enabled: true\n",
             "source `shop`: previews need a `forge` to learn of pull requests",
         ),
+        (
+            "      kind: github\n      tokenFile: token.txt\n    previews:\n      enabled: true\n      trustedAuthors: [OWNER, member]\n",
+            "source `shop`: previews.trustedAuthors: `member` is not an author association",
+        ),
+        (
+            "      kind: github\n      tokenFile: token.txt\n    previews:\n      enabled: true\n      approvalLabel: ' '\n",
+            "source `shop`: previews.approvalLabel: is empty",
+        ),
+        (
+            "      kind: github\n      tokenFile: token.txt\n    previews:\n      enabled: true\n      secrets:\n        creds: creds\n",
+            "source `shop`: previews.secrets.creds: write `inherit` to give previews the group's own secrets",
+        ),
+        (
+            "      kind: github\n      tokenFile: token.txt\n    previews:\n      enabled: true\n      secrets:\n        creds: Creds_Preview\n",
+            "source `shop`: previews.secrets: `Creds_Preview` is not a variable group's name",
+        ),
     ] {
         dir.write("token.txt", "t0ken\n");
         let config = dir.write("sources.yaml", source(forge));
