@@ -352,9 +352,20 @@ pub struct ServeArgs {
     #[arg(long)]
     pub anonymous_read: bool,
     /// The console's address as people reach it (`https://meshploy.example.com`): pull
-    /// requests' commit statuses link to their page there.
+    /// requests' commit statuses link to their page there, and its host is one the API and
+    /// console answer to.
     #[arg(long, value_name = "URL")]
     pub public_url: Option<String>,
+    /// Another host name the API and console answer to (repeat, or comma-separate). Without
+    /// it they answer only `localhost`, IP addresses and --public-url's host, so that no
+    /// other site's page can reach them through a name it points here (DNS rebinding).
+    #[arg(
+        long,
+        value_name = "NAME",
+        value_delimiter = ',',
+        env = "MESHPLOY_ALLOW_HOSTS"
+    )]
+    pub allow_host: Vec<String>,
     /// How long a sync waits for another apply to finish.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub lock_timeout: Duration,

@@ -38,6 +38,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         api_token_sha256: args.api_token.as_deref().map(api::AppState::token_digest),
         leading: leading.clone(),
         anonymous_read: args.anonymous_read,
+        hosts: api::Hosts::new(args.public_url.as_deref(), &args.allow_host),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -57,6 +57,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
         api_token_sha256: None,
         leading: leading.clone(),
         anonymous_read: args.anonymous_read,
+        hosts: api::Hosts::default(),
     };
     let api = tokio::spawn(api::serve(
         listener,
