@@ -523,6 +523,12 @@ pub struct ProxyOptions {
     /// they are dropped, and X-Real-IP is set to the client's address.
     #[arg(long, value_delimiter = ',', env = "MESHPLOY_TRUSTED_PROXIES")]
     pub trusted_proxies: Vec<proxy::Cidr>,
+    /// Networks a route's `upstream` may reach although they are not public (comma-separated,
+    /// like 10.20.0.0/16): without it, an upstream resolving to a loopback, link-local,
+    /// private or unspecified address is refused (502), since everyone who reaches the proxy
+    /// would reach it. The platform's own ports are refused even then.
+    #[arg(long, value_delimiter = ',', env = "MESHPLOY_ALLOW_UPSTREAMS")]
+    pub allow_upstream: Vec<proxy::Cidr>,
     /// Upgrade protocols spliced through to backends (comma-separated). Other upgrades, h2c
     /// among them, are forwarded as plain requests.
     #[arg(long, value_delimiter = ',', default_value = "websocket")]

@@ -430,9 +430,12 @@ fn a_route_reaches_neither_the_platforms_own_ports_nor_internal_addresses_unless
             upstream_route("metadata", "metadata.test", "http://169.254.169.254"),
             upstream_route("local", "local.test", &format!("http://127.0.0.1:{local}")),
         ];
-        dir.write("routes.yaml", routes.concat());
-        let applied = wait_for(Duration::from_secs(30), || {
-            (db.psql("SELECT count(*) FROM routes") == "6").then_some(())
+        // Written again until applied: `up` may still be starting to watch the directory.
+        let applied = (0..6).find_map(|_| {
+            dir.write("routes.yaml", routes.concat());
+            wait_for(Duration::from_secs(5), || {
+                (db.psql("SELECT count(*) FROM routes") == "6").then_some(())
+            })
         });
         assert!(applied.is_some(), "the routes were applied");
         // The proxy reloads on the apply's notification.

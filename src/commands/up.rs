@@ -30,17 +30,23 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     let pool = database::pool(&args.db, "up", 16).await?;
     let keys = keyring(&args.keys)?.map(Arc::new);
     let runtime = super::runtime::local(&pool, &home, &args.runtime)?;
+    let listener = tokio::net::TcpListener::bind(args.api_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.api_listen))?;
+    let api_address = listener.local_addr()?;
     let proxy_database = database::options(&args.db, "up proxy").await?;
-    let proxy = proxy::Proxy::start(super::proxy::config(&args.proxy, None), proxy_database)
+    // No route may reach the API through the proxy, whatever --allow-upstream allows.
+    let mut proxy_config = super::proxy::config(&args.proxy, None);
+    proxy_config
+        .upstreams
+        .reserved_ports
+        .push(api_address.port());
+    let proxy = proxy::Proxy::start(proxy_config, proxy_database)
         .await
         .context("cannot start the proxy")?;
     let proxy_address = proxy
         .local_addr()
         .context("the proxy has no listening address")?;
-    let listener = tokio::net::TcpListener::bind(args.api_listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.api_listen))?;
-    let api_address = listener.local_addr()?;
     let (stop, stopped) = watch::channel(false);
     let leading = Arc::new(AtomicBool::new(true));
     let source = args.repo.as_ref().map(|url| Source {
