@@ -98,6 +98,7 @@ fn bench(
             api_token_sha256: None,
             leading: Arc::new(AtomicBool::new(true)),
             anonymous_read: false,
+            hosts: api::Hosts::default(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -64,12 +64,17 @@ fn run() -> Result<(), String> {
     })
 }
 
-/// The fake forge: comment bodies by id, and when a comment naming each head arrived.
+/// The fake forge: comment bodies by id, when a comment naming each head arrived, and the
+/// pull request's head (the forge is asked for it before each review).
 #[derive(Default)]
 struct Forge {
     comments: Vec<(u64, String)>,
     arrived: Vec<(String, Instant)>,
+    head: String,
 }
+
+/// The user the fake forge's token belongs to, who writes the comments.
+const BOT: &str = "bench-bot";
 
 type Shared = Arc<Mutex<Forge>>;
 
@@ -94,7 +99,7 @@ async fn fake_forge(forge: Shared) -> Result<String, String> {
                 let all: Vec<Value> = f
                     .comments
                     .iter()
-                    .map(|(id, body)| json!({"id": id, "body": body}))
+                    .map(|(id, body)| json!({"id": id, "body": body, "user": {"login": BOT}}))
                     .collect();
                 Json(all)
             })
@@ -136,8 +141,18 @@ async fn fake_forge(forge: Shared) -> Result<String, String> {
         )
         .route(
             "/repos/{owner}/{name}/pulls/{number}",
-            get(|| async { Json(json!({"state": "open"})) }),
+            get(|State(f): State<Shared>| async move {
+                let head = f.lock().unwrap_or_else(|e| e.into_inner()).head.clone();
+                Json(json!({
+                    "state": "open",
+                    "head": {"sha": head, "repo": {"full_name": "acme/deploy"}},
+                    "user": {"login": "alice"},
+                    "author_association": "MEMBER",
+                    "labels": [],
+                }))
+            }),
         )
+        .route("/user", get(|| async { Json(json!({"login": BOT})) }))
         .with_state(forge);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -281,6 +296,7 @@ async fn measure_pushes(
             work,
             &["push", "-q", "-f", "origin", "HEAD:refs/pull/1/head"],
         )?;
+        head.clone_into(&mut forge.lock().unwrap_or_else(|e| e.into_inner()).head);
         let body = json!({
             "action": if push == 0 { "opened" } else { "synchronize" },
             "number": 1,

@@ -252,6 +252,16 @@ pub struct CommentArgs {
     /// A file holding the forge token. Default: MESHPLOY_FORGE_TOKEN, else GITHUB_TOKEN.
     #[arg(long, value_name = "FILE", requires = "comment")]
     pub forge_token_file: Option<PathBuf>,
+    /// The token's user, whose comments are Meshploy's; for tokens that may not ask the
+    /// forge who they are, such as GitHub Actions' GITHUB_TOKEN (`github-actions[bot]`).
+    /// Default: asked of the forge (`GET /user`).
+    #[arg(
+        long,
+        value_name = "LOGIN",
+        env = "MESHPLOY_FORGE_USER",
+        requires = "comment"
+    )]
+    pub forge_user: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -343,9 +353,20 @@ pub struct ServeArgs {
     #[arg(long)]
     pub anonymous_read: bool,
     /// The console's address as people reach it (`https://meshploy.example.com`): pull
-    /// requests' commit statuses link to their page there.
+    /// requests' commit statuses link to their page there, and its host is one the API and
+    /// console answer to.
     #[arg(long, value_name = "URL")]
     pub public_url: Option<String>,
+    /// Another host name the API and console answer to (repeat, or comma-separate). Without
+    /// it they answer only `localhost`, IP addresses and --public-url's host, so that no
+    /// other site's page can reach them through a name it points here (DNS rebinding).
+    #[arg(
+        long,
+        value_name = "NAME",
+        value_delimiter = ',',
+        env = "MESHPLOY_ALLOW_HOSTS"
+    )]
+    pub allow_host: Vec<String>,
     /// How long a sync waits for another apply to finish.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub lock_timeout: Duration,
@@ -515,6 +536,12 @@ pub struct ProxyOptions {
     /// they are dropped, and X-Real-IP is set to the client's address.
     #[arg(long, value_delimiter = ',', env = "MESHPLOY_TRUSTED_PROXIES")]
     pub trusted_proxies: Vec<proxy::Cidr>,
+    /// Networks a route's `upstream` may reach although they are not public (comma-separated,
+    /// like 10.20.0.0/16): without it, an upstream resolving to a loopback, link-local,
+    /// private or unspecified address is refused (502), since everyone who reaches the proxy
+    /// would reach it. The platform's own ports are refused even then.
+    #[arg(long, value_delimiter = ',', env = "MESHPLOY_ALLOW_UPSTREAMS")]
+    pub allow_upstream: Vec<proxy::Cidr>,
     /// Upgrade protocols spliced through to backends (comma-separated). Other upgrades, h2c
     /// among them, are forwarded as plain requests.
     #[arg(long, value_delimiter = ',', default_value = "websocket")]

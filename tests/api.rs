@@ -57,6 +57,7 @@ pub async fn app(db: &Db, anonymous_read: bool) -> axum::Router {
         api_token_sha256: None,
         leading: Arc::new(AtomicBool::new(true)),
         anonymous_read,
+        hosts: api::Hosts::default(),
     })
 }
 
@@ -468,14 +469,34 @@ async fn logs_stream_as_server_sent_events_and_resume_after_the_last_event() {
 #[tokio::test]
 async fn credentials_in_a_source_url_never_reach_an_answer() {
     let seeded = seeded(1);
+    let built = |git: &str| {
+        format!(
+            "apiVersion: meshploy.dev/v1\nkind: Service\nmetadata:\n  name: built\n  project: shop\nspec:\n  source:\n    git: {git}\n"
+        )
+    };
+    // A manifest with credentials in its URL is refused without quoting them...
     seeded.dir.write(
         "built.yaml",
-        "apiVersion: meshploy.dev/v1\nkind: Service\nmetadata:\n  name: built\n  project: shop\nspec:\n  source:\n    git: https://bot:tok3n-secret@example.com/a.git\n",
+        built("https://bot:tok3n-secret@example.com/a.git"),
     );
+    let refused = seeded
+        .db
+        .meshploy(&seeded.dir, &["apply", "--auto-approve"]);
+    refused.assert_fails_with("credentials-in-url");
+    assert!(!refused.stderr.contains("tok3n"), "{}", refused.stderr);
+    // ...but a service stored before they were refused may still hold them.
+    seeded
+        .dir
+        .write("built.yaml", built("https://example.com/a.git"));
     let applied = seeded
         .db
         .meshploy(&seeded.dir, &["apply", "--auto-approve"]);
     assert_eq!(applied.code, 0, "{}", applied.stderr);
+    seeded.db.psql(
+        "UPDATE services SET source_git = 'https://bot:tok3n-secret@example.com/a.git', \
+         fields = jsonb_set(fields, '{source.git}', '\"https://bot:tok3n-secret@example.com/a.git\"') \
+         WHERE name = 'built'",
+    );
     let app = app(&seeded.db, false).await;
     let token = Some(seeded.read.as_str());
     let (_, _, list) = call(&app, "GET", "/api/v1/services", token, &[], "").await;

@@ -36,7 +36,25 @@ pub struct Forge {
     pub gitea: bool,
     /// Pull requests closed on the forge (every other one is open).
     pub closed: std::collections::BTreeSet<u64>,
+    /// Who wrote each comment, by id; comments made through the API are the token's user's.
+    pub authors: BTreeMap<u64, String>,
+    /// Comments nobody may edit any more (GitHub answers 403), by id.
+    pub locked: std::collections::BTreeSet<u64>,
+    /// The bare repository whose `refs/pull/N/head` is each pull request's head, as a forge
+    /// keeps it.
+    pub repository: Option<std::path::PathBuf>,
+    /// Pull requests' authors and their association with the repository (GitHub's
+    /// `author_association`); anyone not listed is `alice`, a `MEMBER`.
+    pub pull_authors: BTreeMap<u64, (String, String)>,
+    /// Pull requests' labels.
+    pub labels: BTreeMap<u64, Vec<String>>,
+    /// Pull requests whose head is in another repository (a fork: its name, or `None` when
+    /// the fork was deleted).
+    pub forks: BTreeMap<u64, Option<String>>,
 }
+
+/// The login of the user the fake forge's token belongs to.
+pub const BOT: &str = "meshploy-bot";
 
 /// A status as set: (context, state, description, target URL).
 #[derive(Debug)]
@@ -69,6 +87,14 @@ impl FakeForge {
             )
             .route("/repos/{owner}/{name}/statuses/{sha}", post(set_status))
             .route("/repos/{owner}/{name}/pulls/{number}", get(pull_state))
+            .route(
+                "/repos/{owner}/{name}/collaborators/{user}/permission",
+                get(permission),
+            )
+            .route(
+                "/user",
+                get(|| async { Json(json!({"login": BOT, "id": 1})) }),
+            )
             .layer(axum::middleware::from_fn_with_state(state.clone(), record))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -87,22 +113,32 @@ impl FakeForge {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Someone else's comment on `pr`.
-    pub fn add_comment(&self, pr: &str, body: &str) {
-        self.forge().add(pr, body);
+    /// Someone else's comment on `pr`; returns its id.
+    pub fn add_comment(&self, pr: &str, body: &str) -> u64 {
+        self.forge().add(pr, body, "someone")
+    }
+
+    /// Pull requests' heads are read from `repository`'s `refs/pull/N/head`.
+    pub fn keep_heads_of(&self, repository: std::path::PathBuf) {
+        self.forge().repository = Some(repository);
     }
 }
 
 impl Forge {
-    /// A new comment on `pr`; returns its id.
-    fn add(&mut self, pr: &str, body: &str) -> u64 {
+    /// A new comment on `pr` by `author`; returns its id.
+    fn add(&mut self, pr: &str, body: &str, author: &str) -> u64 {
         self.next_id += 1;
         let id = self.next_id;
         self.comments
             .entry(pr.to_owned())
             .or_default()
             .push((id, body.to_owned()));
+        self.authors.insert(id, author.to_owned());
         id
+    }
+
+    fn author(&self, id: u64) -> &str {
+        self.authors.get(&id).map_or("someone", String::as_str)
     }
 }
 
@@ -163,7 +199,9 @@ async fn list_comments(
         .get(&key)
         .map(|c| {
             c.iter()
-                .map(|(id, body)| json!({"id": id, "body": body}))
+                .map(|(id, body)| {
+                    json!({"id": id, "body": body, "user": {"login": forge.author(*id)}})
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -212,11 +250,16 @@ async fn create_comment(
     let Some(body) = body_of(&request) else {
         return unprocessable(TOO_LONG);
     };
-    let id = state
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .add(&format!("{owner}/{name}#{number}"), &body);
-    (StatusCode::CREATED, Json(json!({"id": id, "body": body}))).into_response()
+    let id = state.lock().unwrap_or_else(|e| e.into_inner()).add(
+        &format!("{owner}/{name}#{number}"),
+        &body,
+        BOT,
+    );
+    (
+        StatusCode::CREATED,
+        Json(json!({"id": id, "body": body, "user": {"login": BOT}})),
+    )
+        .into_response()
 }
 
 async fn edit_comment(
@@ -228,6 +271,15 @@ async fn edit_comment(
         return unprocessable(TOO_LONG);
     };
     let mut forge = state.lock().unwrap_or_else(|e| e.into_inner());
+    // As GitHub: only the author edits a comment (the token is an ordinary user's), and not
+    // one that is locked.
+    if forge.author(id) != BOT || forge.locked.contains(&id) {
+        return (
+            StatusCode::FORBIDDEN,
+            Json(json!({"message": "Resource not accessible by integration"})),
+        )
+            .into_response();
+    }
     let prefix = format!("{owner}/{name}#");
     let found = forge
         .comments
@@ -244,17 +296,87 @@ async fn edit_comment(
     }
 }
 
+/// A pull request as the forge has it: its state, its head (from the repository's
+/// `refs/pull/N/head`), where the head lives, its author and labels.
 async fn pull_state(
     State(state): State<Shared>,
-    Path((_owner, _name, number)): Path<(String, String, u64)>,
+    Path((owner, name, number)): Path<(String, String, u64)>,
 ) -> Response {
-    let closed = state
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .closed
-        .contains(&number);
-    let state = if closed { "closed" } else { "open" };
-    Json(json!({"number": number, "state": state})).into_response()
+    let forge = state.lock().unwrap_or_else(|e| e.into_inner());
+    let head = forge.repository.as_ref().and_then(|repository| {
+        let output = std::process::Command::new("git")
+            .arg("--git-dir")
+            .arg(repository)
+            .args([
+                "rev-parse",
+                "--verify",
+                "-q",
+                &format!("refs/pull/{number}/head"),
+            ])
+            .output()
+            .ok()?;
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    });
+    let Some(head) = head else {
+        return (StatusCode::NOT_FOUND, Json(json!({"message": "Not Found"}))).into_response();
+    };
+    let open = if forge.closed.contains(&number) {
+        "closed"
+    } else {
+        "open"
+    };
+    let base = format!("{owner}/{name}");
+    let head_repo = match forge.forks.get(&number) {
+        Some(fork) => fork.clone(),
+        None => Some(base),
+    };
+    let (login, association) = forge
+        .pull_authors
+        .get(&number)
+        .cloned()
+        .unwrap_or_else(|| ("alice".into(), "MEMBER".into()));
+    let labels: Vec<Value> = forge
+        .labels
+        .get(&number)
+        .into_iter()
+        .flatten()
+        .map(|l| json!({"name": l}))
+        .collect();
+    let mut pull = json!({
+        "number": number,
+        "state": open,
+        "head": {"sha": head, "repo": head_repo.map(|r| json!({"full_name": r}))},
+        "base": {"ref": "main"},
+        "user": {"login": login},
+        "labels": labels,
+    });
+    // Gitea has no `author_association`: it is asked for the author's permission instead.
+    if !forge.gitea {
+        pull["author_association"] = association.into();
+    }
+    Json(pull).into_response()
+}
+
+/// Gitea's permission of a user on the repository, from the association the fake keeps.
+async fn permission(
+    State(state): State<Shared>,
+    Path((_owner, _name, user)): Path<(String, String, String)>,
+) -> Response {
+    let forge = state.lock().unwrap_or_else(|e| e.into_inner());
+    let association = forge
+        .pull_authors
+        .values()
+        .find(|(login, _)| *login == user)
+        .map_or("MEMBER", |(_, a)| a.as_str());
+    let permission = match association {
+        "OWNER" => "owner",
+        "MEMBER" | "COLLABORATOR" => "write",
+        _ => "read",
+    };
+    Json(json!({"permission": permission, "user": {"login": user}})).into_response()
 }
 
 async fn set_status(
@@ -312,7 +434,9 @@ fn ours(forge: &Forge) -> Vec<(u64, String)> {
         .get("acme/deploy#7")
         .map(|c| {
             c.iter()
-                .filter(|(_, b)| b.starts_with("<!-- meshploy:plan source=shop "))
+                .filter(|(id, b)| {
+                    b.starts_with("<!-- meshploy:plan source=shop ") && forge.author(*id) == BOT
+                })
                 .cloned()
                 .collect()
         })
@@ -690,6 +814,7 @@ async fn the_server_reviews_pull_requests_from_signed_webhooks_of_github_and_git
     repo.write("deploy/project.yaml", PROJECT);
     repo.write("deploy/web.yaml", &service("web", 1));
     repo.push("the shop");
+    forge.keep_heads_of(repo.bare());
     // A pull request's head, kept by the forge as refs/pull/N/head of the base repository.
     let pull_head = |text: &str, number: u64| {
         repo.write("deploy/web.yaml", text);
@@ -805,6 +930,7 @@ async fn the_server_reviews_pull_requests_from_signed_webhooks_of_github_and_git
 
     // A fork whose repository was deleted (`head.repo` is null): planned and commented.
     let fork = pull_head(&service("web", 2), 8);
+    forge.forge().forks.insert(8, None);
     let body = pull_event(&url, "opened", 8, &fork, None);
     let signed = signature(&body);
     let (code, _) = github("pr-4", &signed, &body);
@@ -887,6 +1013,22 @@ fn a_bad_forge_configuration_is_refused_at_start_naming_the_file_and_source() {
         (
             "    previews:\n      enabled: true\n",
             "source `shop`: previews need a `forge` to learn of pull requests",
+        ),
+        (
+            "      kind: github\n      tokenFile: token.txt\n    previews:\n      enabled: true\n      trustedAuthors: [OWNER, member]\n",
+            "source `shop`: previews.trustedAuthors: `member` is not an author association",
+        ),
+        (
+            "      kind: github\n      tokenFile: token.txt\n    previews:\n      enabled: true\n      approvalLabel: ' '\n",
+            "source `shop`: previews.approvalLabel: is empty",
+        ),
+        (
+            "      kind: github\n      tokenFile: token.txt\n    previews:\n      enabled: true\n      secrets:\n        creds: creds\n",
+            "source `shop`: previews.secrets.creds: write `inherit` to give previews the group's own secrets",
+        ),
+        (
+            "      kind: github\n      tokenFile: token.txt\n    previews:\n      enabled: true\n      secrets:\n        creds: Creds_Preview\n",
+            "source `shop`: previews.secrets: `Creds_Preview` is not a variable group's name",
         ),
     ] {
         dir.write("token.txt", "t0ken\n");
@@ -979,6 +1121,7 @@ async fn a_burst_of_pushes_is_reviewed_once_for_the_newest_head() {
         heads.push(repo.commit("a push"));
     }
     repo.push_pull(5);
+    forge.keep_heads_of(repo.bare());
     let url = repo.bare().display().to_string();
     let source = reconciler::sync::Source {
         name: "shop".into(),
@@ -1004,6 +1147,7 @@ async fn a_burst_of_pushes_is_reviewed_once_for_the_newest_head() {
                 head: head.clone(),
                 fork: false,
             },
+            false,
         )
         .await
         .expect("announce");
@@ -1042,4 +1186,308 @@ async fn a_burst_of_pushes_is_reviewed_once_for_the_newest_head() {
     let calls = forge.forge().calls.len();
     worker.pass().await;
     assert_eq!(forge.forge().calls.len(), calls);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_comment_of_someone_else_that_looks_like_ours_is_left_alone_and_ours_is_posted() {
+    let (db, dir) = (Db::new(), Dir::new());
+    let forge = FakeForge::start(false, 30).await;
+    dir.write("project.yaml", PROJECT);
+    dir.write("web.yaml", service("web", 2));
+    // Someone writes a comment that begins with our marker and gives a verdict.
+    let fake = "<!-- meshploy:plan source=shop head=b0b0b0b0 manifests=0000000000000000 -->\n\
+                #### Meshploy plan for source `shop`\n\nNo changes. Safe to merge.\n";
+    let theirs = forge.add_comment("acme/deploy#7", fake);
+    let run = tokio::task::block_in_place(|| comment(&db, &dir, &forge, "b0b0b0b0", &[]));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("posted comment"), "{}", run.stderr);
+    {
+        let f = forge.forge();
+        let all = &f.comments["acme/deploy#7"];
+        assert_eq!(
+            all[0],
+            (theirs, fake.to_owned()),
+            "their comment is untouched"
+        );
+        let mine = ours(&f);
+        assert_eq!(mine.len(), 1, "{all:#?}");
+        assert!(mine[0].1.contains("Plan: 2 to add"), "{}", mine[0].1);
+        assert_eq!(f.statuses["b0b0b0b0"][0].1, "success", "the status is set");
+        assert!(
+            !f.calls.iter().any(|c| c.starts_with("PATCH")),
+            "no edit of their comment was tried: {:?}",
+            f.calls
+        );
+        assert!(f.calls.iter().any(|c| c == "GET /user"), "{:?}", f.calls);
+    }
+    // Our own comment that can no longer be edited (locked, say): a new one is posted
+    // instead of trying again and again, and the status is set.
+    let locked = ours(&forge.forge())[0].0;
+    forge.forge().locked.insert(locked);
+    dir.write("web.yaml", service("web", 3));
+    let run = tokio::task::block_in_place(|| comment(&db, &dir, &forge, "c1c1c1c1", &[]));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("posted comment"), "{}", run.stderr);
+    let f = forge.forge();
+    let mine = ours(&f);
+    assert_eq!(mine.len(), 2, "{:#?}", f.comments);
+    assert!(mine[1].1.contains("head=c1c1c1c1 "), "{}", mine[1].1);
+    assert_eq!(f.statuses["c1c1c1c1"][0].1, "success");
+}
+
+/// `meshploy serve` of the shop (`deploy/` of a bare repository) whose pull requests get
+/// previews (applied, not run: `--runtime none`), with the fake forge keeping their heads.
+struct Reviewed {
+    db: Db,
+    forge: FakeForge,
+    repo: crate::util::Remote,
+    url: String,
+    port: u16,
+    _serve: crate::fixtures::Process,
+    _dir: Dir,
+}
+
+impl Reviewed {
+    async fn start(previews: &str) -> Reviewed {
+        let (db, dir) = (Db::new(), Dir::new());
+        let forge = FakeForge::start(false, 30).await;
+        let repo = crate::util::Remote::new();
+        repo.write("deploy/project.yaml", PROJECT);
+        repo.write("deploy/web.yaml", &service("web", 1));
+        repo.push("the shop");
+        forge.keep_heads_of(repo.bare());
+        let url = format!("file://{}", repo.bare().display());
+        let more = format!("    previews:\n      enabled: true\n{previews}");
+        let mut command = serve_command(&db, &dir, &url, &forge, &more, &[]);
+        let (serve, addresses) =
+            crate::fixtures::Process::announced(&mut command, "meshploy serve: API and console on");
+        let applied = crate::util::wait_for(std::time::Duration::from_secs(30), || {
+            (db.psql("SELECT count(*) FROM services") == "1").then_some(())
+        });
+        assert!(applied.is_some(), "the main branch was applied");
+        Reviewed {
+            db,
+            forge,
+            repo,
+            url,
+            port: addresses[0].port(),
+            _serve: serve,
+            _dir: dir,
+        }
+    }
+
+    /// Pushes pull request `number`'s head, in which `web` has `replicas`; returns it.
+    fn head(&self, number: u64, replicas: u32) -> String {
+        self.repo
+            .write("deploy/web.yaml", &service("web", replicas));
+        let commit = self.repo.commit(&format!("{replicas} replicas"));
+        self.repo.push_pull(number);
+        commit
+    }
+
+    /// Sends `body`, signed, as delivery `delivery`: the answer's status and body.
+    fn send(&self, delivery: &str, body: &[u8]) -> (u16, String) {
+        let signed = crate::serve::signature(body);
+        tokio::task::block_in_place(|| github_pull_request(self.port, delivery, &signed, body))
+    }
+
+    /// The replicas of `web` in pull request `number`'s preview (empty: there is none).
+    fn preview(&self, number: u64) -> String {
+        self.db.psql(&format!(
+            "SELECT coalesce(max(fields->>'replicas'), '') FROM services WHERE project = 'shop-pr-{number}'"
+        ))
+    }
+
+    /// Waits up to a minute for `sql` to answer `expected`.
+    fn wait_until(&self, sql: &str, expected: &str) {
+        let reached = tokio::task::block_in_place(|| {
+            crate::util::wait_for(std::time::Duration::from_secs(60), || {
+                (self.db.psql(sql) == expected).then_some(())
+            })
+        });
+        assert!(
+            reached.is_some(),
+            "`{sql}` never answered `{expected}`; last: `{}`",
+            self.db.psql(sql)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_or_forged_pull_request_event_moves_nothing_back_and_closes_nothing() {
+    let shop = Reviewed::start("").await;
+    let comment_of = |head: &str| {
+        tokio::task::block_in_place(|| comment_saying(&shop.forge, 7, head, "#### Preview"))
+    };
+    // Opened at `first`: planned, and its preview made.
+    let first = shop.head(7, 2);
+    let opened = pull_event(&shop.url, "opened", 7, &first, Some("acme/deploy"));
+    assert_eq!(shop.send("d-1", &opened).0, 202);
+    comment_of(&first);
+    shop.wait_until(
+        "SELECT count(*) FROM projects WHERE name = 'shop-pr-7'",
+        "1",
+    );
+    assert_eq!(shop.preview(7), "2");
+    // Closed, then reopened with a fix pushed: the preview runs the fix.
+    shop.forge.forge().closed.insert(7);
+    let closed = pull_event(&shop.url, "closed", 7, &first, Some("acme/deploy"));
+    assert_eq!(shop.send("d-2", &closed).0, 202);
+    shop.wait_until(
+        "SELECT count(*) FROM projects WHERE name = 'shop-pr-7'",
+        "0",
+    );
+    shop.forge.forge().closed.remove(&7);
+    let fixed = shop.head(7, 3);
+    let pushed = pull_event(&shop.url, "synchronize", 7, &fixed, Some("acme/deploy"));
+    assert_eq!(shop.send("d-3", &pushed).0, 202);
+    comment_of(&fixed);
+    shop.wait_until(
+        "SELECT coalesce(max(fields->>'replicas'), '') FROM services WHERE project = 'shop-pr-7'",
+        "3",
+    );
+
+    // The `opened` body replayed under a new delivery id (which the signature does not
+    // cover) is recognised by its signed body.
+    let (code, answer) = shop.send("d-4", &opened);
+    assert_eq!(code, 200, "{answer}");
+    assert!(answer.contains("already processed"), "{answer}");
+    // A signed event the server never saw, claiming the old head: a trigger only. The forge
+    // says the head is `fixed`, so nothing goes back.
+    let mut claimed: Value = serde_json::from_slice(&opened).expect("json");
+    claimed["sender"] = json!({"login": "mallory"});
+    let claimed = claimed.to_string().into_bytes();
+    assert_eq!(shop.send("d-5", &claimed).0, 202);
+    shop.wait_until(
+        "SELECT head || ' ' || coalesce(reviewed, '') FROM pull_requests WHERE number = 7",
+        &format!("{fixed} {fixed}"),
+    );
+    {
+        let f = shop.forge.forge();
+        assert_eq!(
+            f.statuses[&first].len(),
+            1,
+            "no second status for the old head"
+        );
+        let mine: Vec<&(u64, String)> = f.comments["acme/deploy#7"].iter().collect();
+        assert_eq!(mine.len(), 1, "{mine:#?}");
+        assert!(
+            mine[0].1.contains(&format!("head={fixed} ")),
+            "{}",
+            mine[0].1
+        );
+    }
+    assert_eq!(shop.preview(7), "3", "the preview still runs the fix");
+
+    // The `closed` body replayed: recognised. A close the forge does not confirm: ignored.
+    let (code, answer) = shop.send("d-6", &closed);
+    assert_eq!(code, 200, "{answer}");
+    assert!(answer.contains("already processed"), "{answer}");
+    let mut claimed: Value = serde_json::from_slice(&closed).expect("json");
+    claimed["sender"] = json!({"login": "mallory"});
+    assert_eq!(shop.send("d-7", claimed.to_string().as_bytes()).0, 202);
+    shop.wait_until("SELECT state FROM pull_requests WHERE number = 7", "open");
+    assert_eq!(shop.preview(7), "3", "the preview was not destroyed");
+    // A close the forge confirms destroys it.
+    shop.forge.forge().closed.insert(7);
+    claimed["sender"] = json!({"login": "alice"});
+    assert_eq!(shop.send("d-8", claimed.to_string().as_bytes()).0, 202);
+    shop.wait_until(
+        "SELECT count(*) FROM projects WHERE name = 'shop-pr-7'",
+        "0",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_authors_pull_request_is_planned_but_not_built_until_a_maintainer_approves() {
+    let shop = Reviewed::start("").await;
+    shop.forge
+        .forge()
+        .pull_authors
+        .insert(9, ("mallory".into(), "CONTRIBUTOR".into()));
+    let head = shop.head(9, 4);
+    let opened = pull_event(&shop.url, "opened", 9, &head, Some("acme/deploy"));
+    assert_eq!(shop.send("u-1", &opened).0, 202);
+    let text = tokio::task::block_in_place(|| comment_saying(&shop.forge, 9, &head, ""));
+    assert!(text.contains("replicas = 1 -> 4"), "planned: {text}");
+    assert!(
+        text.contains("No preview: its author `mallory` (CONTRIBUTOR) is not trusted to have code built and run here"),
+        "{text}"
+    );
+    assert!(
+        text.contains("adding the label `preview-approved`"),
+        "the comment says how to approve: {text}"
+    );
+    assert_eq!(
+        shop.preview(9),
+        "",
+        "nothing of the head was applied to run"
+    );
+    // A maintainer labels it: the preview is made.
+    shop.forge
+        .forge()
+        .labels
+        .insert(9, vec!["preview-approved".into()]);
+    let labeled = pull_event(&shop.url, "labeled", 9, &head, Some("acme/deploy"));
+    assert_eq!(shop.send("u-2", &labeled).0, 202);
+    tokio::task::block_in_place(|| {
+        comment_saying(&shop.forge, 9, &head, "This pull request's preview runs")
+    });
+    assert_eq!(shop.preview(9), "4");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_requests_head_state_and_author_come_from_the_forge_on_github_and_gitea() {
+    use forge::Forge;
+    let repo = crate::util::Remote::new();
+    repo.write("deploy/project.yaml", PROJECT);
+    repo.push("the shop");
+    let head = repo.commit("a change");
+    repo.push_pull(3);
+    for gitea in [false, true] {
+        let fake = FakeForge::start(gitea, 30).await;
+        fake.keep_heads_of(repo.bare());
+        let kind = if gitea {
+            forge::Kind::Gitea
+        } else {
+            forge::Kind::GitHub
+        };
+        let client = forge::Client::new(kind, &fake.base(), TOKEN).expect("a client");
+        let pr: forge::PullRef = "acme/deploy#3".parse().expect("a pull request");
+        for (login, association, trusted) in [
+            ("olivia", "OWNER", true),
+            ("mia", "MEMBER", true),
+            ("carl", "COLLABORATOR", true),
+            ("mallory", "CONTRIBUTOR", false),
+            ("nobody", "NONE", false),
+        ] {
+            fake.forge()
+                .pull_authors
+                .insert(3, (login.into(), association.into()));
+            let pull = client.pull(&pr).await.expect("the pull request");
+            assert_eq!(pull.head, head, "gitea {gitea}");
+            assert!(pull.open);
+            assert!(!pull.fork);
+            assert_eq!(pull.author, login);
+            let trust = forge::Trust::default();
+            assert_eq!(
+                trust.trusts(&pull),
+                trusted,
+                "gitea {gitea}: {login} {association}"
+            );
+        }
+        fake.forge()
+            .labels
+            .insert(3, vec![forge::Trust::default().label]);
+        let pull = client.pull(&pr).await.expect("the pull request");
+        assert!(
+            forge::Trust::default().trusts(&pull),
+            "a maintainer's label approves"
+        );
+        fake.forge().closed.insert(3);
+        fake.forge().forks.insert(3, Some("mallory/deploy".into()));
+        let pull = client.pull(&pr).await.expect("the pull request");
+        assert!(!pull.open && pull.fork);
+        assert_eq!(client.me().await.expect("the token's user"), BOT);
+    }
 }

@@ -507,10 +507,23 @@ fn an_edited_saved_plan_is_refused_rather_than_applying_what_it_does_not_show() 
     dir.write("a.yaml", service("a", 2));
     assert_eq!(db.meshploy(&dir, &["plan", "--out", "a.plan"]).code, 0);
     let saved = std::fs::read_to_string(dir.path().join("a.plan")).expect("plan file");
+    // Each edited file is refused as one that `plan --out` did not save. Whoever can write
+    // to the database could record its digest; then the checks behind that one refuse it.
+    let forge = |name: &str, text: &str| {
+        dir.write(name, text);
+        db.meshploy(&dir, &["apply", name])
+            .assert_fails_with(&format!(
+                "{name} is not a plan `meshploy plan --out` saved against this database"
+            ));
+        let digest = crate::util::sha256_hex(text.as_bytes());
+        db.psql(&format!(
+            "INSERT INTO saved_plans (sha256, source) VALUES (decode('{digest}', 'hex'), 'x')"
+        ));
+    };
     // The attack: what the file writes is edited, what it shows is not.
     let evil = saved.replace("registry.example.com/a:1", "evil.example.com/miner:6");
     assert_ne!(evil, saved, "the file holds what it writes");
-    dir.write("evil.plan", &evil);
+    forge("evil.plan", &evil);
     db.meshploy(&dir, &["apply", "evil.plan"])
         .assert_fails_with(
             "the saved plan does not match the manifests saved with it (was the file edited?)",
@@ -521,13 +534,13 @@ fn an_edited_saved_plan_is_refused_rather_than_applying_what_it_does_not_show() 
         "\"after\":{\"type\":\"int\",\"value\":3}",
     );
     assert_ne!(shown, saved);
-    dir.write("shown.plan", &shown);
+    forge("shown.plan", &shown);
     db.meshploy(&dir, &["apply", "shown.plan"])
         .assert_fails_with("It differs for:\n  - service/shop/a");
     // Manifests edited to break the rules are refused by the rules.
     let invalid = saved.replace("replicas: 2", "replicas: 5000");
     assert_ne!(invalid, saved);
-    dir.write("invalid.plan", &invalid);
+    forge("invalid.plan", &invalid);
     db.meshploy(&dir, &["apply", "invalid.plan"])
         .assert_fails_with("the manifests saved in invalid.plan do not validate");
     assert_eq!(
@@ -541,5 +554,51 @@ fn an_edited_saved_plan_is_refused_rather_than_applying_what_it_does_not_show() 
     assert_eq!(
         db.psql("SELECT image || ' ' || replicas FROM services WHERE name = 'a'"),
         "registry.example.com/a:1 2"
+    );
+}
+
+#[test]
+fn a_saved_plan_edited_consistently_is_refused_as_not_the_one_that_was_made() {
+    let (db, dir) = (Db::new(), shop());
+    assert_eq!(db.meshploy(&dir, &["apply", "--auto-approve"]).code, 0);
+    dir.write("a.yaml", service("a", 2));
+    let plan = db.meshploy(&dir, &["plan", "--out", "a.plan"]);
+    assert_eq!(plan.code, 0, "{}", plan.stderr);
+    let saved = std::fs::read_to_string(dir.path().join("a.plan")).expect("plan file");
+    // The attack: the manifests it carries and the plan it shows, edited together, so that
+    // the plan made again from the manifests is the plan shown.
+    let (written, shown) = ("replicas: 2", "\"after\":{\"type\":\"int\",\"value\":2}");
+    assert!(saved.contains(written) && saved.contains(shown), "{saved}");
+    let edited = saved
+        .replace(written, "replicas: 7")
+        .replace(shown, "\"after\":{\"type\":\"int\",\"value\":7}");
+    dir.write("edited.plan", &edited);
+    let refused = db.meshploy(&dir, &["apply", "edited.plan"]);
+    refused.assert_fails_with(
+        "edited.plan is not a plan `meshploy plan --out` saved against this database",
+    );
+    assert!(
+        refused.stderr.contains("changed since"),
+        "{}",
+        refused.stderr
+    );
+    // A plan made against another database is refused the same way.
+    Db::new()
+        .meshploy(&dir, &["apply", "a.plan"])
+        .assert_fails_with(
+            "a.plan is not a plan `meshploy plan --out` saved against this database",
+        );
+    assert_eq!(
+        db.psql("SELECT replicas FROM services WHERE name = 'a'"),
+        "1",
+        "nothing of the edited plan was applied"
+    );
+    assert_eq!(db.psql("SELECT count(*) FROM revisions"), "1");
+    // The file as it was saved applies.
+    let apply = db.meshploy(&dir, &["apply", "a.plan"]);
+    assert_eq!(apply.code, 0, "{}", apply.stderr);
+    assert_eq!(
+        db.psql("SELECT replicas FROM services WHERE name = 'a'"),
+        "2"
     );
 }

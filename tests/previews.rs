@@ -56,6 +56,11 @@ impl Shop {
 
     /// The shop's manifests, its service answering `message`.
     fn write(&self, message: &str) {
+        self.write_running(message, "python3 server.py");
+    }
+
+    /// The shop's manifests, its service running `command` and answering `message`.
+    fn write_running(&self, message: &str, command: &str) {
         self.repo.write(
             "deploy/shop.yaml",
             &manifests(
@@ -63,14 +68,20 @@ impl Shop {
                 "true",
                 &format!("  env:\n    MESSAGE: {message}\n  variableGroups: [creds]\n"),
             )
-            .replace("replicas: 2", "replicas: 1"),
+            .replace("replicas: 2", "replicas: 1")
+            .replace("command: python3 server.py", &format!("command: {command}")),
         );
     }
 
     /// Pull request `number`'s head on top of main, kept as `refs/pull/N/head` of the base
     /// repository as forges do: its service answers `message` and its code says `pull-N`.
     fn pull(&self, number: u64, message: &str) -> String {
-        self.write(message);
+        self.pull_running(number, message, "python3 server.py")
+    }
+
+    /// [`Shop::pull`], with the service running `command`.
+    fn pull_running(&self, number: u64, message: &str, command: &str) -> String {
+        self.write_running(message, command);
         self.repo
             .write("app/built.txt", &format!("pull-{number} {message}\n"));
         let head = self.repo.commit(&format!("pull request {number}"));
@@ -82,6 +93,7 @@ impl Shop {
     /// `meshploy serve` on this repository with previews configured by `previews`, and
     /// `args` added.
     fn serve(&self, db: &Db, dir: &Dir, forge: &FakeForge, previews: &str, args: &[&str]) -> Up {
+        forge.keep_heads_of(self.repo.bare());
         let previews = format!("    previews:\n{previews}");
         let mut command = serve_command(db, dir, &self.url(), forge, &previews, args);
         command.env("MESHPLOY_SECRET_KEYS", &self.keys);
@@ -171,7 +183,8 @@ async fn a_preview_is_built_from_the_pull_request_served_and_destroyed_leaving_l
 {
     let (db, dir, shop) = (Db::new(), Dir::new(), Shop::new());
     let forge = FakeForge::start(false, 30).await;
-    let previews = "      enabled: true\n      host: pr-{number}.{host}\n      maxActive: 1\n      scheme: http\n";
+    // Previews inherit the production secrets of `creds`, by choice.
+    let previews = "      enabled: true\n      host: pr-{number}.{host}\n      maxActive: 1\n      scheme: http\n      secrets:\n        creds: inherit\n";
     let serve = shop.serve(&db, &dir, &forge, previews, &RUNTIME);
     let (_proxy, proxy) = proxy(&db, &dir);
     tokio::task::block_in_place(|| {
@@ -189,7 +202,8 @@ async fn a_preview_is_built_from_the_pull_request_served_and_destroyed_leaving_l
         );
         served(proxy, "pr-7.web.test", "/", "preview");
         served(proxy, "pr-7.web.test", "/built", "pull-7 preview");
-        // The secret was sealed for `shop` in git and still reaches the copy's process.
+        // The secret was sealed for `shop` in git and still reaches the copy's process, since
+        // the source lets previews inherit it.
         let digest = crate::util::sha256_hex(SECRET_VALUE.as_bytes());
         served(proxy, "pr-7.web.test", "/secret", &digest);
         // The live service still runs main's code.
@@ -212,7 +226,9 @@ async fn a_preview_is_built_from_the_pull_request_served_and_destroyed_leaving_l
             "0"
         );
 
-        // Closed: everything of the preview goes, and the live projects are as they were.
+        // Closed (on the forge, which the server asks before it believes the event):
+        // everything of the preview goes, and the live projects are as they were.
+        forge.forge().closed.insert(7);
         shop.event(&serve, "p-3", "closed", 7, &head);
         let gone = wait_for(Duration::from_secs(60), || {
             (state_list(&db, &dir) == before).then_some(())
@@ -324,6 +340,7 @@ async fn a_preview_expires_after_its_ttl_until_the_next_push_and_forks_get_none(
         // is one whose fork was deleted (`head.repo` is null).
         for (number, from) in [(4, Some("mallory/deploy")), (5, None)] {
             let fork = shop.pull(number, "from-a-fork");
+            forge.forge().forks.insert(number, from.map(str::to_owned));
             let delivery = format!("t-fork-{number}");
             shop.event_from(&serve, &delivery, ("opened", number, &fork), from);
             let text = comment_saying(&forge, number, &fork, "No preview:");
@@ -337,5 +354,113 @@ async fn a_preview_expires_after_its_ttl_until_the_next_push_and_forks_get_none(
             db.psql("SELECT count(*) FROM projects WHERE name IN ('shop-pr-4', 'shop-pr-5')"),
             "0"
         );
+    });
+}
+
+/// What a pull request's service runs to print the secret `TOKEN` base64-encoded before it
+/// serves: what anyone who can push a branch would try.
+const LEAK: &str = "echo leak=$(printf %s \"$TOKEN\" | base64) && exec python3 server.py";
+
+/// The captured lines of the newest deployment of `project`'s service, as the API gives
+/// them to any reader (`--anonymous-read`), once they hold `expected`.
+fn deployment_log(db: &Db, serve: &Up, project: &str, expected: &str) -> String {
+    let port = serve.address().port();
+    let read = || {
+        let id = db.psql(&format!(
+            "SELECT coalesce(max(id), 0) FROM deployments WHERE project = '{project}'"
+        ));
+        let path = format!("/api/v1/deployments/{id}/logs");
+        let (code, body) = crate::util::http(port, "GET", &path, &[], b"");
+        (code == 200 && body.contains(expected)).then_some(body)
+    };
+    wait_for(Duration::from_secs(60), read)
+        .unwrap_or_else(|| panic!("the log of {project} never held `{expected}`"))
+}
+
+fn base64(bytes: &[u8]) -> String {
+    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_request_cannot_read_production_secrets_through_its_preview() {
+    let (db, dir, shop) = (Db::new(), Dir::new(), Shop::new());
+    let forge = FakeForge::start(false, 30).await;
+    let previews = "      enabled: true\n      scheme: http\n";
+    let mut args = RUNTIME.to_vec();
+    args.push("--anonymous-read");
+    let serve = shop.serve(&db, &dir, &forge, previews, &args);
+    let (_proxy, proxy) = proxy(&db, &dir);
+    tokio::task::block_in_place(|| {
+        let production = crate::util::sha256_hex(SECRET_VALUE.as_bytes());
+        served(proxy, "web.test", "/secret", &production);
+        // Someone who can push a branch has the preview print the secret, encoded.
+        let head = shop.pull_running(7, "leak", LEAK);
+        shop.event(&serve, "l-1", "opened", 7, &head);
+        comment_saying(&forge, 7, &head, "- <http://pr-7.web.test/>");
+        served(proxy, "pr-7.web.test", "/", "leak");
+        let log = deployment_log(&db, &serve, "shop-pr-7", "leak=");
+        let encoded = base64(SECRET_VALUE.as_bytes());
+        assert!(
+            !log.contains(&encoded[..16]) && !log.contains(SECRET_VALUE),
+            "the production secret reached the preview's log: {log}"
+        );
+        // The preview's process has no production secret at all.
+        served(
+            proxy,
+            "pr-7.web.test",
+            "/secret",
+            &crate::util::sha256_hex(b""),
+        );
+        served(proxy, "web.test", "/secret", &production);
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preview_gets_the_preview_only_secrets_its_source_names_and_none_of_their_encodings_reach_its_log()
+ {
+    const PREVIEW_VALUE: &str = "tok_only_for_previews_93";
+    let (db, dir, mut shop) = (Db::new(), Dir::new(), Shop::new());
+    let place = [
+        "--project",
+        "shop",
+        "--group",
+        "creds-preview",
+        "--name",
+        "TOKEN",
+    ];
+    let sealed = encrypt(&shop.keys, &place, PREVIEW_VALUE.as_bytes());
+    assert_eq!(sealed.code, 0, "{}", sealed.stderr);
+    shop.repo.write(
+        "deploy/creds-preview.yaml",
+        &format!(
+            "apiVersion: meshploy.dev/v1\nkind: VariableGroup\nmetadata:\n  name: creds-preview\n  project: shop\nspec:\n  secrets:\n    TOKEN: {}\n",
+            sealed.stdout.trim()
+        ),
+    );
+    shop.main = shop.repo.push("a group for previews");
+    let forge = FakeForge::start(false, 30).await;
+    let previews =
+        "      enabled: true\n      scheme: http\n      secrets:\n        creds: creds-preview\n";
+    let mut args = RUNTIME.to_vec();
+    args.push("--anonymous-read");
+    let serve = shop.serve(&db, &dir, &forge, previews, &args);
+    let (_proxy, proxy) = proxy(&db, &dir);
+    tokio::task::block_in_place(|| {
+        let head = shop.pull_running(7, "preview-only", LEAK);
+        shop.event(&serve, "o-1", "opened", 7, &head);
+        comment_saying(&forge, 7, &head, "- <http://pr-7.web.test/>");
+        let preview_only = crate::util::sha256_hex(PREVIEW_VALUE.as_bytes());
+        served(proxy, "pr-7.web.test", "/secret", &preview_only);
+        // The value it printed, base64-encoded, is redacted like the value itself.
+        let log = deployment_log(&db, &serve, "shop-pr-7", "leak=");
+        assert!(log.contains("leak=(redacted)"), "{log}");
+        let encoded = base64(PREVIEW_VALUE.as_bytes());
+        assert!(
+            !log.contains(&encoded[..16]) && !log.contains(PREVIEW_VALUE),
+            "{log}"
+        );
+        // Production keeps its own.
+        let production = crate::util::sha256_hex(SECRET_VALUE.as_bytes());
+        served(proxy, "web.test", "/secret", &production);
     });
 }

@@ -34,6 +34,8 @@ impl Proxy {
                 .arg("proxy")
                 .arg("--listen=127.0.0.1:0")
                 .arg("--admin-listen=127.0.0.1:0")
+                // The tests' upstreams are servers on loopback, as an operator allows them.
+                .arg("--allow-upstream=127.0.0.0/8")
                 .args(extra)
                 .env("DATABASE_URL", database_url)
                 .env("RUST_LOG", "warn")

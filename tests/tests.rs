@@ -2,6 +2,7 @@
 
 mod api;
 mod browser;
+mod clients;
 mod console;
 mod embedded_db;
 // Shared with the benchmarks; the tests use only the repository writer.

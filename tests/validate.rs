@@ -410,3 +410,57 @@ fn plain_text_pasted_under_secrets_is_never_echoed_by_any_error() {
         );
     }
 }
+
+#[test]
+fn credentials_in_a_services_git_url_are_refused_without_being_echoed() {
+    const TOKEN: &str = "ghp_k33pth1s0utofg1t";
+    for (url, part) in [
+        (
+            format!("https://bot:{TOKEN}@github.com/acme/shop.git"),
+            "user information",
+        ),
+        (
+            format!("https://{TOKEN}@github.com/acme/shop.git"),
+            "user information",
+        ),
+        (
+            format!("ssh://git:{TOKEN}@github.com/acme/shop.git"),
+            "user information",
+        ),
+        (
+            format!("https://github.com/acme/shop.git?access_token={TOKEN}"),
+            "query",
+        ),
+    ] {
+        let spec =
+            format!("  source:\n    git: {url}\n  build:\n    strategy: none\n  command: ./run\n");
+        let stderr = rejects(
+            &[("web.yaml", &service("web", &spec))],
+            &[("web.yaml:8:10", "credentials-in-url", part)],
+        );
+        assert!(
+            !stderr.contains(TOKEN),
+            "{url}: the token was echoed:\n{stderr}"
+        );
+        assert!(
+            stderr.contains("credential helper"),
+            "{url}: the diagnostic points at the supported way:\n{stderr}"
+        );
+    }
+    // A user name alone is how ssh and scp-like URLs name their login, not a credential.
+    let dir = Dir::new();
+    dir.write("project.yaml", PROJECT);
+    for (i, url) in [
+        "git@github.com:acme/shop.git",
+        "ssh://git@github.com/acme/shop.git",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let spec =
+            format!("  source:\n    git: {url}\n  build:\n    strategy: none\n  command: ./run\n");
+        dir.write(&format!("web{i}.yaml"), service(&format!("web{i}"), &spec));
+    }
+    let run = dir.meshploy(&["validate"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+}

@@ -41,7 +41,9 @@ pub async fn authenticate(
         path = %request.uri().path(),
         "API request"
     );
+    let credential = presented.map_or(tokens::Credential::None, tokens::Credential::token);
     request.extensions_mut().insert(caller);
+    request.extensions_mut().insert(credential);
     Ok(next.run(request).await)
 }
 

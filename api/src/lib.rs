@@ -9,8 +9,10 @@
 mod auth;
 mod console;
 pub mod openapi;
+mod origins;
 pub(crate) mod read;
 mod server;
+mod streams;
 pub mod tokens;
 mod webhook;
 
@@ -27,6 +29,7 @@ use reconciler::sync::Source;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
+pub use origins::Hosts;
 pub use server::{Limits, serve};
 pub use webhook::MAX_BODY_BYTES;
 
@@ -44,6 +47,8 @@ pub struct AppState {
     pub leading: Arc<AtomicBool>,
     /// Whether requests without a token may read (`--anonymous-read`).
     pub anonymous_read: bool,
+    /// The host names the API and console answer to.
+    pub hosts: Hosts,
 }
 
 impl AppState {
@@ -79,9 +84,18 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             auth::authenticate,
         ));
+    // What a browser can reach is answered only under our host names, and posted to only
+    // from our own pages.
+    let browsed = Router::new()
+        .route("/api/v1/openapi.json", get(openapi_json))
+        .merge(authenticated)
+        .merge(console::routes(state.clone()))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            origins::guard,
+        ));
     Router::new()
         .route("/healthz", get(healthz))
-        .route("/api/v1/openapi.json", get(openapi_json))
         .route("/readyz", get(readyz))
         .route(
             "/api/v1/webhooks/github",
@@ -91,8 +105,7 @@ pub fn app(state: AppState) -> Router {
             "/api/v1/webhooks/gitea",
             post(webhook::github).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
         )
-        .merge(authenticated)
-        .merge(console::routes(state.clone()))
+        .merge(browsed)
         .fallback(not_found)
         .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
@@ -217,7 +230,8 @@ pub struct ErrorBody {
 
 #[derive(Debug, serde::Serialize, schemars::JsonSchema)]
 pub struct ErrorDetail {
-    /// `bad_request`, `unauthorized`, `forbidden`, `not_found` or `unavailable`.
+    /// `bad_request`, `unauthorized`, `forbidden`, `not_found`, `misdirected`,
+    /// `too_many_requests` or `unavailable`.
     code: &'static str,
     message: String,
 }
@@ -234,8 +248,14 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
+    /// A host name this server does not answer to.
+    #[error("{0}")]
+    Misdirected(String),
     #[error("the database is unavailable")]
     Unavailable(String),
+    /// Past a limit on what one client holds at once (log streams); the connection closes.
+    #[error("{0}")]
+    TooMany(String),
 }
 
 impl ApiError {
@@ -246,7 +266,9 @@ impl ApiError {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Misdirected(_) => (StatusCode::MISDIRECTED_REQUEST, "misdirected"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
         }
     }
 
@@ -267,6 +289,14 @@ impl IntoResponse for ApiError {
                 message: self.to_string(),
             },
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let ApiError::TooMany(_) = self {
+            // The connection is given back at once rather than kept alive for another try.
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+        response
     }
 }

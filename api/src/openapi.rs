@@ -343,12 +343,27 @@ pub fn document() -> Value {
             Some(_) => &[
                 ("400", "A bad parameter or body."),
                 ("401", "No token, or not a valid one."),
-                ("403", "The token's scope is too small."),
+                (
+                    "403",
+                    "The token's scope is too small, or a browser posted from another site.",
+                ),
                 ("404", "No such object."),
+                (
+                    "421",
+                    "A host name this server does not answer to (see --allow-host).",
+                ),
                 ("503", "The database is unavailable."),
             ],
         };
-        for (status, description) in failures {
+        let streams: &[(&str, &str)] = if operation.path.ends_with("/logs") {
+            &[(
+                "429",
+                "Too many log streams are open, in all or for this token.",
+            )]
+        } else {
+            &[]
+        };
+        for (status, description) in failures.iter().chain(streams) {
             responses.insert(
                 (*status).into(),
                 json!({ "description": description,

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
+use crate::streams::Watcher;
 use crate::tokens::Caller;
 use crate::{ApiError, AppState, auth};
 
@@ -639,26 +640,30 @@ pub async fn build(
 /// after `Last-Event-ID`.
 pub async fn deployment_logs(
     state: State<AppState>,
+    watcher: Watcher,
     Path(text): Path<String>,
     query: ListQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let selection = builder::logs::Selection::Deployment(id(&text, "deployment")?);
-    logs(state, selection, query, headers).await
+    logs(state, watcher, selection, query, headers).await
 }
 
 pub async fn build_logs(
     state: State<AppState>,
+    watcher: Watcher,
     Path(text): Path<String>,
     query: ListQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let selection = builder::logs::Selection::Build(id(&text, "build")?);
-    logs(state, selection, query, headers).await
+    logs(state, watcher, selection, query, headers).await
 }
 
+/// A log's lines as a page, or followed as server-sent events (see [`crate::streams`]).
 pub(crate) async fn logs(
     State(state): State<AppState>,
+    watcher: Watcher,
     selection: builder::logs::Selection,
     query: ListQuery,
     headers: HeaderMap,
@@ -684,31 +689,7 @@ pub(crate) async fn logs(
             .map_err(unavailable)?;
         return Ok(Json(page(lines, limit, |l| l.seq.to_string())).into_response());
     }
-    let pool = state.pool.clone();
-    let events = futures_util::stream::unfold(
-        (pool, selection, after, Vec::new().into_iter()),
-        |(pool, selection, mut after, mut pending)| async move {
-            loop {
-                if let Some(line) = pending.next() {
-                    let line: builder::logs::LogLine = line;
-                    after = line.seq;
-                    let event = axum::response::sse::Event::default()
-                        .id(line.seq.to_string())
-                        .json_data(&line)
-                        .unwrap_or_default();
-                    return Some((
-                        Ok::<_, std::convert::Infallible>(event),
-                        (pool, selection, after, pending),
-                    ));
-                }
-                match builder::logs::read(&pool, &selection, after, 500, false).await {
-                    Ok(lines) if !lines.is_empty() => pending = lines.into_iter(),
-                    Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(250)).await,
-                    Err(_) => return None,
-                }
-            }
-        },
-    );
+    let events = crate::streams::follow(&state, watcher, selection, after)?;
     Ok(axum::response::sse::Sse::new(events)
         .keep_alive(axum::response::sse::KeepAlive::default())
         .into_response())

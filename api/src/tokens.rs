@@ -19,6 +19,50 @@ pub struct Caller {
     pub scope: TokenScope,
 }
 
+/// What a caller proved who they are with, kept with the request so that a long one (a log
+/// stream) can check it again: a token or a console session, by digest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Credential {
+    /// Nothing (anonymous reads): nothing to revoke.
+    None,
+    /// A bearer token: a stored one, or the server's `--api-token`.
+    Token([u8; 32]),
+    /// A console session's cookie.
+    Session([u8; 32]),
+}
+
+impl Credential {
+    pub fn token(presented: &str) -> Credential {
+        Credential::Token(digest(presented))
+    }
+
+    pub fn session(cookie: &str) -> Credential {
+        Credential::Session(digest(cookie))
+    }
+}
+
+/// Whether a stored token or a session still holds: the token not revoked; the session
+/// not ended or expired, and its token not revoked.
+pub async fn still_valid(pool: &PgPool, credential: &Credential) -> Result<bool, TokenError> {
+    let (sql, digest) = match credential {
+        Credential::None => return Ok(true),
+        Credential::Token(digest) => (
+            "SELECT EXISTS (SELECT 1 FROM api_tokens WHERE sha256 = $1)",
+            digest,
+        ),
+        Credential::Session(digest) => (
+            "SELECT EXISTS (SELECT 1 FROM console_sessions s JOIN api_tokens t ON t.name = s.token \
+             WHERE s.sha256 = $1 AND s.expires_at > now())",
+            digest,
+        ),
+    };
+    sqlx::query_scalar(sql)
+        .bind(&digest[..])
+        .fetch_one(pool)
+        .await
+        .map_err(db("checking a token again"))
+}
+
 /// A stored token, without its digest.
 #[derive(Clone, Debug, sqlx::FromRow, serde::Serialize)]
 pub struct Token {

@@ -2,8 +2,9 @@
 //! Gitea and Forgejo.
 //!
 //! The signature (`X-Hub-Signature-256`, HMAC-SHA256 of the raw body under the configured
-//! secret) is checked in constant time before anything else is read. A delivery id seen
-//! before is a replay and does nothing. Only a push to a tracked repository and branch asks
+//! secret) is checked in constant time before anything else is read. A delivery whose id or
+//! signed body was seen before is a replay and does nothing (the id is not signed, so a
+//! replayed body may come with a new one). Only a push to a tracked repository and branch asks
 //! for a sync; anything else is acknowledged with 2xx and no effect, as GitHub expects.
 
 use axum::Json;
@@ -15,7 +16,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use reconciler::names::Trigger;
 use serde::Deserialize;
 use serde_json::json;
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::{ApiError, AppState};
@@ -68,15 +69,19 @@ pub async fn github(
         "push" | "pull_request" => {}
         other => return Ok(ok(json!({ "ignored": format!("event `{other}`") }))),
     }
+    let seen = Seen {
+        delivery,
+        body_sha256: Sha256::digest(&body).into(),
+    };
     if event == "pull_request" {
         let pull: PullEvent = serde_json::from_slice(&body).map_err(|e| {
             ApiError::BadRequest(format!("the pull_request event cannot be read: {e}"))
         })?;
-        return pull_request(&state, delivery, pull).await;
+        return pull_request(&state, &seen, pull).await;
     }
     let push: Push = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("the push event cannot be read: {e}")))?;
-    if !fresh(&state, delivery).await? {
+    if !fresh(&state, &seen).await? {
         return Ok(ok(json!({ "ignored": "delivery already processed" })));
     }
     let matched = tracked(&state, &push.repository, &push.r#ref);
@@ -98,9 +103,16 @@ pub async fn github(
         .into_response())
 }
 
-/// Whether `delivery` is new (and now remembered); a seen one is a replay.
-async fn fresh(state: &AppState, delivery: &str) -> Result<bool, ApiError> {
-    reconciler::store::remember_delivery(&state.pool, delivery)
+/// A delivery as it is remembered: its id and the digest of its signed body.
+struct Seen<'a> {
+    delivery: &'a str,
+    body_sha256: [u8; 32],
+}
+
+/// Whether the delivery is new (and now remembered); one whose id or body was seen is a
+/// replay.
+async fn fresh(state: &AppState, seen: &Seen<'_>) -> Result<bool, ApiError> {
+    reconciler::store::remember_delivery(&state.pool, seen.delivery, &seen.body_sha256)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))
 }
@@ -117,17 +129,24 @@ fn tracked<'a>(state: &'a AppState, repository: &Repository, reference: &str) ->
         .collect()
 }
 
-/// A pull request opened, pushed to, reopened or closed against a tracked branch: recorded
-/// for the leader's reviewer (which plans its head and comments), or marked closed.
+/// A pull request opened, pushed to, reopened, labelled or closed against a tracked branch:
+/// recorded for the leader's reviewer (which reads the pull request from the forge, plans its
+/// head and comments), or marked closed (which the reviewer confirms with the forge before
+/// destroying its preview).
 async fn pull_request(
     state: &AppState,
-    delivery: &str,
+    seen: &Seen<'_>,
     event: PullEvent,
 ) -> Result<Response, ApiError> {
-    let open = match event.action.as_str() {
+    // Whether the event says the pull request is open, and whether its head must be reviewed
+    // again even if it was (its labels, which may approve it, changed; or it was reopened).
+    // This is a claim only: the reviewer reads the pull request from the forge before acting.
+    let (open, again) = match event.action.as_str() {
         // GitHub says `synchronize`, Gitea and Forgejo `synchronized`.
-        "opened" | "reopened" | "synchronize" | "synchronized" => true,
-        "closed" => false,
+        "opened" | "synchronize" | "synchronized" => (true, false),
+        // Gitea and Forgejo say `label_updated` and `label_cleared`.
+        "reopened" | "labeled" | "unlabeled" | "label_updated" | "label_cleared" => (true, true),
+        "closed" => (false, false),
         other => {
             return Ok(ok(
                 json!({ "ignored": format!("pull request action `{other}`") }),
@@ -140,7 +159,7 @@ async fn pull_request(
             event.number
         )));
     }
-    if !fresh(state, delivery).await? {
+    if !fresh(state, seen).await? {
         return Ok(ok(json!({ "ignored": "delivery already processed" })));
     }
     let pull = &event.pull_request;
@@ -168,6 +187,7 @@ async fn pull_request(
                     head: pull.head.sha.clone(),
                     fork,
                 },
+                again,
             )
             .await
         } else {
@@ -176,7 +196,7 @@ async fn pull_request(
         recorded.map_err(|e| ApiError::Unavailable(e.to_string()))?;
     }
     tracing::info!(
-        delivery,
+        delivery = seen.delivery,
         sources = ?matched,
         number = event.number,
         action = %event.action,

@@ -1,6 +1,10 @@
-//! The forge's REST API, as much of it as plan comments and statuses need, behind one small
-//! trait: GitHub (and GitHub Enterprise, by its API base) and Gitea/Forgejo. The token is
-//! sent as a header and appears in no error, log line or debug output.
+//! The forge's REST API, as much of it as plan comments, statuses and previews need, behind
+//! one small trait: GitHub (and GitHub Enterprise, by its API base) and Gitea/Forgejo. The
+//! token is sent as a header and appears in no error, log line or debug output.
+//!
+//! The forge is the truth about a pull request: its head, state, author and labels are read
+//! here ([`Forge::pull`]), never taken from a webhook, and the user the token belongs to
+//! ([`Forge::me`]) is the only author whose comments Meshploy takes for its own.
 
 use std::fmt;
 use std::future::Future;
@@ -51,6 +55,43 @@ pub struct Comment {
     pub id: u64,
     #[serde(default)]
     pub body: String,
+    /// Who wrote it (absent for a deleted account).
+    #[serde(default)]
+    pub user: Option<User>,
+}
+
+impl Comment {
+    /// Whether `login` wrote it (logins compare without case, as forges treat them).
+    pub fn by(&self, login: &str) -> bool {
+        self.user
+            .as_ref()
+            .is_some_and(|u| u.login.eq_ignore_ascii_case(login))
+    }
+}
+
+/// A forge's user, as its login.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct User {
+    pub login: String,
+}
+
+/// A pull request as the forge has it now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PullRequest {
+    /// The head commit.
+    pub head: String,
+    /// Neither closed nor merged.
+    pub open: bool,
+    /// The head is in another repository than the base (or in one that was deleted).
+    pub fork: bool,
+    /// The author's login.
+    pub author: String,
+    /// The author's association with the base repository, in GitHub's terms (`OWNER`,
+    /// `MEMBER`, `COLLABORATOR`, `CONTRIBUTOR`, `NONE`, ...). Gitea has none: its
+    /// equivalent comes from the author's permission on the repository (owner: `OWNER`,
+    /// admin or write: `COLLABORATOR`, anything less: `NONE`).
+    pub association: String,
+    pub labels: Vec<String>,
 }
 
 /// A commit status's state.
@@ -133,14 +174,43 @@ pub trait Forge: Send + Sync {
         commit: &str,
         status: &Status,
     ) -> impl Future<Output = Result<(), ForgeError>> + Send;
-    /// Whether the pull request is open (not closed or merged).
-    fn is_open(&self, pr: &PullRef) -> impl Future<Output = Result<bool, ForgeError>> + Send;
+    /// The pull request as the forge has it now.
+    fn pull(&self, pr: &PullRef) -> impl Future<Output = Result<PullRequest, ForgeError>> + Send;
+    /// The login of the user the token belongs to: only that user's comments are ours.
+    fn me(&self) -> impl Future<Output = Result<String, ForgeError>> + Send;
 }
 
-/// The part of a pull request that [`Forge::is_open`] reads.
+/// The parts of a pull request that [`Forge::pull`] reads (GitHub's, which Gitea follows).
 #[derive(Deserialize)]
-struct PullState {
+struct RawPull {
     state: String,
+    head: RawHead,
+    user: Option<User>,
+    author_association: Option<String>,
+    #[serde(default)]
+    labels: Vec<RawLabel>,
+}
+
+#[derive(Deserialize)]
+struct RawHead {
+    sha: String,
+    repo: Option<RawRepository>,
+}
+
+#[derive(Deserialize)]
+struct RawRepository {
+    full_name: String,
+}
+
+#[derive(Deserialize)]
+struct RawLabel {
+    name: String,
+}
+
+/// A user's permission on a Gitea repository.
+#[derive(Deserialize)]
+struct Permission {
+    permission: String,
 }
 
 /// Which API a forge speaks.
@@ -162,6 +232,8 @@ pub struct Client {
     base: String,
     token: String,
     http: reqwest::Client,
+    /// The token's user: configured, or learnt from the forge on first use.
+    user: std::sync::Arc<tokio::sync::OnceCell<String>>,
 }
 
 impl fmt::Debug for Client {
@@ -169,6 +241,7 @@ impl fmt::Debug for Client {
         f.debug_struct("Client")
             .field("kind", &self.kind)
             .field("base", &self.base)
+            .field("user", &self.user.get())
             .field("token", &"(hidden)")
             .finish()
     }
@@ -194,7 +267,23 @@ impl Client {
             base: base.trim_end_matches('/').to_owned(),
             token: token.trim().to_owned(),
             http,
+            user: std::sync::Arc::default(),
         })
+    }
+
+    /// The client of a token whose user is `login`, if given: for tokens that may not ask the
+    /// forge who they are (GitHub Actions' `GITHUB_TOKEN` and GitHub Apps' tokens are refused
+    /// `GET /user`; their comments are written by `github-actions[bot]` or `APP[bot]`).
+    pub fn with_user(self, login: Option<&str>) -> Client {
+        let Some(login) = login else {
+            return self;
+        };
+        let user = tokio::sync::OnceCell::new();
+        let _ = user.set(login.to_owned());
+        Client {
+            user: std::sync::Arc::new(user),
+            ..self
+        }
     }
 
     fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
@@ -343,14 +432,92 @@ impl Forge for Client {
         Ok(())
     }
 
-    async fn is_open(&self, pr: &PullRef) -> Result<bool, ForgeError> {
-        let what = format!("reading the state of {pr}");
+    async fn pull(&self, pr: &PullRef) -> Result<PullRequest, ForgeError> {
+        let what = format!("reading {pr}");
         let url = format!("{}/repos/{}/pulls/{}", self.base, pr.repo, pr.number);
         let response = self
             .send(&what, self.request(reqwest::Method::GET, &url))
             .await?;
-        let pull: PullState = Client::json(&what, response).await?;
-        Ok(pull.state == "open")
+        let raw: RawPull = Client::json(&what, response).await?;
+        let author = raw.user.map(|u| u.login).unwrap_or_default();
+        let association = match raw.author_association {
+            Some(association) => association,
+            None => self.association(pr, &author).await?,
+        };
+        Ok(PullRequest {
+            head: raw.head.sha,
+            open: raw.state == "open",
+            fork: raw
+                .head
+                .repo
+                .is_none_or(|r| !r.full_name.eq_ignore_ascii_case(&pr.repo)),
+            author,
+            association,
+            labels: raw.labels.into_iter().map(|l| l.name).collect(),
+        })
+    }
+
+    async fn me(&self) -> Result<String, ForgeError> {
+        let what = "learning which user the forge token belongs to";
+        let login = self
+            .user
+            .get_or_try_init(|| async {
+                let url = format!("{}/user", self.base);
+                let response = self
+                    .send(what, self.request(reqwest::Method::GET, &url))
+                    .await
+                    .map_err(|error| match error {
+                        ForgeError::Refused {
+                            what,
+                            status,
+                            message,
+                        } => ForgeError::Refused {
+                            what,
+                            status,
+                            message: format!(
+                                "{message} (name the token's user with `forge.user`, or --forge-user, for example `github-actions[bot]` for GitHub Actions' GITHUB_TOKEN)"
+                            ),
+                        },
+                        other => other,
+                    })?;
+                let user: User = Client::json(what, response).await?;
+                Ok::<_, ForgeError>(user.login)
+            })
+            .await?;
+        Ok(login.clone())
+    }
+}
+
+impl Client {
+    /// Gitea's equivalent of GitHub's author association: the author's permission on the
+    /// repository. Reading another user's permission needs admin rights on it; a token
+    /// without them learns nothing, and the author counts as `NONE`.
+    async fn association(&self, pr: &PullRef, author: &str) -> Result<String, ForgeError> {
+        let what = format!("reading the permission of `{author}` on {}", pr.repo);
+        let url = format!(
+            "{}/repos/{}/collaborators/{author}/permission",
+            self.base, pr.repo
+        );
+        let permission = match self
+            .send(&what, self.request(reqwest::Method::GET, &url))
+            .await
+        {
+            Ok(response) => {
+                Client::json::<Permission>(&what, response)
+                    .await?
+                    .permission
+            }
+            Err(ForgeError::Refused {
+                status: 403 | 404, ..
+            }) => String::new(),
+            Err(error) => return Err(error),
+        };
+        Ok(match permission.as_str() {
+            "owner" => "OWNER",
+            "admin" | "write" => "COLLABORATOR",
+            _ => "NONE",
+        }
+        .to_owned())
     }
 }
 

@@ -129,10 +129,15 @@ pub fn manifests_digest(files: &[ManifestFile]) -> String {
         .collect()
 }
 
-/// This source's comment among a pull request's comments.
-pub fn find<'a>(comments: &'a [Comment], source: &str) -> Option<&'a Comment> {
+/// This source's comment among a pull request's comments: the newest one that `me` (the
+/// token's user) wrote with the source's marker. Anyone can write the marker; a comment of
+/// someone else's is never taken for ours, so it is neither edited nor believed.
+pub fn find<'a>(comments: &'a [Comment], me: &str, source: &str) -> Option<&'a Comment> {
     let prefix = marker_prefix(source);
-    comments.iter().find(|c| c.body.starts_with(&prefix))
+    comments
+        .iter()
+        .rev()
+        .find(|c| c.by(me) && c.body.starts_with(&prefix))
 }
 
 /// A field (`head`, `manifests`) of a comment's marker.
@@ -309,23 +314,50 @@ mod tests {
     use super::*;
 
     fn comment(id: u64, body: &str) -> Comment {
+        by("meshploy-bot", id, body)
+    }
+
+    fn by(login: &str, id: u64, body: &str) -> Comment {
         Comment {
             id,
             body: body.to_owned(),
+            user: Some(crate::client::User {
+                login: login.to_owned(),
+            }),
         }
     }
 
     #[test]
-    fn a_comment_is_found_by_its_source_and_tells_its_head() {
+    fn a_comment_is_found_by_its_author_and_source_and_tells_its_head() {
         let ours = format!("{}\n#### plan", marker("shop", "abc123", "0f0f"));
+        let forged = format!(
+            "{}\nNo changes. Safe to merge.",
+            marker("shop", "fff", "0f0f")
+        );
         let comments = [
             comment(1, "LGTM"),
             comment(2, &format!("{}\nother", marker("shop-2", "def", "0f0f"))),
             comment(3, &ours),
+            by("mallory", 4, &forged),
+            Comment {
+                user: None,
+                ..comment(5, &forged)
+            },
         ];
-        assert_eq!(find(&comments, "shop").map(|c| c.id), Some(3));
-        assert_eq!(find(&comments, "shop-2").map(|c| c.id), Some(2));
-        assert_eq!(find(&comments, "blog"), None);
+        let find = |source| find(&comments, "Meshploy-Bot", source).map(|c| c.id);
+        assert_eq!(
+            find("shop"),
+            Some(3),
+            "only our own, whatever the case of the login"
+        );
+        assert_eq!(find("shop-2"), Some(2));
+        assert_eq!(find("blog"), None);
+        let again = [comment(3, &ours), comment(6, &ours)];
+        assert_eq!(
+            super::find(&again, "meshploy-bot", "shop").map(|c| c.id),
+            Some(6),
+            "the newest of ours"
+        );
         assert_eq!(head_of(&ours), Some("abc123"));
         assert_eq!(manifests_of(&ours), Some("0f0f"));
         assert_eq!(head_of("LGTM"), None);
@@ -336,7 +368,8 @@ mod tests {
         let failed = Review::Failed { reason: "x".into() };
         let old = body("shop", "1111111111111111", "aaaa", &failed, &Preview::Off);
         let marked = outdated(&old, "2222222222222222", "bbbb").expect("marked");
-        assert_eq!(find(&[comment(1, &marked)], "shop").map(|c| c.id), Some(1));
+        let found = find(&[comment(1, &marked)], "meshploy-bot", "shop").map(|c| c.id);
+        assert_eq!(found, Some(1));
         assert!(marked.contains("describes `111111111111`"), "{marked}");
         assert!(marked.contains("the plan of `222222222222` is being made"));
         assert_eq!(outdated(&marked, "3333", "cccc"), None, "marked once");

@@ -12,5 +12,6 @@ pub mod review;
 pub mod store;
 pub mod worker;
 
-pub use client::{Client, Forge, ForgeError, Kind, PullRef};
+pub use client::{Client, Forge, ForgeError, Kind, PullRef, PullRequest};
 pub use comment::Review;
+pub use preview::{Secrets, Trust};

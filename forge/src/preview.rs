@@ -1,7 +1,10 @@
 //! A pull request's preview environment as a value: its manifests copied into projects of
 //! their own (`<project>-pr-<n>`), owned by the source `<source>#pr-<n>`, with every route's
 //! host rewritten by the source's template and every service built from this repository
-//! pinned to the pull request's head. No IO: [`crate::previews`] applies and destroys it.
+//! pinned to the pull request's head. A preview runs the pull request's code, so its
+//! variable groups keep no production secret unless the source names the group for
+//! previews ([`Secrets`]), and it is made only for authors the source trusts ([`Trust`]).
+//! No IO: [`crate::previews`] applies and destroys it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -9,6 +12,8 @@ use std::time::Duration;
 use reconciler::apply::Copies;
 use schema::model::{Spec, Workload};
 use schema::{Address, DesiredState, Kind, Resource};
+
+use crate::client::PullRequest;
 
 /// A source's previews, as `previews:` in the serve configuration sets them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,6 +28,61 @@ pub struct Settings {
     pub allow_forks: bool,
     /// `https` or `http`, for the URLs a comment lists.
     pub scheme: String,
+    /// The variable groups, by name, whose copies in a preview get secrets; every other
+    /// group's copy has none.
+    pub secrets: BTreeMap<String, Secrets>,
+    /// Whose pull requests are built and run.
+    pub trust: Trust,
+}
+
+/// Which secrets a variable group's copy in a preview has.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Secrets {
+    /// The group's own, as production has them: an explicit opt-in, since the pull
+    /// request's code can read them.
+    Inherit,
+    /// None of its own; the services that use it also use this preview-only group of the
+    /// same project, after it (so its values win). The group is declared like any other and
+    /// no production service uses it.
+    From(String),
+}
+
+/// Whose pull requests get a preview, which builds and runs their code: authors whose
+/// association with the repository is listed (GitHub's `author_association`, Gitea's
+/// equivalent), or any pull request carrying the label, which only maintainers can set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Trust {
+    pub associations: Vec<String>,
+    pub label: String,
+}
+
+impl Default for Trust {
+    fn default() -> Trust {
+        Trust {
+            associations: ["OWNER", "MEMBER", "COLLABORATOR"]
+                .map(String::from)
+                .to_vec(),
+            label: "preview-approved".into(),
+        }
+    }
+}
+
+impl Trust {
+    /// Whether `pull` may be built and run: a trusted author, or approved by the label.
+    pub fn trusts(&self, pull: &PullRequest) -> bool {
+        self.associations.contains(&pull.association) || pull.labels.contains(&self.label)
+    }
+
+    /// Why `pull` gets no preview yet, and how a maintainer approves it.
+    pub fn untrusted(&self, pull: &PullRequest) -> String {
+        format!(
+            "its author `{}` ({}) is not trusted to have code built and run here (trusted: {}); a maintainer approves this pull request by adding the label `{}`, and its preview is made",
+            pull.author,
+            pull.association,
+            self.associations.join(", "),
+            self.label
+        )
+    }
 }
 
 /// A host template such as `pr-{number}.{host}`.
@@ -85,9 +145,10 @@ pub struct Preview {
 
 /// Pull request `number` of the repository at `repository`, at commit `head`, as a preview
 /// of `state`: every project renamed, nothing protected (a preview is destroyed whole), each
-/// route's host rewritten, and each service built from `repository` pinned to `head`, so the
-/// preview runs the pull request's code. Refused when a renamed project or a rewritten host
-/// is not valid, or two routes would serve the same host and path.
+/// route's host rewritten, each service built from `repository` pinned to `head`, so the
+/// preview runs the pull request's code, and only the secrets `settings.secrets` names kept.
+/// Refused when a renamed project or a rewritten host is not valid, two routes would serve
+/// the same host and path, or a preview-only group is not declared.
 pub fn rewrite(
     state: &DesiredState,
     settings: &Settings,
@@ -150,8 +211,33 @@ pub fn rewrite(
                     repository.clone_into(&mut source.git);
                     head.clone_into(&mut source.git_ref);
                 }
+                service.variable_groups = with_preview_groups(
+                    &service.variable_groups,
+                    &settings.secrets,
+                    |group| {
+                        let declared = Address::new(Kind::VariableGroup, &address.project, group);
+                        state.resources.contains_key(&declared).then_some(()).ok_or_else(|| {
+                            format!(
+                                "previews.secrets: service `{}/{}` uses group `{group}` in a preview, which project `{}` does not declare",
+                                address.project, address.name, address.project
+                            )
+                        })
+                    },
+                )?;
             }
-            Spec::Project(_) | Spec::VariableGroup(_) => {}
+            Spec::VariableGroup(group) => {
+                let kept = match settings.secrets.get(&address.name) {
+                    Some(Secrets::Inherit) => true,
+                    _ => settings
+                        .secrets
+                        .values()
+                        .any(|s| *s == Secrets::From(address.name.clone())),
+                };
+                if !kept {
+                    group.secrets.clear();
+                }
+            }
+            Spec::Project(_) => {}
         }
         let address = Address::new(address.kind, &renamed, &name);
         preview.state.resources.insert(
@@ -166,6 +252,27 @@ pub fn rewrite(
     }
     preview.urls.sort();
     Ok(preview)
+}
+
+/// A service's groups in a preview: after each group that takes its secrets from a
+/// preview-only group, that group (once), which `declared` checks exists.
+fn with_preview_groups(
+    groups: &[String],
+    secrets: &BTreeMap<String, Secrets>,
+    declared: impl Fn(&str) -> Result<(), String>,
+) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
+    for group in groups {
+        if !out.contains(group) {
+            out.push(group.clone());
+        }
+        if let Some(Secrets::From(preview)) = secrets.get(group) {
+            declared(preview)?;
+            out.retain(|g| g != preview);
+            out.push(preview.clone());
+        }
+    }
+    Ok(out)
 }
 
 /// Whether two spellings of a repository's URL name the same repository (`file://`, a
@@ -191,6 +298,8 @@ mod tests {
             max_active: 5,
             allow_forks: false,
             scheme: "https".into(),
+            secrets: BTreeMap::new(),
+            trust: Trust::default(),
         }
     }
 
@@ -264,6 +373,109 @@ mod tests {
         );
         assert_eq!(preview.urls, ["https://pr-7.shop.example.com/"]);
         assert_eq!(preview.copies["shop-pr-7"], "shop");
+    }
+
+    const GROUPS: &str = "apiVersion: meshploy.dev/v1\nkind: Project\nmetadata:\n  name: shop\n---\n\
+        apiVersion: meshploy.dev/v1\nkind: VariableGroup\nmetadata:\n  name: creds\n  project: shop\nspec:\n  variables:\n    DB_HOST: db.internal\n  secrets:\n    TOKEN: meshploy:v1:k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n---\n\
+        apiVersion: meshploy.dev/v1\nkind: VariableGroup\nmetadata:\n  name: creds-preview\n  project: shop\nspec:\n  secrets:\n    TOKEN: meshploy:v1:k1:BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB\n---\n\
+        apiVersion: meshploy.dev/v1\nkind: VariableGroup\nmetadata:\n  name: metrics\n  project: shop\nspec:\n  secrets:\n    KEY: meshploy:v1:k1:CCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCC\n---\n\
+        apiVersion: meshploy.dev/v1\nkind: Service\nmetadata:\n  name: web\n  project: shop\nspec:\n  image: web:1\n  variableGroups: [creds, metrics]\n";
+
+    /// Each group of the preview of [`GROUPS`] under `secrets`, with its secrets' names;
+    /// and the groups of its service.
+    fn groups(secrets: &[(&str, Secrets)]) -> (Vec<(String, Vec<String>)>, Vec<String>) {
+        let mut settings = settings("pr-{number}.{host}");
+        settings.secrets = secrets
+            .iter()
+            .map(|(name, s)| ((*name).to_owned(), s.clone()))
+            .collect();
+        let preview = rewrite(&load(GROUPS), &settings, 7, "x", "abc").expect("a preview");
+        let mut groups = Vec::new();
+        let mut used = Vec::new();
+        for (address, resource) in &preview.state.resources {
+            match &resource.spec {
+                Spec::VariableGroup(g) => {
+                    groups.push((address.name.clone(), g.secrets.keys().cloned().collect()))
+                }
+                Spec::Service(s) => used.clone_from(&s.variable_groups),
+                _ => {}
+            }
+        }
+        (groups, used)
+    }
+
+    #[test]
+    fn a_preview_keeps_only_the_secrets_named_for_previews() {
+        let none = |name: &str| (name.to_owned(), Vec::<String>::new());
+        let token = |name: &str, key: &str| (name.to_owned(), vec![key.to_owned()]);
+        // By default no group keeps a secret; variables stay.
+        let (kept, used) = groups(&[]);
+        assert_eq!(
+            kept,
+            [none("creds"), none("creds-preview"), none("metrics")]
+        );
+        assert_eq!(used, ["creds", "metrics"]);
+        // A preview-only group stands in for `creds`; `metrics` is inherited by choice.
+        let (kept, used) = groups(&[
+            ("creds", Secrets::From("creds-preview".into())),
+            ("metrics", Secrets::Inherit),
+        ]);
+        assert_eq!(
+            kept,
+            [
+                none("creds"),
+                token("creds-preview", "TOKEN"),
+                token("metrics", "KEY")
+            ]
+        );
+        assert_eq!(used, ["creds", "creds-preview", "metrics"]);
+        let preview = rewrite(
+            &load(GROUPS),
+            &settings("pr-{number}.{host}"),
+            7,
+            "x",
+            "abc",
+        )
+        .expect("a preview");
+        let creds =
+            &preview.state.resources[&Address::new(Kind::VariableGroup, "shop-pr-7", "creds")];
+        let Spec::VariableGroup(creds) = &creds.spec else {
+            panic!("a group")
+        };
+        assert_eq!(creds.variables["DB_HOST"], "db.internal");
+        // A preview-only group the manifests do not declare is refused by name.
+        let mut wrong = settings("pr-{number}.{host}");
+        wrong
+            .secrets
+            .insert("creds".into(), Secrets::From("missing".into()));
+        let error = rewrite(&load(GROUPS), &wrong, 7, "x", "abc").expect_err("undeclared");
+        assert!(
+            error.contains("service `shop/web` uses group `missing` in a preview, which project `shop` does not declare"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn trusted_authors_or_a_maintainers_label_approve_a_pull_request() {
+        let pull = |association: &str, labels: &[&str]| PullRequest {
+            head: "abc".into(),
+            open: true,
+            fork: false,
+            author: "mallory".into(),
+            association: association.into(),
+            labels: labels.iter().map(|l| (*l).to_owned()).collect(),
+        };
+        let trust = Trust::default();
+        for association in ["OWNER", "MEMBER", "COLLABORATOR"] {
+            assert!(trust.trusts(&pull(association, &[])), "{association}");
+        }
+        for association in ["CONTRIBUTOR", "FIRST_TIME_CONTRIBUTOR", "NONE", ""] {
+            assert!(!trust.trusts(&pull(association, &["bug"])), "{association}");
+        }
+        assert!(trust.trusts(&pull("NONE", &["bug", "preview-approved"])));
+        let why = trust.untrusted(&pull("CONTRIBUTOR", &[]));
+        assert!(why.contains("`mallory` (CONTRIBUTOR)"), "{why}");
+        assert!(why.contains("adding the label `preview-approved`"), "{why}");
     }
 
     #[test]

@@ -81,16 +81,22 @@ pub async fn mark_outdated(
     head: &str,
     manifests: &str,
 ) -> Result<bool, ForgeError> {
+    let me = forge.me().await?;
     let comments = forge.comments(pr).await?;
-    let Some(existing) = comment::find(&comments, source) else {
+    let Some(existing) = comment::find(&comments, &me, source) else {
         return Ok(false);
     };
-    match comment::outdated(&existing.body, head, manifests) {
-        Some(body) => {
-            forge.edit_comment(pr, existing.id, &body).await?;
-            Ok(true)
+    let Some(body) = comment::outdated(&existing.body, head, manifests) else {
+        return Ok(false);
+    };
+    // Only a courtesy while the plan is made: a comment that cannot be edited is replaced
+    // when the plan is published.
+    match forge.edit_comment(pr, existing.id, &body).await {
+        Ok(()) => Ok(true),
+        Err(error) => {
+            tracing::warn!(%pr, comment = existing.id, %error, "cannot mark the plan comment outdated");
+            Ok(false)
         }
-        None => Ok(false),
     }
 }
 
@@ -106,13 +112,36 @@ pub struct Said<'a> {
 
 /// Puts what `said` of `source` on `pr`: the comment is created once, then edited in place,
 /// and left alone when it would say the same (the same text, or the same review of the same
-/// manifests at an earlier head); then the commit status of the head is set.
+/// manifests at an earlier head); a comment of ours that cannot be edited is replaced by a new
+/// one. Then the commit status of the head is set, whatever became of the comment, so that
+/// no earlier verdict (or none) stands for this head.
 pub async fn publish(
     forge: &impl Forge,
     pr: &PullRef,
     source: &str,
     said: Said<'_>,
     target_url: Option<String>,
+) -> Result<Published, ForgeError> {
+    let commented = comment_on(forge, pr, source, said).await;
+    let (state, context, description) = comment::status(source, said.review);
+    let status = Status {
+        state,
+        context,
+        description,
+        target_url,
+    };
+    let status_set = forge.set_status(&pr.repo, said.head, &status).await;
+    let published = commented?;
+    status_set?;
+    Ok(published)
+}
+
+/// The comment part of [`publish`].
+async fn comment_on(
+    forge: &impl Forge,
+    pr: &PullRef,
+    source: &str,
+    said: Said<'_>,
 ) -> Result<Published, ForgeError> {
     let Said {
         head,
@@ -121,27 +150,24 @@ pub async fn publish(
         preview,
     } = said;
     let body = comment::body(source, head, manifests, review, preview);
+    let me = forge.me().await?;
     let comments = forge.comments(pr).await?;
-    let published = match comment::find(&comments, source) {
+    Ok(match comment::find(&comments, &me, source) {
         Some(existing)
             if existing.body == body
                 || comment::says_already(&existing.body, source, manifests, review, preview) =>
         {
             Published::Unchanged(existing.id)
         }
-        Some(existing) => {
-            forge.edit_comment(pr, existing.id, &body).await?;
-            Published::Edited(existing.id)
-        }
+        Some(existing) => match forge.edit_comment(pr, existing.id, &body).await {
+            Ok(()) => Published::Edited(existing.id),
+            Err(error) => {
+                // Locked, or its permissions changed: trying again on every pass would
+                // never publish anything.
+                tracing::warn!(%pr, comment = existing.id, %error, "cannot edit the plan comment; posting a new one");
+                Published::Created(forge.create_comment(pr, &body).await?.id)
+            }
+        },
         None => Published::Created(forge.create_comment(pr, &body).await?.id),
-    };
-    let (state, context, description) = comment::status(source, review);
-    let status = Status {
-        state,
-        context,
-        description,
-        target_url,
-    };
-    forge.set_status(&pr.repo, head, &status).await?;
-    Ok(published)
+    })
 }

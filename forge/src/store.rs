@@ -1,11 +1,13 @@
-//! The `pull_requests` rows: what webhooks announced, and what the last review published.
+//! The `pull_requests` rows: what webhooks announced, and what the last review published. A
+//! webhook's word is a claim: the reviewer reads the forge and corrects the row
+//! ([`correct`], [`reopen`], [`close`]) before acting on it.
 
 use sqlx::PgPool;
 
 /// The channel that wakes the leader to review pull requests.
 pub const CHANNEL: &str = "meshploy_pulls";
 
-/// A pull request as a webhook announced it.
+/// A pull request as a webhook announced it (or the forge corrected it).
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct Pull {
     pub source: String,
@@ -16,19 +18,22 @@ pub struct Pull {
 }
 
 /// Records an opened or updated pull request (the newest head wins) and wakes the leader.
-pub async fn announce(pool: &PgPool, pull: &Pull) -> Result<(), sqlx::Error> {
+/// `again` has its head reviewed again even if it was (a label changed, or it was reopened).
+pub async fn announce(pool: &PgPool, pull: &Pull, again: bool) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query(
         "INSERT INTO pull_requests (source, number, repo, head, fork, state) \
          VALUES ($1, $2, $3, $4, $5, 'open') \
          ON CONFLICT (source, number) DO UPDATE SET repo = $3, head = $4, fork = $5, \
-           state = 'open', updated_at = now()",
+           state = 'open', updated_at = now(), \
+           reviewed = CASE WHEN $6 THEN NULL ELSE pull_requests.reviewed END",
     )
     .bind(&pull.source)
     .bind(pull.number)
     .bind(&pull.repo)
     .bind(&pull.head)
     .bind(pull.fork)
+    .bind(again)
     .execute(&mut *tx)
     .await?;
     wake(&mut tx).await?;
@@ -58,6 +63,42 @@ pub async fn close(pool: &PgPool, source: &str, number: i64) -> Result<(), sqlx:
     .await?;
     wake(&mut tx).await?;
     tx.commit().await
+}
+
+/// Sets `pull`'s row to the head and fork the forge gives, unless another announcement
+/// changed it meanwhile. Returns whether that head still needs a review (`None`: the row moved
+/// on, and the next pass reviews what it holds).
+pub async fn correct(
+    pool: &PgPool,
+    pull: &Pull,
+    head: &str,
+    fork: bool,
+) -> Result<Option<bool>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE pull_requests SET head = $4, fork = $5 \
+         WHERE source = $1 AND number = $2 AND head = $3 AND state = 'open' \
+         RETURNING reviewed IS DISTINCT FROM head",
+    )
+    .bind(&pull.source)
+    .bind(pull.number)
+    .bind(&pull.head)
+    .bind(head)
+    .bind(fork)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Marks open again a pull request that a close event said was closed, when the forge says
+/// it is open: the event is ignored.
+pub async fn reopen(pool: &PgPool, source: &str, number: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE pull_requests SET state = 'open' WHERE source = $1 AND number = $2 AND state = 'closed'",
+    )
+    .bind(source)
+    .bind(number)
+    .execute(pool)
+    .await
+    .map(|_| ())
 }
 
 /// Open pull requests whose newest head has not been reviewed, oldest announcement first.

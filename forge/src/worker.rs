@@ -1,14 +1,17 @@
 //! The leader's pull-request reviewer: woken by `NOTIFY meshploy_pulls` (a webhook recorded
 //! a new head) and every few seconds, it reviews each open pull request whose newest head
 //! has no published review yet. A burst of pushes is one row with the newest head, so it is
-//! reviewed once. Only YAML is read from a pull request's head, so forks are reviewed like any
-//! other pull request; only a preview builds and runs a head's code, and forks get none
+//! reviewed once. A webhook is only a trigger: before a review, the forge is asked for the pull
+//! request's head, state and author, and an event that disagrees (a replayed or forged one)
+//! is logged and ignored. Only YAML is read from a pull request's head, so forks are reviewed
+//! like any other pull request; only a preview builds and runs a head's code, and it is made
+//! only for authors the source trusts (or approved by a maintainer's label), never for forks
 //! unless the source allows it.
 //!
-//! Each pass first sweeps the previews: those of closed pull requests and those whose time is
-//! up are destroyed, and about once a minute the forge is asked whether the pull requests of
-//! the running ones are still open, so a missed close event (or one sent while no server
-//! ran) still removes its preview.
+//! Each pass first sweeps the previews: those of pull requests the forge confirms closed and
+//! those whose time is up are destroyed, and about once a minute the forge is asked whether
+//! the pull requests of the running ones are still open, so a missed close event (or one sent
+//! while no server ran) still removes its preview.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -24,7 +27,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 
-use crate::client::{Client, Forge, ForgeError, PullRef, State};
+use crate::client::{Client, Forge, ForgeError, PullRef, PullRequest, State};
 use crate::comment::{self, Preview, Review};
 use crate::preview::Settings;
 use crate::previews::{self, Head, Key, Which};
@@ -117,7 +120,9 @@ impl Worker {
         match previews::list(&self.pool, Which::OfClosed).await {
             Ok(closed) => {
                 for key in closed {
-                    if self.destroy(&key, "its pull request was closed").await {
+                    if self.closed_on_the_forge(&key).await
+                        && self.destroy(&key, "its pull request was closed").await
+                    {
                         let _ = previews::forget(&self.pool, &key).await;
                     }
                 }
@@ -145,14 +150,11 @@ impl Worker {
             if checked.get(&at).is_some_and(|t| t.elapsed() < STATE_CHECK) {
                 continue;
             }
-            let Some(source) = self.sources.iter().find(|s| s.source.name == key.source) else {
+            let Some(source) = self.source(&key.source) else {
                 continue;
             };
-            let pr = PullRef {
-                repo: key.repo.clone(),
-                number: u64::try_from(key.number).unwrap_or_default(),
-            };
-            match source.forge.is_open(&pr).await {
+            let pr = pull_ref(&key.repo, key.number);
+            match source.forge.pull(&pr).await.map(|now| now.open) {
                 Ok(true) => {
                     checked.insert(at, Instant::now());
                 }
@@ -170,6 +172,35 @@ impl Worker {
             }
         }
         Ok(())
+    }
+
+    /// Whether the forge confirms that the pull request of `key` (which a close event marked
+    /// closed) is closed. One it says is open is marked open again: the event was not the
+    /// truth (replayed, or signed by someone holding the secret). A forge that cannot say is
+    /// asked again on the next pass; a source no longer configured has no forge to ask.
+    async fn closed_on_the_forge(&self, key: &Key) -> bool {
+        let Some(source) = self.source(&key.source) else {
+            return true;
+        };
+        let pr = pull_ref(&key.repo, key.number);
+        match source.forge.pull(&pr).await {
+            Ok(now) if now.open => {
+                tracing::warn!(source = key.source, %pr, "a close event that the forge does not confirm is ignored");
+                if let Err(error) = store::reopen(&self.pool, &key.source, key.number).await {
+                    tracing::warn!(%error, %pr, "cannot mark a pull request open again");
+                }
+                false
+            }
+            Ok(_) => true,
+            Err(error) => {
+                tracing::warn!(source = key.source, %pr, %error, "cannot ask whether a pull request is closed");
+                false
+            }
+        }
+    }
+
+    fn source(&self, name: &str) -> Option<&PullSource> {
+        self.sources.iter().find(|s| s.source.name == name)
     }
 
     /// Destroys one preview; returns whether it is gone.
@@ -193,7 +224,7 @@ impl Worker {
 
     async fn review(&self, pull: &Pull) {
         let name = pull.source.as_str();
-        let Some(source) = self.sources.iter().find(|s| s.source.name == name) else {
+        let Some(source) = self.source(name) else {
             let _ = store::failed(
                 &self.pool,
                 pull,
@@ -202,11 +233,20 @@ impl Worker {
             .await;
             return;
         };
-        let pr = PullRef {
-            repo: pull.repo.clone(),
-            number: u64::try_from(pull.number).unwrap_or_default(),
+        let pr = pull_ref(&pull.repo, pull.number);
+        let now = match source.forge.pull(&pr).await {
+            Ok(now) => now,
+            Err(error) => {
+                tracing::warn!(source = name, %pr, %error, "cannot read a pull request from the forge");
+                let _ = store::failed(&self.pool, pull, &error.to_string()).await;
+                return;
+            }
         };
-        match self.publish(source, &pr, pull).await {
+        let Some(pull) = self.agree(pull, &now).await else {
+            return;
+        };
+        let pull = &pull;
+        match self.publish(source, &pr, pull, &now).await {
             Ok((review, manifests, preview)) => {
                 let (state, _, summary) = comment::status(name, &review);
                 let outcome = if state == State::Success {
@@ -229,11 +269,44 @@ impl Worker {
         }
     }
 
+    /// `pull` as the forge has it (`now`), or `None` when there is nothing to review: the
+    /// forge says the pull request is closed (it is marked so), or its head, which the event
+    /// did not name, was reviewed already. An event that disagrees is logged and ignored.
+    async fn agree(&self, pull: &Pull, now: &PullRequest) -> Option<Pull> {
+        let (source, number) = (pull.source.as_str(), pull.number);
+        if !now.open {
+            tracing::warn!(source, number, announced = %pull.head, "the forge says the pull request is closed; the event that announced it open is ignored");
+            if let Err(error) = store::close(&self.pool, source, number).await {
+                tracing::warn!(%error, source, number, "cannot mark a pull request closed");
+            }
+            return None;
+        }
+        if now.head == pull.head && now.fork == pull.fork {
+            return Some(pull.clone());
+        }
+        if now.head != pull.head {
+            tracing::warn!(source, number, announced = %pull.head, head = %now.head, "the event's head is not the forge's; the event is ignored and the forge's head counts");
+        }
+        match store::correct(&self.pool, pull, &now.head, now.fork).await {
+            Ok(Some(true)) => Some(Pull {
+                head: now.head.clone(),
+                fork: now.fork,
+                ..pull.clone()
+            }),
+            Ok(_) => None,
+            Err(error) => {
+                tracing::warn!(%error, source, number, "cannot correct a pull request's head");
+                None
+            }
+        }
+    }
+
     async fn publish(
         &self,
         source: &PullSource,
         pr: &PullRef,
         pull: &Pull,
+        now: &PullRequest,
     ) -> Result<(Review, String, Preview), ForgeError> {
         let name = &source.source.name;
         let files = self.files(&source.source, pull).await;
@@ -256,7 +329,7 @@ impl Worker {
         };
         let preview = match (&source.previews, state) {
             (Some(settings), Some(state)) if matches!(review, Review::Planned { .. }) => {
-                self.preview(source, settings, pull, &state).await
+                self.preview(source, settings, (pull, now), &state).await
             }
             (Some(_), _) => Preview::Missing {
                 reason: "this commit could not be planned (above), so no preview was made of it; a preview made before stays as it was".into(),
@@ -280,18 +353,22 @@ impl Worker {
         Ok((review, manifests, preview))
     }
 
-    /// Makes (or updates) the preview of `pull`'s head, unless the source's policy says no.
+    /// Makes (or updates) the preview of `pull`'s head (`now` on the forge), unless the
+    /// source's policy says no.
     async fn preview(
         &self,
         source: &PullSource,
         settings: &Settings,
-        pull: &Pull,
+        (pull, now): (&Pull, &PullRequest),
         state: &DesiredState,
     ) -> Preview {
         let missing = |reason: String| Preview::Missing { reason };
         let ttl = span(settings.ttl);
         if pull.fork && !settings.allow_forks {
             return missing("pull requests from forks get no preview, since it would build and run their code (`allowForks: true` allows it)".into());
+        }
+        if !settings.trust.trusts(now) {
+            return missing(settings.trust.untrusted(now));
         }
         let name = source.source.name.as_str();
         let existing = match previews::row(&self.pool, name, pull.number).await {
@@ -352,6 +429,13 @@ impl Worker {
         .map_err(|e| e.to_string())?
         .map(|snapshot| snapshot.files)
         .map_err(|e| e.to_string())
+    }
+}
+
+fn pull_ref(repo: &str, number: i64) -> PullRef {
+    PullRef {
+        repo: repo.to_owned(),
+        number: u64::try_from(number).unwrap_or_default(),
     }
 }
 

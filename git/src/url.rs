@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use schema::rules::url_userinfo as userinfo;
+
 /// Where a repository lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Location {
@@ -38,23 +40,6 @@ pub fn redact(url: &str) -> String {
         shown.replace_range(at.., "***");
     }
     shown
-}
-
-/// The `user:password` part of `scheme://user:password@host/...`, if any. A password may hold
-/// an unencoded `/`, so the user information runs to the last `@` before the query, unless
-/// what comes before that `@` is plainly a host and path (`host/a@b`, `host:8080/a@b`).
-fn userinfo(url: &str) -> Option<&str> {
-    let (_, rest) = url.split_once("://")?;
-    let rest = rest.split(['?', '#']).next()?;
-    let (info, _) = rest.rsplit_once('@')?;
-    let Some((first, _)) = info.split_once('/') else {
-        return Some(info);
-    };
-    // `user:secret/more` is user information; `host`, `host:8080` are a path's beginning.
-    let secret_like = first
-        .split_once(':')
-        .is_some_and(|(_, after)| !after.bytes().all(|b| b.is_ascii_digit()));
-    secret_like.then_some(info)
 }
 
 /// Everything from the first `?` or `#` after the scheme, if any.

@@ -100,7 +100,7 @@ YAML
 "$meshploy" apply "$work/manifests" --auto-approve >/dev/null
 # shellcheck disable=SC2086 # MESHPLOY_PROXY_ARGS is a list of arguments.
 "$meshploy" proxy --listen "127.0.0.1:$via_meshploy" --admin-listen "127.0.0.1:$admin" \
-    ${MESHPLOY_PROXY_ARGS:-} 2>"$work/proxy.log" &
+    --allow-upstream 127.0.0.1 ${MESHPLOY_PROXY_ARGS:-} 2>"$work/proxy.log" &
 pids+=($!)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$admin/healthz" >/dev/null && break; sleep 0.1; done
 "$bare_hyper" "127.0.0.1:$via_bare" "127.0.0.1:$upstream" &
@@ -177,7 +177,7 @@ for f in range(100):
 PY
 "$meshploy" apply "$work/manifests" --auto-approve --allow-destroy >/dev/null
 "$meshploy" proxy --listen "127.0.0.1:$via_meshploy" --admin-listen "127.0.0.1:$admin" \
-    2>"$work/proxy-100k.log" &
+    --allow-upstream 127.0.0.1 2>"$work/proxy-100k.log" &
 pid=$!; pids+=($pid)
 for _ in $(seq 600); do curl -sf "http://127.0.0.1:$admin/healthz" >/dev/null && break; sleep 0.1; done
 curl -sf -H "Host: r99999.bench.local" "http://127.0.0.1:$via_meshploy/" >/dev/null

@@ -30,7 +30,7 @@ use arc_swap::ArcSwap;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::net::TcpListener;
 
-pub use config::{Cidr, Config};
+pub use config::{Cidr, Config, UpstreamPolicy};
 pub use error::ProxyError;
 
 use db::Lookups;
@@ -64,6 +64,16 @@ impl Proxy {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
+        // A route back into the proxy (a loop) or to its admin listener is never allowed.
+        let mut config = config;
+        let own = [Some(&listener), admin.as_ref()];
+        for port in own
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l.local_addr().ok())
+        {
+            config.upstreams.reserved_ports.push(port.port());
+        }
         let shared = Arc::new(Shared {
             config,
             table: ArcSwap::default(),

@@ -3,12 +3,17 @@
 //! a request that a closed idle connection could not take goes out on a new connection, and
 //! a body-less request that a service endpoint refused goes to the next endpoint.
 //!
+//! A route's upstream is connected to only at an address its [`UpstreamPolicy`] allows,
+//! checked on the resolved address that is connected to; its idle connections are kept apart
+//! from those of service endpoints (which are on this machine), so neither takes the other's.
+//!
 //! Each worker thread has its own [`Upstreams`], so a connection is only ever driven by the
 //! thread whose requests use it. A connection goes back to the idle list when the response
 //! body it carried has been read to the end; the idle list is last in, first out, so the
 //! connections that stay idle are the ones the upstream closes first when it trims them.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -27,7 +32,7 @@ use hyper::{Method, StatusCode, Version};
 use report::causes;
 
 use crate::body::{Body, BoxError, boxed, empty, plain};
-use crate::config::Config;
+use crate::config::{Config, UpstreamPolicy};
 use crate::shared::Shared;
 use crate::table::Backends;
 
@@ -50,6 +55,8 @@ pub enum Failure {
     Upstream(String),
     #[error("no healthy endpoint")]
     NoEndpoint,
+    #[error("{0}")]
+    NotAllowed(String),
 }
 
 impl Failure {
@@ -66,6 +73,11 @@ impl Failure {
             Failure::Timeout => plain(
                 StatusCode::GATEWAY_TIMEOUT,
                 "gateway timeout: the upstream did not answer in time\n",
+            ),
+            // The address itself goes to the log only.
+            Failure::NotAllowed(_) => plain(
+                StatusCode::BAD_GATEWAY,
+                "bad gateway: the route's upstream address is not allowed (see --allow-upstream)\n",
             ),
             _ => plain(
                 StatusCode::BAD_GATEWAY,
@@ -86,8 +98,19 @@ const IDLE_FOR: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 pub struct Upstreams {
+    /// For service endpoints.
     connector: HttpsConnector<HttpConnector>,
     idle: Arc<IdleConnections>,
+    /// For routes' upstreams.
+    routes: HttpsConnector<Guarded>,
+    routes_idle: Arc<IdleConnections>,
+}
+
+/// What a request goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Via {
+    Endpoint,
+    Route,
 }
 
 /// Idle connections by origin (`scheme://authority`), each with the time it was put back.
@@ -99,21 +122,47 @@ impl Upstreams {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.connect_timeout));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let tls = || {
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_webpki_roots()
+                .https_or_http()
+                .enable_http1()
+        };
+        let guarded = Guarded {
+            policy: Arc::new(config.upstreams.clone()),
+            timeout: config.connect_timeout,
+        };
         Upstreams {
-            connector,
+            connector: tls().wrap_connector(http),
             idle: Arc::default(),
+            routes: tls().wrap_connector(guarded),
+            routes_idle: Arc::default(),
         }
     }
 
-    /// Sends a request to `origin` within the upstream timeout (connecting included), and
-    /// records its latency.
+    fn idle(&self, via: Via) -> &Arc<IdleConnections> {
+        match via {
+            Via::Endpoint => &self.idle,
+            Via::Route => &self.routes_idle,
+        }
+    }
+
+    /// Sends a request to a route's upstream `origin` within the upstream timeout
+    /// (connecting included), and records its latency.
     pub async fn send(
         &self,
+        shared: &Shared,
+        origin: &str,
+        outgoing: Outgoing,
+        body: Body,
+    ) -> Result<Response<Body>, Failure> {
+        self.send_via(Via::Route, shared, origin, outgoing, body)
+            .await
+    }
+
+    async fn send_via(
+        &self,
+        via: Via,
         shared: &Shared,
         origin: &str,
         outgoing: Outgoing,
@@ -125,7 +174,7 @@ impl Upstreams {
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() = outgoing.headers;
         let started = Instant::now();
-        let sent = self.exchange(origin, request);
+        let sent = self.exchange(via, origin, request);
         match tokio::time::timeout(shared.config.upstream_timeout, sent).await {
             Err(_) => Err(Failure::Timeout),
             Ok(Err(failure)) => Err(failure),
@@ -161,7 +210,8 @@ impl Upstreams {
                 (outgoing, None)
             };
             let this_body = std::mem::replace(&mut body, empty());
-            let failure = match self.send(shared, &endpoint.origin, this, this_body).await {
+            let sent = self.send_via(Via::Endpoint, shared, &endpoint.origin, this, this_body);
+            let failure = match sent.await {
                 Ok(response) => return Ok(response),
                 Err(failure) => failure,
             };
@@ -182,30 +232,34 @@ impl Upstreams {
     /// turns out unable to take (the upstream closed it meanwhile) goes out on a new one.
     async fn exchange(
         &self,
+        via: Via,
         origin: &str,
         mut request: Request<Body>,
     ) -> Result<Response<Body>, Failure> {
-        while let Some(mut sender) = self.checkout(origin).await {
+        while let Some(mut sender) = self.checkout(via, origin).await {
             match sender.try_send_request(request).await {
-                Ok(response) => return Ok(self.track(origin, sender, response)),
+                Ok(response) => return Ok(self.track(via, origin, sender, response)),
                 Err(mut error) => match error.take_message() {
                     Some(unsent) => request = unsent,
                     None => return Err(Failure::Upstream(causes(error.error()))),
                 },
             }
         }
-        let mut sender = self.connect(origin).await?;
+        let mut sender = self.connect(via, origin).await?;
         match sender.send_request(request).await {
-            Ok(response) => Ok(self.track(origin, sender, response)),
+            Ok(response) => Ok(self.track(via, origin, sender, response)),
             Err(error) => Err(Failure::Upstream(causes(&error))),
         }
     }
 
     /// The most recently used idle connection to `origin` that is still open and ready.
-    async fn checkout(&self, origin: &str) -> Option<SendRequest<Body>> {
+    async fn checkout(&self, via: Via, origin: &str) -> Option<SendRequest<Body>> {
         loop {
             let mut sender = {
-                let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut idle = self
+                    .idle(via)
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
                 let list = idle.get_mut(origin)?;
                 let (sender, since) = list.pop()?;
                 if since.elapsed() > IDLE_FOR {
@@ -221,16 +275,18 @@ impl Upstreams {
         }
     }
 
-    async fn connect(&self, origin: &str) -> Result<SendRequest<Body>, Failure> {
+    async fn connect(&self, via: Via, origin: &str) -> Result<SendRequest<Body>, Failure> {
         let uri: Uri = origin
             .parse()
             .map_err(|e: hyper::http::uri::InvalidUri| Failure::Connect(e.to_string()))?;
-        let stream = self
-            .connector
-            .clone()
-            .call(uri)
-            .await
-            .map_err(|e| Failure::Connect(causes(&*e)))?;
+        let connected = match via {
+            Via::Endpoint => self.connector.clone().call(uri).await,
+            Via::Route => self.routes.clone().call(uri).await,
+        };
+        let stream = connected.map_err(|e| match e.downcast_ref::<NotAllowed>() {
+            Some(NotAllowed(why)) => Failure::NotAllowed(why.clone()),
+            None => Failure::Connect(causes(&*e)),
+        })?;
         let (sender, connection) = http1::Builder::new()
             .handshake(stream)
             .await
@@ -246,6 +302,7 @@ impl Upstreams {
     /// The response with a body that hands the connection back once it has been read through.
     fn track(
         &self,
+        via: Via,
         origin: &str,
         sender: SendRequest<Body>,
         response: Response<Incoming>,
@@ -258,13 +315,70 @@ impl Upstreams {
             give_back: reusable.then(|| GiveBack {
                 origin: origin.into(),
                 sender,
-                idle: Arc::clone(&self.idle),
+                idle: Arc::clone(self.idle(via)),
             }),
         };
         if tracked.body.is_end_stream() {
             tracked.finished();
         }
         Response::from_parts(parts, boxed(tracked))
+    }
+}
+
+/// Connects a route's upstream: resolves its host and connects to the first resolved
+/// address the policy allows, so the address checked is the address connected to (a name
+/// that resolves differently the next time changes nothing).
+#[derive(Clone, Debug)]
+struct Guarded {
+    policy: Arc<UpstreamPolicy>,
+    timeout: Duration,
+}
+
+/// Every address a route's upstream resolves to is one routes may not reach.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct NotAllowed(String);
+
+impl tower_service::Service<Uri> for Guarded {
+    type Response = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let (policy, timeout) = (Arc::clone(&self.policy), self.timeout);
+        Box::pin(async move {
+            let host = uri.host().ok_or("the upstream has no host")?;
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            let https = uri.scheme() == Some(&hyper::http::uri::Scheme::HTTPS);
+            let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+            let (mut refused, mut failed): (Option<String>, Option<BoxError>) = (None, None);
+            for address in tokio::net::lookup_host((host.as_str(), port)).await? {
+                if let Some(why) = policy.refuses(address) {
+                    refused = Some(why);
+                    continue;
+                }
+                match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = stream.set_nodelay(true);
+                        return Ok(hyper_util::rt::TokioIo::new(stream));
+                    }
+                    Ok(Err(error)) => failed = Some(error.into()),
+                    Err(_) => failed = Some(format!("connecting to {address} timed out").into()),
+                }
+            }
+            Err(match (failed, refused) {
+                (Some(error), _) => error,
+                (None, Some(why)) => Box::new(NotAllowed(why)),
+                (None, None) => format!("`{host}` resolves to no address").into(),
+            })
+        })
     }
 }
 

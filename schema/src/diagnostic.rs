@@ -49,6 +49,8 @@ pub enum Code {
     InvalidEnvName,
     /// A URL that cannot be used.
     InvalidUrl,
+    /// A URL that carries credentials, which a manifest (kept in git) must not hold.
+    CredentialsInUrl,
     /// A value outside its allowed set (an unknown build strategy, an empty command).
     InvalidValue,
     /// Fields that contradict each other (both `image` and `source`, neither, ...).
@@ -87,6 +89,7 @@ impl Code {
             Code::InvalidQuantity => "invalid-quantity",
             Code::InvalidEnvName => "invalid-env-name",
             Code::InvalidUrl => "invalid-url",
+            Code::CredentialsInUrl => "credentials-in-url",
             Code::InvalidValue => "invalid-value",
             Code::Conflict => "conflict",
             Code::DuplicateResource => "duplicate-resource",

@@ -342,6 +342,48 @@ pub fn git_url(url: &str) -> Result<(), Problem> {
     Ok(())
 }
 
+/// The `user:password` part of `scheme://user:password@host/...`, if any. A password may hold
+/// an unencoded `/`, so the user information runs to the last `@` before the query, unless
+/// what comes before that `@` is plainly a host and path (`host/a@b`, `host:8080/a@b`).
+pub fn url_userinfo(url: &str) -> Option<&str> {
+    let (_, rest) = url.split_once("://")?;
+    let rest = rest.split(['?', '#']).next()?;
+    let (info, _) = rest.rsplit_once('@')?;
+    let Some((first, _)) = info.split_once('/') else {
+        return Some(info);
+    };
+    // `user:secret/more` is user information; `host`, `host:8080` are a path's beginning.
+    let secret_like = first
+        .split_once(':')
+        .is_some_and(|(_, after)| !after.bytes().all(|b| b.is_ascii_digit()));
+    secret_like.then_some(info)
+}
+
+/// A git repository location in a manifest holds no credentials: no password in its user
+/// information, no user information at all over http(s) (where a token is often given as
+/// the user name), and no query over http(s). A manifest lives in git, readable by everyone
+/// who can read the repository. The problem's text names the part, never the URL.
+pub fn git_url_credentials(url: &str) -> Result<(), Problem> {
+    let web = url.starts_with("https://") || url.starts_with("http://");
+    let part = match url_userinfo(url) {
+        Some(info) if info.contains(':') || web => "user information",
+        _ if web
+            && url
+                .split_once("://")
+                .is_some_and(|(_, r)| r.contains(['?', '#'])) =>
+        {
+            "query"
+        }
+        _ => return Ok(()),
+    };
+    Err(Problem::new(format!(
+        "the git URL carries credentials in its {part}; a manifest lives in git, where everyone who can read the repository can read them"
+    ))
+    .hint(
+        "write the URL without them, and give them to git on the machines that fetch: a git credential helper (for example `git config --global credential.helper store`, then `git credential approve`), as the README's Repositories section shows",
+    ))
+}
+
 /// A relative path inside a repository: no absolute paths and no escaping upwards.
 pub fn repo_path(path: &str) -> Result<(), Problem> {
     if path.starts_with('/') || path.split('/').any(|s| s == "..") {
@@ -499,6 +541,33 @@ mod tests {
         assert!(repo_path("services/web").is_ok());
         assert!(repo_path("../etc").is_err());
         assert!(repo_path("/etc").is_err());
+    }
+
+    #[test]
+    fn git_urls_carry_no_credentials() {
+        for good in [
+            "https://github.com/acme/shop.git",
+            "ssh://git@github.com/acme/shop.git",
+            "git@github.com:acme/shop.git",
+            "git://git.example.com/shop.git",
+            "file:///srv/git/shop.git",
+            "../..",
+            "https://host:8080/a/b@c",
+        ] {
+            assert!(git_url_credentials(good).is_ok(), "{good}");
+        }
+        for (bad, part) in [
+            ("https://bot:t0k@github.com/a/b", "user information"),
+            ("https://t0k@github.com/a/b", "user information"),
+            ("http://bot:pa/ss@host/x.git", "user information"),
+            ("ssh://git:t0k@host/x.git", "user information"),
+            ("https://host/x.git?private_token=t0k", "query"),
+            ("https://host/x.git#t0k", "query"),
+        ] {
+            let problem = git_url_credentials(bad).expect_err(bad);
+            assert!(problem.message.contains(part), "{bad}: {}", problem.message);
+            assert!(!problem.message.contains("t0k") && !problem.message.contains("pa/ss"));
+        }
     }
 
     #[test]

@@ -102,12 +102,19 @@ async fn apply_saved(args: ApplyArgs) -> Result<ExitCode> {
             SavedPlan::FORMAT
         );
     }
+    // Only a file that `plan --out` saved against this database, byte for byte, is applied.
+    let pool = database::connect(&args.db, "apply").await?;
+    if !reconciler::store::saved_plan_recorded(&pool, &bytes).await? {
+        bail!(
+            "{} is not a plan `meshploy plan --out` saved against this database: it was changed since it was saved, or saved against another database. Make the plan again with `meshploy plan --out FILE`",
+            path.display()
+        );
+    }
     // The manifests saved with the plan are validated again; what is applied is planned from
     // them, and must be exactly the saved plan.
     let state = schema::load(&saved.manifest_files(), &schema::Limits::default())
         .map_err(reconciler::Error::Invalid)
         .with_context(|| format!("the manifests saved in {} do not validate", path.display()))?;
-    let pool = database::connect(&args.db, "apply").await?;
     let keys = keyring(&args.keys)?;
     let desired = apply::prepare_for(&pool, &state, keys.as_ref()).await?;
     let meta = meta(&args, saved.source.clone(), saved.commit.clone());

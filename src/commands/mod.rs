@@ -23,6 +23,9 @@ use reconciler::secrets::Keyring;
 use crate::cli::{Cli, Command, GuardArgs, KeyArgs};
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
+    for warning in secret_flags(std::env::args_os().skip(1)) {
+        eprintln!("{warning}");
+    }
     match cli.command {
         Command::Validate { dir, format } => validate::run(&dir, format),
         Command::Plan(args) => plan::run(args).await,
@@ -72,6 +75,37 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// Secrets that, given as flags, every user of the machine can read (`/proc/PID/cmdline`,
+/// `ps`), and where to give them instead.
+const SECRET_FLAGS: [(&str, &str); 3] = [
+    ("--webhook-secret", "set MESHPLOY_WEBHOOK_SECRET instead"),
+    ("--api-token", "set MESHPLOY_API_TOKEN instead"),
+    (
+        "--secret-keys",
+        "give a file with --secret-keys-file or MESHPLOY_SECRET_KEYS_FILE, or set MESHPLOY_SECRET_KEYS, instead",
+    ),
+];
+
+/// A warning for each secret given as a flag among `args`; the values are never repeated.
+fn secret_flags(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<String> {
+    let args: Vec<String> = args
+        .map(|a| a.to_string_lossy().into_owned())
+        .take_while(|a| a != "--")
+        .collect();
+    SECRET_FLAGS
+        .iter()
+        .filter(|(flag, _)| {
+            args.iter()
+                .any(|a| a == flag || a.strip_prefix(flag).is_some_and(|r| r.starts_with('=')))
+        })
+        .map(|(flag, instead)| {
+            format!(
+                "warning: {flag} on the command line can be read by every user of this machine (in /proc/PID/cmdline and `ps`); {instead}"
+            )
+        })
+        .collect()
+}
+
 /// The configured keys, if any: `--secret-keys` or the file `--secret-keys-file`.
 fn keyring(args: &KeyArgs) -> Result<Option<Keyring>> {
     let spec = match (&args.secret_keys, &args.secret_keys_file) {
@@ -94,4 +128,35 @@ fn guard(args: &GuardArgs) -> Guard {
 fn color() -> bool {
     use std::io::IsTerminal;
     std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_given_as_flags_are_warned_about_by_name_only() {
+        let warnings = |args: &[&str]| secret_flags(args.iter().map(Into::into));
+        let found = warnings(&[
+            "serve",
+            "--webhook-secret",
+            "s3cr3t",
+            "--api-token=t0k3n",
+            "--secret-keys-file",
+            "keys.txt",
+        ]);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].starts_with("warning: --webhook-secret on the command line"));
+        assert!(found[0].contains("MESHPLOY_WEBHOOK_SECRET"));
+        assert!(found[1].starts_with("warning: --api-token on the command line"));
+        assert!(
+            found
+                .iter()
+                .all(|w| !w.contains("s3cr3t") && !w.contains("t0k3n"))
+        );
+        let keys = warnings(&["plan", "--secret-keys", "k1:x"]);
+        assert!(keys[0].contains("MESHPLOY_SECRET_KEYS_FILE"), "{keys:?}");
+        assert!(warnings(&["serve", "--secret-keys-file=k", "--api-tokens"]).is_empty());
+        assert!(warnings(&["validate", "--", "--api-token"]).is_empty());
+    }
 }

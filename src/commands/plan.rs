@@ -37,6 +37,9 @@ pub async fn run(args: PlanArgs) -> Result<ExitCode> {
     if let Some(out) = &args.out {
         let saved = preview.save(manifests.source, manifests.commit, &manifests.files);
         let json = serde_json::to_vec(&saved)?;
+        // The file's digest goes into the database first: `apply FILE` applies only a file
+        // recorded there, so an edited one is refused whatever the edit.
+        reconciler::store::record_saved_plan(&pool, &json, &saved.source).await?;
         std::fs::write(out, json).with_context(|| format!("cannot write {}", out.display()))?;
         eprintln!(
             "Saved the plan to {}; apply exactly this plan with `meshploy apply {}`.",
@@ -155,5 +158,5 @@ fn forge_client(args: &CommentArgs) -> Result<forge::Client> {
                 .context("give --forge-api https://HOST/api/v1 for a Gitea or Forgejo forge")?,
         ),
     };
-    Ok(forge::Client::new(kind, &api, &token)?)
+    Ok(forge::Client::new(kind, &api, &token)?.with_user(args.forge_user.as_deref()))
 }

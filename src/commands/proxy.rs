@@ -77,6 +77,10 @@ pub fn config(args: &ProxyOptions, admin: Option<std::net::SocketAddr>) -> proxy
             .iter()
             .map(|p| p.to_ascii_lowercase())
             .collect(),
+        upstreams: proxy::UpstreamPolicy {
+            allow: args.allow_upstream.clone(),
+            reserved_ports: Vec::new(),
+        },
         workers: args
             .workers
             .or_else(|| std::thread::available_parallelism().ok())

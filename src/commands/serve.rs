@@ -1,5 +1,6 @@
 //! `meshploy serve`: the reconciler daemon and the HTTP API, until SIGINT or SIGTERM.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -37,6 +38,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         api_token_sha256: args.api_token.as_deref().map(api::AppState::token_digest),
         leading: leading.clone(),
         anonymous_read: args.anonymous_read,
+        hosts: api::Hosts::new(args.public_url.as_deref(), &args.allow_host),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -236,7 +238,36 @@ struct PreviewsConfig {
     allow_forks: bool,
     #[serde(default = "preview_scheme")]
     scheme: String,
+    /// Which production secrets previews get, by variable group: `inherit`, or the name of
+    /// a preview-only group of the same project. Every other group's copy has none.
+    #[serde(default)]
+    secrets: BTreeMap<String, String>,
+    /// Author associations whose pull requests are built and run without approval.
+    #[serde(default = "trusted_authors")]
+    trusted_authors: Vec<String>,
+    /// The label with which a maintainer approves anyone else's pull request.
+    #[serde(default = "approval_label")]
+    approval_label: String,
 }
+
+fn trusted_authors() -> Vec<String> {
+    forge::Trust::default().associations
+}
+
+fn approval_label() -> String {
+    forge::Trust::default().label
+}
+
+/// GitHub's author associations (Gitea's permissions are read as these).
+const ASSOCIATIONS: [&str; 7] = [
+    "OWNER",
+    "MEMBER",
+    "COLLABORATOR",
+    "CONTRIBUTOR",
+    "FIRST_TIME_CONTRIBUTOR",
+    "FIRST_TIMER",
+    "NONE",
+];
 
 fn preview_host() -> String {
     "pr-{number}.{host}".into()
@@ -273,12 +304,53 @@ impl PreviewsConfig {
                 self.scheme
             );
         }
+        if let Some(unknown) = self
+            .trusted_authors
+            .iter()
+            .find(|a| !ASSOCIATIONS.contains(&a.as_str()))
+        {
+            bail!(
+                "{place}: previews.trustedAuthors: `{unknown}` is not an author association; use {}",
+                ASSOCIATIONS.join(", ")
+            );
+        }
+        if self.approval_label.trim().is_empty() {
+            bail!("{place}: previews.approvalLabel: is empty");
+        }
+        let mut secrets = BTreeMap::new();
+        for (group, taken) in &self.secrets {
+            let name = |name: &str| {
+                schema::rules::dns_label(name).map_err(|problem| {
+                    anyhow::anyhow!(
+                        "{place}: previews.secrets: `{name}` is not a variable group's name: {}",
+                        problem.message
+                    )
+                })
+            };
+            name(group)?;
+            let secret = match taken.as_str() {
+                "inherit" => forge::Secrets::Inherit,
+                other if other == group => bail!(
+                    "{place}: previews.secrets.{group}: write `inherit` to give previews the group's own secrets"
+                ),
+                other => {
+                    name(other)?;
+                    forge::Secrets::From(other.to_owned())
+                }
+            };
+            secrets.insert(group.clone(), secret);
+        }
         Ok(Some(forge::preview::Settings {
             host,
             ttl,
             max_active: self.max_active,
             allow_forks: self.allow_forks,
             scheme: self.scheme.clone(),
+            secrets,
+            trust: forge::Trust {
+                associations: self.trusted_authors.clone(),
+                label: self.approval_label.clone(),
+            },
         }))
     }
 }
@@ -292,6 +364,8 @@ struct ForgeConfig {
     api: Option<String>,
     token_file: Option<std::path::PathBuf>,
     token_env: Option<String>,
+    /// The token's user, for tokens that may not ask (`GET /user`) who they are.
+    user: Option<String>,
 }
 
 impl ForgeConfig {
@@ -317,7 +391,7 @@ impl ForgeConfig {
                 bail!("{place}: forge.api is required for gitea (https://HOST/api/v1)")
             }
         };
-        Ok(forge::Client::new(self.kind, &api, &token)?)
+        Ok(forge::Client::new(self.kind, &api, &token)?.with_user(self.user.as_deref()))
     }
 }
 

@@ -35,16 +35,21 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
         args.keys.secret_keys_file.iter().cloned().collect(),
         &args.runtime,
     )?;
-    let proxy_database = database::options(&args.db, "up proxy").await?;
-    let proxy =
-        super::proxy::start(super::proxy::config(&args.proxy, None), proxy_database).await?;
-    let proxy_address = proxy
-        .local_addr()
-        .context("the proxy has no listening address")?;
     let listener = tokio::net::TcpListener::bind(args.api_listen)
         .await
         .map_err(|e| anyhow::anyhow!(ports::cannot_listen(args.api_listen, "--api-listen", &e)))?;
     let api_address = listener.local_addr()?;
+    let proxy_database = database::options(&args.db, "up proxy").await?;
+    // No route may reach the API through the proxy, whatever --allow-upstream allows.
+    let mut proxy_config = super::proxy::config(&args.proxy, None);
+    proxy_config
+        .upstreams
+        .reserved_ports
+        .push(api_address.port());
+    let proxy = super::proxy::start(proxy_config, proxy_database).await?;
+    let proxy_address = proxy
+        .local_addr()
+        .context("the proxy has no listening address")?;
     let (stop, stopped) = watch::channel(false);
     let leading = Arc::new(AtomicBool::new(true));
     let source = args.repo.as_ref().map(|url| Source {
@@ -61,6 +66,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
         api_token_sha256: None,
         leading: leading.clone(),
         anonymous_read: args.anonymous_read,
+        hosts: api::Hosts::default(),
     };
     let api = tokio::spawn(api::serve(
         listener,

@@ -391,6 +391,7 @@ pub async fn service(
 /// across its deployments, after the cursor (the page's last line) or `Last-Event-ID`.
 pub async fn service_events(
     state: State<AppState>,
+    watcher: crate::streams::Watcher,
     Path((project, name)): Path<(String, String)>,
     query: ListQuery,
     headers: HeaderMap,
@@ -399,7 +400,7 @@ pub async fn service_events(
         project: clean(&project),
         name: clean(&name),
     };
-    read::logs(state, selection, query, headers).await
+    read::logs(state, watcher, selection, query, headers).await
 }
 
 pub struct RevisionRow {

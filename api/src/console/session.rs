@@ -38,19 +38,23 @@ pub async fn require(
     mut request: Request,
     next: Next,
 ) -> Result<Response, PageError> {
-    let session = match cookie(request.headers()) {
-        Some(value) => tokens::session(&state.pool, &value)
+    let cookie = cookie(request.headers());
+    let session = match &cookie {
+        Some(value) => tokens::session(&state.pool, value)
             .await
             .map_err(|e| ApiError::Unavailable(e.to_string()))?,
         None => None,
     };
-    let caller = match session {
-        Some(caller) => caller,
-        None if state.anonymous_read => Caller {
-            name: "anonymous".into(),
-            scope: TokenScope::Read,
-        },
-        None => return Ok(to_login()),
+    let (caller, credential) = match (session, cookie) {
+        (Some(caller), Some(cookie)) => (caller, tokens::Credential::session(&cookie)),
+        _ if state.anonymous_read => (
+            Caller {
+                name: "anonymous".into(),
+                scope: TokenScope::Read,
+            },
+            tokens::Credential::None,
+        ),
+        _ => return Ok(to_login()),
     };
     tracing::info!(
         caller = %caller.name,
@@ -59,6 +63,7 @@ pub async fn require(
         "console request"
     );
     request.extensions_mut().insert(caller);
+    request.extensions_mut().insert(credential);
     Ok(next.run(request).await)
 }
 

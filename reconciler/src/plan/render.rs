@@ -1,6 +1,8 @@
 //! Renderings of a plan: text for terminals, JSON for tools, Markdown for pull requests.
-//! Sensitive values are never rendered, only that they change.
+//! Sensitive values are never rendered, only that they change, and URLs never with their
+//! credentials.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use serde_json::{Value as Json, json};
@@ -85,7 +87,7 @@ pub fn block(change: &Change, color: bool) -> String {
         .max()
         .unwrap_or(0);
     for field in &change.fields {
-        out.push_str(&field_line(change.action, field, width, color));
+        out.push_str(&field_line(change.action, &shown(field), width, color));
     }
     out.push_str("    }\n");
     out
@@ -134,6 +136,27 @@ fn field_line(action: Action, field: &FieldChange, width: usize, color: bool) ->
     format!("      {sign} {path} = {shown}{note}\n")
 }
 
+/// The fields whose values are URLs. They are shown without the credentials a URL can carry
+/// (user information, query): a plan stored before manifests were refused for holding them
+/// may still have them.
+const URL_FIELDS: [&str; 2] = ["source.git", "upstream"];
+
+/// `field` as every rendering shows it.
+fn shown(field: &FieldChange) -> Cow<'_, FieldChange> {
+    if !URL_FIELDS.contains(&field.path.as_str()) {
+        return Cow::Borrowed(field);
+    }
+    let redact = |value: &Option<Value>| match value {
+        Some(Value::Text(url)) => Some(Value::Text(git::redact(url))),
+        other => other.clone(),
+    };
+    Cow::Owned(FieldChange {
+        before: redact(&field.before),
+        after: redact(&field.after),
+        ..field.clone()
+    })
+}
+
 /// A value as written in plan text. Sensitive values are masked.
 fn value(v: &Value) -> String {
     match v {
@@ -163,6 +186,7 @@ pub fn json(plan: &Plan) -> Json {
                 .fields
                 .iter()
                 .map(|f| {
+                    let f = shown(f);
                     let sensitive = matches!(f.before, Some(Value::Sensitive(_)))
                         || matches!(f.after, Some(Value::Sensitive(_)));
                     let mut field = json!({

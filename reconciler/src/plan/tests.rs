@@ -594,3 +594,64 @@ proptest! {
         prop_assert!(diff(&state, &state).is_empty());
     }
 }
+
+#[test]
+fn credentials_in_a_url_never_reach_a_rendering() {
+    // A plan stored before credentials in URLs were refused still holds them.
+    let text = |t: &str| Some(super::Value::Text(t.to_owned()));
+    let field = |path: &str, before: Option<super::Value>, after| FieldChange {
+        path: path.to_owned(),
+        before,
+        after,
+        forces_replacement: false,
+    };
+    let plan = Plan {
+        changes: vec![
+            Change {
+                address: Address::new(Kind::Service, "shop", "web"),
+                action: Action::Update,
+                fields: vec![field(
+                    "source.git",
+                    text("https://bot:ghp_0ld70k3n@git.example.com/acme/web.git"),
+                    text("https://ghp_n3w70k3n@git.example.com/acme/web.git"),
+                )],
+                protect: false,
+                version: Some(3),
+            },
+            Change {
+                address: Address::new(Kind::Route, "shop", "legacy"),
+                action: Action::Create,
+                fields: vec![field(
+                    "upstream",
+                    None,
+                    text("https://legacy.example.com/v1?api_key=k3y5ecr3t"),
+                )],
+                protect: false,
+                version: None,
+            },
+        ],
+        adoption: None,
+    };
+    let renderings = [
+        render::text(&plan, false),
+        render::json(&plan).to_string(),
+        render::markdown(&plan, "Meshploy plan"),
+        plan.changes
+            .iter()
+            .map(|c| render::block(c, false))
+            .collect(),
+    ];
+    for shown in renderings {
+        for secret in ["ghp_0ld70k3n", "ghp_n3w70k3n", "k3y5ecr3t"] {
+            assert!(!shown.contains(secret), "{secret} in:\n{shown}");
+        }
+        assert!(
+            shown.contains("https://***@git.example.com/acme/web.git"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("https://legacy.example.com/v1?***"),
+            "{shown}"
+        );
+    }
+}

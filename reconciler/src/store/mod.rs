@@ -9,11 +9,13 @@
 //! - `writes`: the rows an apply writes (crate only, so nothing writes the state without
 //!   holding the apply lock).
 //! - `sources`: tracked sources, sync attempts and sync requests.
-//! - `deliveries`: webhook delivery ids seen.
+//! - `deliveries`: webhook deliveries seen, by id and by the digest of their signed body.
+//! - `saved_plans`: digests of the plan files `plan --out` wrote.
 
 mod deliveries;
 pub(crate) mod locks;
 pub(crate) mod revisions;
+mod saved_plans;
 pub(crate) mod secrets;
 mod sources;
 mod state;
@@ -23,6 +25,7 @@ use sqlx::migrate::Migrator;
 
 pub use deliveries::remember_delivery;
 pub use revisions::{CHANNEL, Revision, RevisionMeta, RevisionPlan, revision, revisions};
+pub use saved_plans::{record_saved_plan, saved_plan_recorded};
 pub use sources::{
     Attempt, LatestAttempt, PastAttempt, SYNC_CHANNEL, SourcePosition, SourceRow, SourceStatus,
     interrupt_applying, latest_attempt, mark_applying, past_attempts, record_attempt, request_sync,

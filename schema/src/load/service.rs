@@ -156,6 +156,23 @@ impl Loader {
             Code::InvalidUrl,
             rules::git_url(&source.git.value),
         );
+        let git = match (git, rules::git_url_credentials(&source.git.value)) {
+            (git, Ok(())) => git,
+            (_, Err(problem)) => {
+                // Redacted: the line holds the credentials, so it is never quoted.
+                self.diagnostics.push(
+                    Diagnostic::new(
+                        doc.file,
+                        source.git.loc.or(doc.fallback),
+                        Code::CredentialsInUrl,
+                        problem.message,
+                    )
+                    .with_hint(problem.hint)
+                    .redacted(),
+                );
+                None
+            }
+        };
         let git_ref = match source.git_ref {
             Some(r) => self.check(doc, r.loc, Code::InvalidValue, non_empty("ref", r.value)),
             None => Some("main".to_owned()),
