@@ -11,6 +11,7 @@ mod forge;
 #[path = "../examples/support/generate.rs"]
 mod generate;
 mod git_source;
+mod output;
 mod plan_apply;
 mod previews;
 mod proxy;
