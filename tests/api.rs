@@ -146,6 +146,23 @@ async fn tokens_are_required_checked_scoped_and_revocable() {
         .meshploy(&seeded.dir, &["token", "list", "--format", "json"]);
     assert!(listed.stdout.contains("\"reader\"") && listed.stdout.contains("\"operate\""));
     assert!(!listed.stdout.contains(&seeded.read) && !listed.stdout.contains("sha256"));
+    // A token's use is recorded (at most once a minute, so requests need not write).
+    let used: Vec<(String, bool)> = listed
+        .json()
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap_or_default().to_owned(),
+                t["last_used_at"].is_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        used,
+        [("operator".to_owned(), false), ("reader".to_owned(), true)]
+    );
     let revoked = seeded
         .db
         .meshploy(&seeded.dir, &["token", "revoke", "reader"]);

@@ -118,14 +118,42 @@ pub async fn verify(pool: &PgPool, presented: &str) -> Result<Option<Caller>, To
             found = Some(Caller { name, scope });
         }
     }
-    if let Some(caller) = &found {
-        sqlx::query("UPDATE api_tokens SET last_used_at = now() WHERE name = $1")
-            .bind(&caller.name)
-            .execute(pool)
-            .await
-            .map_err(db("recording a token's use"))?;
+    if let Some(caller) = &found
+        && use_is_due(wanted)
+    {
+        sqlx::query(
+            "UPDATE api_tokens SET last_used_at = now() WHERE name = $1 \
+             AND (last_used_at IS NULL OR last_used_at < now() - make_interval(secs => $2))",
+        )
+        .bind(&caller.name)
+        .bind(USE_RECORDED_EVERY.as_secs_f64())
+        .execute(pool)
+        .await
+        .map_err(db("recording a token's use"))?;
     }
     Ok(found)
+}
+
+/// How often a token's use is written: a write (and its commit) per request would cost more
+/// than the request, so `last_used_at` is at most this late.
+const USE_RECORDED_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether this process should record a use of the token with digest `token` now: its first
+/// use, or the first since [`USE_RECORDED_EVERY`]. Other processes skip the write in the
+/// database when it is not due there either.
+fn use_is_due(token: [u8; 32]) -> bool {
+    static RECORDED: std::sync::LazyLock<
+        std::sync::Mutex<std::collections::HashMap<[u8; 32], std::time::Instant>>,
+    > = std::sync::LazyLock::new(Default::default);
+    let mut recorded = RECORDED.lock().unwrap_or_else(|e| e.into_inner());
+    let now = std::time::Instant::now();
+    match recorded.get(&token) {
+        Some(at) if now.duration_since(*at) < USE_RECORDED_EVERY => false,
+        _ => {
+            recorded.insert(token, now);
+            true
+        }
+    }
 }
 
 /// How long a console login lasts.
