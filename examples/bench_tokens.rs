@@ -74,7 +74,10 @@ fn bench(
     let token = token.trim().to_owned();
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     runtime.block_on(async {
-        let pool = sqlx::PgPool::connect(&url)
+        // As many connections as `up` gives its API.
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(16)
+            .connect(&url)
             .await
             .map_err(|e| e.to_string())?;
         let app = api::app(api::AppState {
