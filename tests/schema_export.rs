@@ -45,7 +45,10 @@ fn every_example_document_satisfies_the_schema() {
         .flat_map(|f| documents(f))
         .filter(|d| validator.iter_errors(d).next().is_some())
         .count();
-    assert_eq!(refused, 1, "examples/broken/web.yaml is refused by the schema");
+    assert_eq!(
+        refused, 1,
+        "examples/broken/web.yaml is refused by the schema"
+    );
     for file in files {
         for document in documents(&file) {
             let errors: Vec<String> = validator

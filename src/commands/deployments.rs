@@ -285,10 +285,11 @@ pub async fn rollback(
                 return Ok(ExitCode::SUCCESS);
             }
             Some(d) if d.state == DeploymentState::Failed => {
+                let reason = d.reason.as_deref().unwrap_or("no reason recorded");
                 eprintln!(
                     "The rollback failed (deployment {}): {}",
                     d.id,
-                    d.reason.as_deref().unwrap_or("no reason recorded")
+                    report::printable(reason, report::Lines::Keep)
                 );
                 return Ok(ExitCode::FAILURE);
             }

@@ -113,12 +113,13 @@ async fn comment(args: &PlanArgs, pr: &forge::PullRef) -> Result<ExitCode> {
         }
         forge::Review::Invalid { diagnostics } => {
             for diagnostic in diagnostics {
-                eprintln!("{}", diagnostic.redacted().one_line());
+                let line = diagnostic.redacted().one_line();
+                eprintln!("{}", report::printable(&line, report::Lines::Escape));
             }
             Ok(ExitCode::FAILURE)
         }
         forge::Review::Failed { reason } => {
-            eprintln!("error: {reason}");
+            eprintln!("error: {}", report::printable(&reason, report::Lines::Keep));
             Ok(ExitCode::FAILURE)
         }
     }
