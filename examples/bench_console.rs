@@ -19,7 +19,7 @@ mod generate;
 #[path = "support/measure.rs"]
 mod measure;
 
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
@@ -55,21 +55,7 @@ fn bench(
     let repo = root.join("repo");
     let written = generate::write_repo(&repo, resources).map_err(|e| e.to_string())?;
     let repo_arg = repo.to_str().ok_or("temporary path is not UTF-8")?;
-    let meshploy = |args: &[&str]| -> Result<String, String> {
-        let output = Command::new(binary)
-            .args(args)
-            .env("DATABASE_URL", &url)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !output.status.success() {
-            return Err(format!(
-                "`meshploy {}` failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&output.stderr)
-            ));
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    };
+    let meshploy = |args: &[&str]| measure::meshploy(binary, &url, args);
     meshploy(&["apply", repo_arg, "--auto-approve"])?;
     let changed = generate::change_percent(&repo, written, 10.0).map_err(|e| e.to_string())?;
     meshploy(&["apply", repo_arg, "--auto-approve"])?;

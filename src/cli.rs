@@ -113,6 +113,9 @@ pub enum Command {
         #[command(flatten)]
         db: DbArgs,
     },
+    /// Manage sources: forget one that no longer exists.
+    #[command(subcommand)]
+    Source(SourceCommand),
     /// Ask the running reconciler to sync a source now, and wait for the outcome.
     Sync {
         /// The source's name, as `meshploy status` lists it.
@@ -546,6 +549,30 @@ pub struct ProxyOptions {
     /// among them, are forwarded as plain requests.
     #[arg(long, value_delimiter = ',', default_value = "websocket")]
     pub upgrade_protocols: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SourceCommand {
+    /// Forget a source (one `meshploy serve` registered, or one that applied a directory)
+    /// with its sync history. A source that still owns resources is refused unless
+    /// --destroy says to destroy them; to keep them, let another source take them over
+    /// first (`meshploy apply DIR --adopt-from NAME`).
+    Remove {
+        /// The source's name, as `meshploy status` lists it.
+        name: String,
+        /// Destroy every resource the source owns, in one applied revision (whole projects
+        /// included; a protected resource still refuses).
+        #[arg(long)]
+        destroy: bool,
+        /// How long to wait for another apply to finish.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        lock_timeout: Duration,
+        /// Who removes it, recorded in the revision. Default: USER@hostname.
+        #[arg(long, env = "MESHPLOY_ACTOR")]
+        actor: Option<String>,
+        #[command(flatten)]
+        db: DbArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]

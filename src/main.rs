@@ -64,7 +64,9 @@ fn main() -> ExitCode {
     match runtime.block_on(commands::run(cli)) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            // An error may quote what a manifest, a process or a forge said.
+            let text = format!("{error:#}");
+            eprintln!("error: {}", report::printable(&text, report::Lines::Keep));
             ExitCode::FAILURE
         }
     }

@@ -8,14 +8,14 @@ use std::net::SocketAddr;
 /// when it is in use, and what to do.
 pub fn cannot_listen(address: SocketAddr, flag: &str, error: &std::io::Error) -> String {
     let mut text = format!("cannot listen on {address} ({flag}): {error}");
-    if error.kind() == std::io::ErrorKind::AddrInUse {
-        if let Some(holder) = holder(address) {
-            text.push_str(&format!("; {holder} holds it"));
-        }
-        text.push_str(&format!(
-            "; stop what holds it, or give {flag} another address"
-        ));
+    if error.kind() == std::io::ErrorKind::AddrInUse
+        && let Some(holder) = holder(address)
+    {
+        text.push_str(&format!("; {holder} holds it"));
     }
+    text.push_str(&format!(
+        "; give another address with {flag} (port 0 picks a free one)"
+    ));
     text
 }
 

@@ -304,3 +304,57 @@ async fn pages_list_what_is_applied_and_page_long_lists_and_plans() {
         assert!(page.body.len() < 200_000, "{} bytes", page.body.len());
     }
 }
+
+#[tokio::test]
+async fn a_multi_line_failure_keeps_its_lines_and_the_log_marks_each_deployment() {
+    let Seeded { db, .. } = seeded(1);
+    db.psql(
+        "INSERT INTO sources (name, url, branch, path, policy, state, message) \
+         VALUES ('shop', '/srv/shop.git', 'main', '', 'auto', 'failed', \
+         E'the manifests are invalid (2 problems); nothing was applied:\\ndeploy/a.yaml:9:3: unknown field replica\\ndeploy/b.yaml:7:9: port 99999 is out of range')",
+    );
+    for (id, line) in [(1, "from the first"), (2, "from the second")] {
+        db.psql(&format!(
+            "INSERT INTO deployments (id, project, service, release_digest, release, trigger, state) \
+             VALUES ({id}, 'shop', 's0', repeat('a', 64), '{{}}'::jsonb, 'revision', 'superseded'); \
+             INSERT INTO log_lines (deployment_id, replica, line) VALUES ({id}, 0, '{line}')"
+        ));
+    }
+    let app = app(&db, true).await;
+    let overview = fetch(&app, "GET", "/", None, "").await;
+    assert!(
+        overview.body.contains(
+            "<pre>the manifests are invalid (2 problems); nothing was applied:\n\
+             deploy/a.yaml:9:3: unknown field replica\n\
+             deploy/b.yaml:7:9: port 99999 is out of range</pre>"
+        ),
+        "{}",
+        overview.body
+    );
+    let service = fetch(&app, "GET", "/services/shop/s0", None, "").await;
+    let log = service
+        .body
+        .split("id=\"logs\"")
+        .nth(1)
+        .and_then(|rest| rest.split("</pre>").next())
+        .unwrap_or_else(|| panic!("{}", service.body));
+    let lines: Vec<&str> = log
+        .split("<span>")
+        .skip(1)
+        .map(|l| l.trim_end_matches("</span>").trim_end())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "[meshploy] deployment 1:",
+            "[replica 0] from the first",
+            "[meshploy] deployment 2:",
+            "[replica 0] from the second"
+        ],
+        "{log}"
+    );
+    assert!(
+        log.contains("data-deployment=\"2\""),
+        "where the live lines go on: {log}"
+    );
+}

@@ -106,16 +106,12 @@ impl Process {
 
     /// The lines of its piped standard output, as they come.
     pub fn stdout_lines(&mut self) -> std::sync::mpsc::Receiver<String> {
-        let stdout = self.child.stdout.take().expect("piped standard output");
-        let (send, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if send.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        lines
+        lines(self.child.stdout.take().expect("piped standard output"))
+    }
+
+    /// The lines of its piped standard error, as they come.
+    pub fn stderr_lines(&mut self) -> std::sync::mpsc::Receiver<String> {
+        lines(self.child.stderr.take().expect("piped standard error"))
     }
 
     pub fn id(&self) -> u32 {
@@ -145,6 +141,19 @@ impl Process {
             .expect("kill");
         self.child.wait().expect("wait for the process")
     }
+}
+
+/// The lines read from `pipe` by a thread of their own, as they come.
+fn lines(pipe: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (send, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if send.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
 }
 
 impl Drop for Process {

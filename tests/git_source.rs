@@ -80,15 +80,15 @@ fn apply_reads_the_commit_not_the_working_tree_and_records_it() {
 }
 
 /// A `git daemon` serving the parent of `bare` on a loopback port; killed on drop.
-struct Daemon {
+pub struct Daemon {
     _process: Process,
-    port: u16,
+    pub port: u16,
 }
 
 impl Daemon {
     /// git daemon cannot bind port 0 and say which port it got, so it is given a port that
     /// was free a moment ago, and started again on another if something took that one.
-    fn start(remote: &Remote) -> Daemon {
+    pub fn start(remote: &Remote) -> Daemon {
         let base = remote.bare().parent().expect("a parent").to_path_buf();
         for _ in 0..5 {
             let port = closed_port();

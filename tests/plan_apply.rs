@@ -602,3 +602,26 @@ fn a_saved_plan_edited_consistently_is_refused_as_not_the_one_that_was_made() {
         "2"
     );
 }
+
+#[test]
+fn the_readme_examples_apply_side_by_side_in_one_database() {
+    // The README's sections apply them one after another into the same embedded database.
+    let (db, dir) = (Db::new(), Dir::new());
+    let root = crate::util::repo_root();
+    let keys = root.join("examples/shop/example.keys");
+    for example in ["examples/local", "examples/shop", "examples/minimal"] {
+        let path = root.join(example);
+        let run = db.meshploy(
+            &dir,
+            &[
+                "apply",
+                &path.display().to_string(),
+                "--auto-approve",
+                "--secret-keys-file",
+                &keys.display().to_string(),
+            ],
+        );
+        assert_eq!(run.code, 0, "{example}: {}", run.stderr);
+    }
+    assert_eq!(db.psql("SELECT count(DISTINCT source) FROM routes"), "3");
+}

@@ -81,6 +81,18 @@ fn web(dir: &Dir, repo: &Remote, spec: &str) {
     dir.write("shop.yaml", manifests(&repo.bare(), "true", spec));
 }
 
+/// Writes `web` answering `message`, and its health check `status`, checked every second
+/// and failed after two misses.
+fn health_checked(dir: &Dir, repo: &Remote, status: u16, message: &str) {
+    web(
+        dir,
+        repo,
+        &format!(
+            "  env:\n    MESSAGE: {message}\n    HEALTH_STATUS: \"{status}\"\n  healthCheck:\n    path: /healthz\n    periodSeconds: 1\n    failureThreshold: 2\n"
+        ),
+    );
+}
+
 /// `meshploy up` on a directory (or `serve` with a runtime), stopped with SIGTERM (as Ctrl-C
 /// would) when dropped, so the services it runs stop with it.
 pub struct Up {
@@ -354,15 +366,7 @@ fn an_env_change_rolls_out_while_requests_flow_with_none_failing() {
 #[test]
 fn a_release_that_fails_its_health_check_fails_and_the_old_one_keeps_serving() {
     let (db, dir, repo) = (Db::new(), Dir::new(), app_repo());
-    let write = |status: u16, message: &str| {
-        web(
-            &dir,
-            &repo,
-            &format!(
-                "  env:\n    MESSAGE: {message}\n    HEALTH_STATUS: \"{status}\"\n  healthCheck:\n    path: /healthz\n    periodSeconds: 1\n    failureThreshold: 2\n"
-            ),
-        )
-    };
+    let write = |status: u16, message: &str| health_checked(&dir, &repo, status, message);
     write(200, "good");
     let up = Up::start(&db, &dir, &[]);
     serves(&up, "/", "good", ROLLOUT);
@@ -428,6 +432,18 @@ fn a_failed_build_fails_its_deployment_with_the_log_kept() {
         logs.stdout
     );
     assert_eq!(db.psql("SELECT count(*) FROM endpoints"), "0");
+    // No replica ever ran: `logs` says why rather than printing nothing.
+    let replicas = db.meshploy(&dir, &["logs", "web"]);
+    replicas.assert_fails_with(
+        "deployment 1 of service/shop/web failed before any replica started: the build failed",
+    );
+    assert!(
+        replicas.stderr.contains("meshploy logs web --build"),
+        "{}",
+        replicas.stderr
+    );
+    db.meshploy(&dir, &["logs", "wbe"])
+        .assert_fails_with("no service `wbe` is applied or was deployed; did you mean `web`?");
 }
 
 #[test]
@@ -1083,4 +1099,348 @@ fn interrupt(pid: u32) {
         .args(["-INT", &pid.to_string()])
         .status()
         .expect("kill -INT");
+}
+
+/// Starts `command` and waits up to `timeout` for it to exit: its exit code and standard
+/// error, or a panic naming what it printed if it is still running then.
+fn exits_within(command: &mut std::process::Command, timeout: Duration) -> (i32, String) {
+    let mut process = Process::spawn(
+        command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped()),
+    );
+    if wait_for(timeout, || process.exited().then_some(())).is_none() {
+        drop(process);
+        panic!("still running after {timeout:?}");
+    }
+    process.finished()
+}
+
+/// `meshploy up ARGS` in `dir` against `db`, with its listeners on free ports.
+fn up_command(db: &Db, dir: &Dir, args: &[&str]) -> std::process::Command {
+    let mut command = db.command(
+        dir,
+        &[
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    command.args(args);
+    command
+}
+
+#[test]
+fn a_second_up_on_the_same_home_refuses_and_touches_nothing_while_the_first_serves() {
+    let (db, dir, repo) = (Db::new(), Dir::new(), app_repo());
+    web(&dir, &repo, "  env:\n    MESSAGE: first\n");
+    let up = Up::start(&db, &dir, &[]);
+    serves(&up, "/", "first", ROLLOUT);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let client = {
+        let (stop, sent, failed, proxy) = (stop.clone(), sent.clone(), failed.clone(), up.address);
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                sent.fetch_add(1, Ordering::SeqCst);
+                if get(proxy, "web.test", "/") != Some((200, "first".into())) {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, stderr) = exits_within(&mut up_command(&db, &dir, &["."]), ROLLOUT);
+    // Whatever the second one did, the first must have served throughout, and go on.
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::SeqCst);
+    client.join().expect("the client");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "another `meshploy up` is running (pid {}) with this MESHPLOY_HOME",
+            up.pid()
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("stopped"), "{stderr}");
+    assert_eq!(failed.load(Ordering::SeqCst), 0, "of {sent:?} requests");
+    assert!(sent.load(Ordering::SeqCst) > 20, "{sent:?} requests");
+    assert_eq!(deployments(&db).len(), 1, "{:#?}", deployments(&db));
+}
+
+#[test]
+fn after_a_sigkill_the_last_healthy_release_serves_again_though_a_newer_one_failed() {
+    let (db, dir, repo) = (Db::new(), Dir::new(), app_repo());
+    let write = |status: u16, message: &str| health_checked(&dir, &repo, status, message);
+    write(200, "good");
+    let mut first = Up::start(&db, &dir, &[]);
+    serves(&first, "/", "good", ROLLOUT);
+    write(503, "broken");
+    newest_in(&db, "failed", ROLLOUT);
+    assert_eq!(first.get("/"), Some((200, "good".into())));
+    first.kill();
+    let second = Up::start(&db, &dir, &[]);
+    serves(&second, "/", "good", ROLLOUT);
+    let rows = deployments(&db);
+    assert!(
+        rows.last().is_some_and(|r| r.contains("|healthy|restart|")),
+        "{rows:#?}"
+    );
+    let releases = db.psql("SELECT release_digest FROM deployments WHERE id IN (1, 3) ORDER BY id");
+    let mut releases = releases.lines();
+    assert_eq!(
+        releases.next(),
+        releases.next(),
+        "deployment 3 runs release 1"
+    );
+}
+
+#[test]
+fn each_deployment_names_the_revision_its_release_came_from_after_group_edits_and_a_rollback() {
+    let (db, dir, repo) = (Db::new(), Dir::new(), app_repo());
+    let write = |greeting: &str| {
+        let group = format!(
+            "apiVersion: meshploy.dev/v1\nkind: VariableGroup\nmetadata:\n  name: greetings\n  project: shop\nspec:\n  variables:\n    MESSAGE: {greeting}\n"
+        );
+        dir.write("greetings.yaml", group);
+        web(&dir, &repo, "  variableGroups: [greetings]\n");
+    };
+    write("hello");
+    let up = Up::start(&db, &dir, &[]);
+    serves(&up, "/", "hello", ROLLOUT);
+    write("bonjour");
+    serves(&up, "/", "bonjour", ROLLOUT);
+    write("hola");
+    serves(&up, "/", "hola", ROLLOUT);
+    let rollback = db.meshploy(&dir, &["rollback", "web", "--wait", "60s"]);
+    assert_eq!(rollback.code, 0, "{}", rollback.stderr);
+    assert_eq!(up.get("/"), Some((200, "bonjour".into())));
+    let revisions = |rows: &serde_json::Value| -> Vec<(i64, String)> {
+        rows.as_array()
+            .into_iter()
+            .flatten()
+            .rev()
+            .map(|d| {
+                let revision = d["revision_id"].as_i64().unwrap_or_default();
+                (
+                    revision,
+                    d["trigger"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let listed = db
+        .meshploy(&dir, &["deployments", "--format", "json"])
+        .json();
+    assert_eq!(
+        revisions(&listed),
+        [
+            (1, "revision".to_owned()),
+            (2, "revision".to_owned()),
+            (3, "revision".to_owned()),
+            (2, "rollback".to_owned())
+        ]
+    );
+    // Each of those revisions holds the change its deployment shows.
+    let second = db.meshploy(&dir, &["show", "2"]);
+    assert!(
+        second.stdout.contains("\"hello\" -> \"bonjour\""),
+        "{}",
+        second.stdout
+    );
+}
+
+#[test]
+fn up_refuses_a_missing_or_empty_directory_before_touching_anything() {
+    let (db, dir) = (Db::new(), Dir::new());
+    let (code, stderr) = exits_within(&mut up_command(&db, &dir, &["nowhere"]), ROLLOUT);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("cannot read manifest directory nowhere"),
+        "{stderr}"
+    );
+    std::fs::create_dir(dir.path().join("empty")).expect("mkdir");
+    dir.write("empty/notes.txt", "not a manifest");
+    let (code, stderr) = exits_within(&mut up_command(&db, &dir, &["empty"]), ROLLOUT);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("no manifests in empty (no *.yaml or *.yml files)"),
+        "{stderr}"
+    );
+    assert_eq!(
+        db.psql("SELECT count(*) FROM pg_tables WHERE tablename = 'revisions'"),
+        "0",
+        "nothing was migrated, applied or started"
+    );
+}
+
+#[test]
+fn a_taken_port_stops_up_at_once_naming_the_flag_with_the_embedded_database_left_stopped() {
+    let dir = Dir::new();
+    let home = crate::util::open_tempdir();
+    let _database = StopsDatabase::new(home.path());
+    dir.write("shop.yaml", crate::fixtures::PROJECT);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = taken.local_addr().expect("address").to_string();
+    for (flag, other) in [("--listen", "--api-listen"), ("--api-listen", "--listen")] {
+        let mut command = crate::util::meshploy();
+        command
+            .current_dir(dir.path())
+            .args(["up", ".", flag, &address, other, "127.0.0.1:0"])
+            .env("MESHPLOY_HOME", home.path())
+            .env_remove("DATABASE_URL")
+            .env_remove("RUST_LOG");
+        let (code, stderr) = exits_within(&mut command, ROLLOUT);
+        assert_eq!(code, 1, "{stderr}");
+        assert!(
+            stderr.contains(&format!("cannot listen on {address} ({flag})"))
+                && stderr.contains(&format!("give another address with {flag}")),
+            "{stderr}"
+        );
+        assert_eq!(stderr.matches("in use").count(), 1, "said once: {stderr}");
+        let status = crate::util::meshploy()
+            .args(["db", "status"])
+            .env("MESHPLOY_HOME", home.path())
+            .output()
+            .expect("db status");
+        assert_eq!(
+            status.status.code(),
+            Some(3),
+            "the embedded database is not running"
+        );
+    }
+}
+
+/// A git server that answers while `answering` is set, and otherwise accepts connections and
+/// never says a word: each connection is passed to `git daemon` on `port`, or held silent.
+fn tarpit(port: u16, answering: Arc<AtomicBool>) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let own = listener.local_addr().expect("address").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for client in listener.incoming().flatten() {
+            if !answering.load(Ordering::SeqCst) {
+                held.push(client);
+                continue;
+            }
+            let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                continue;
+            };
+            let pipe = |mut from: std::net::TcpStream, mut to: std::net::TcpStream| {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
+            };
+            let (c, s) = (
+                client.try_clone().expect("clone"),
+                server.try_clone().expect("clone"),
+            );
+            pipe(client, server);
+            pipe(s, c);
+        }
+    });
+    own
+}
+
+#[test]
+fn a_git_server_that_never_answers_delays_no_deployment_and_its_last_known_commit_is_used() {
+    let (db, dir, repo) = (Db::new(), Dir::new(), app_repo());
+    let daemon = crate::git_source::Daemon::start(&repo);
+    let answering = Arc::new(AtomicBool::new(true));
+    let port = tarpit(daemon.port, answering.clone());
+    let remote = format!("git://127.0.0.1:{port}/bare.git");
+    let write = |message: &str| {
+        let slow = manifests(
+            Path::new(&remote),
+            "true",
+            &format!("  env:\n    MESSAGE: {message}\n"),
+        )
+        .replace("name: web", "name: slow")
+        .replace("service: web", "service: slow")
+        .replace("host: web.test", "host: slow.test")
+        .replace("name: shop\n---", "name: remote\n---")
+        .replace("project: shop", "project: remote");
+        dir.write("remote.yaml", slow);
+        web(&dir, &repo, &format!("  env:\n    MESSAGE: {message}\n"));
+    };
+    write("one");
+    // Every pass would fetch the remote source again: the slowest a remote can make it.
+    let up = Up::start(&db, &dir, &["--poll-interval", "1s"]);
+    serves(&up, "/", "one", ROLLOUT);
+    let slow = |body: &str| {
+        wait_for(Duration::from_secs(10), || {
+            get(up.address, "slow.test", "/").filter(|(_, b)| b == body)
+        })
+        .is_some()
+    };
+    assert!(slow("one"), "{:#?}", deployments(&db));
+    let commit =
+        db.psql("SELECT release->'resolved'->>'commit' FROM deployments WHERE service = 'slow'");
+    assert_eq!(commit.len(), 40, "{commit}");
+    // How long an edit of both takes while the server answers, and then while it does not.
+    let rollout = |message: &str| {
+        let edited = std::time::Instant::now();
+        write(message);
+        serves(&up, "/", message, Duration::from_secs(60));
+        assert!(slow(message), "{:#?}", deployments(&db));
+        edited.elapsed()
+    };
+    let answered = rollout("two");
+    answering.store(false, Ordering::SeqCst);
+    // A few passes start fetches that never end.
+    std::thread::sleep(Duration::from_secs(3));
+    let silent = rollout("three");
+    assert!(
+        silent < answered + Duration::from_secs(1),
+        "{silent:?} with a silent server, {answered:?} with an answering one"
+    );
+    assert_eq!(
+        db.psql(
+            "SELECT DISTINCT release->'resolved'->>'commit' FROM deployments WHERE service = 'slow'"
+        ),
+        commit,
+        "the last known commit is used meanwhile"
+    );
+    // Nor does it hold up stopping.
+    let mut up = up;
+    let stopping = std::time::Instant::now();
+    if let Some(process) = up.process.as_mut() {
+        assert!(process.terminate().success());
+    }
+    assert!(
+        stopping.elapsed() < Duration::from_secs(15),
+        "stopping took {:?}",
+        stopping.elapsed()
+    );
+}
+
+#[test]
+fn up_prints_a_curl_command_that_reaches_each_route_wildcards_included() {
+    let (db, dir) = (Db::new(), Dir::new());
+    dir.write(
+        "shop.yaml",
+        format!(
+            "{}---\n{}---\n{}",
+            crate::fixtures::PROJECT,
+            crate::fixtures::service("web", 1),
+            crate::fixtures::route("main", "/", "web")
+                .replace("host: shop.example.com", "host: \"*.shop.example.com\"")
+        ),
+    );
+    let mut process =
+        Process::spawn(up_command(&db, &dir, &["."]).stderr(std::process::Stdio::piped()));
+    let lines = process.stderr_lines();
+    let line = wait_for(ROLLOUT, || {
+        lines.try_iter().find(|l| l.contains("route shop/main:"))
+    })
+    .expect("the route's line");
+    assert!(
+        line.contains("http://*.shop.example.com:")
+            && line.contains("(curl -H 'Host: any.shop.example.com' http://127.0.0.1:"),
+        "{line}"
+    );
 }

@@ -36,6 +36,19 @@ fn every_example_document_satisfies_the_schema() {
     let mut files = Vec::new();
     yaml_files(&repo_root().join("examples"), &mut files);
     let mut checked = 0;
+    // `examples/broken` shows how problems are reported: the schema refuses it too.
+    let (broken, files): (Vec<_>, Vec<_>) = files
+        .into_iter()
+        .partition(|f| f.starts_with(repo_root().join("examples/broken")));
+    let refused = broken
+        .iter()
+        .flat_map(|f| documents(f))
+        .filter(|d| validator.iter_errors(d).next().is_some())
+        .count();
+    assert_eq!(
+        refused, 1,
+        "examples/broken/web.yaml is refused by the schema"
+    );
     for file in files {
         for document in documents(&file) {
             let errors: Vec<String> = validator

@@ -126,6 +126,14 @@ fn pushes_are_applied_failures_leave_the_state_and_force_pushes_are_followed() {
     let failed = wait_status(&db, "the broken commit failed", |s| {
         s["last_seen_commit"] == broken.as_str() && s["state"] == "failed"
     });
+    // One push is one attempt, however many files the push changed under `refs/`.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        db.psql(&format!(
+            "SELECT count(*) FROM sync_attempts WHERE commit_id = '{broken}'"
+        )),
+        "1"
+    );
     let message = failed["message"].as_str().unwrap_or_default();
     assert_eq!(
         message,
@@ -717,4 +725,63 @@ fn the_proxy_role_can_neither_take_the_locks_nor_trigger_syncs_nor_make_temporar
     let sync = db.meshploy(&Dir::new(), &["sync", "bare"]);
     assert_eq!(sync.code, 0, "{}", sync.stderr);
     assert_ne!(db.psql("SELECT count(*) FROM sync_attempts"), before);
+}
+
+#[test]
+fn a_source_is_removed_only_once_told_what_becomes_of_what_it_owns() {
+    let db = Db::new();
+    let dir = Dir::new();
+    let (remote, _, serve) = following_shop(&db, &[]);
+    // The repository and its reconciler are gone; the source and its resources stay.
+    drop(serve);
+    drop(remote);
+    let refused = db.meshploy(&dir, &["source", "remove", "bare"]);
+    refused.assert_fails_with("source `bare` owns 5 resources (project/shop, ");
+    assert!(refused.stderr.contains("--destroy"), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("--adopt-from bare"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(db.psql("SELECT count(*) FROM sources"), "1");
+    assert_eq!(db.psql("SELECT count(*) FROM services"), "3");
+
+    let removed = db.meshploy(&dir, &["source", "remove", "bare", "--destroy"]);
+    assert_eq!(removed.code, 0, "{}", removed.stderr);
+    assert!(
+        removed
+            .stdout
+            .contains("Plan: 0 to add, 0 to change, 5 to destroy."),
+        "{}",
+        removed.stdout
+    );
+    assert!(
+        removed.stdout.contains("Removed source `bare`"),
+        "{}",
+        removed.stdout
+    );
+    for table in ["sources", "sync_attempts", "services", "projects"] {
+        assert_eq!(
+            db.psql(&format!("SELECT count(*) FROM {table}")),
+            "0",
+            "{table}"
+        );
+    }
+    let status = db.meshploy(&dir, &["status"]);
+    assert_eq!(status.code, 0, "{}", status.stdout);
+    assert!(!status.stdout.contains("bare"), "{}", status.stdout);
+    assert_eq!(
+        db.psql("SELECT destroyed || ' ' || source FROM revisions ORDER BY id DESC LIMIT 1"),
+        "5 bare"
+    );
+
+    // A source that owns nothing goes at once; an unknown name is an error.
+    db.psql(
+        "INSERT INTO sources (name, url, branch, path, policy) VALUES ('empty', '/srv/gone.git', 'main', '', 'auto')",
+    );
+    let empty = db.meshploy(&dir, &["source", "remove", "empty"]);
+    assert_eq!(empty.code, 0, "{}", empty.stderr);
+    assert_eq!(db.psql("SELECT count(*) FROM sources"), "0");
+    db.meshploy(&dir, &["source", "remove", "nope"])
+        .assert_fails_with("no source named `nope` is registered or owns resources");
 }

@@ -16,6 +16,7 @@ mod generate;
 mod git_cli;
 mod git_source;
 mod isolation;
+mod output;
 mod plan_apply;
 mod previews;
 mod proxy;

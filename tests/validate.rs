@@ -464,3 +464,52 @@ fn credentials_in_a_services_git_url_are_refused_without_being_echoed() {
     let run = dir.meshploy(&["validate"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
 }
+
+#[test]
+fn every_problem_of_a_document_is_reported_at_once() {
+    // An unknown field no longer hides the rest: the port after it, a misspelt field deeper
+    // down, and the next document's problems are reported in the same run.
+    rejects(
+        &[(
+            "web.yaml",
+            &(service(
+                "web",
+                "  image: nginx\n  replica: 3\n  port: 99999\n  healthCheck:\n    path: /healthz\n    periodSecond: 5\n",
+            ) + "---\n"
+                + &route(
+                    "web",
+                    "  host: shop.example.com:80\n  servic: web\n  service: web\n",
+                )),
+        )],
+        &[
+            ("web.yaml:8:3", "unknown-field", "unknown field `replica`"),
+            ("web.yaml:9:9", "invalid-port", "99999"),
+            (
+                "web.yaml:12:5",
+                "unknown-field",
+                "unknown field `periodSecond`",
+            ),
+            ("web.yaml:20:9", "invalid-host", "includes a port"),
+            ("web.yaml:21:3", "unknown-field", "unknown field `servic`"),
+        ],
+    );
+}
+
+#[test]
+fn the_readme_shows_what_validate_says_of_examples_broken() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README.md");
+    let shown = readme
+        .split("`validate` prints every problem at once")
+        .nth(1)
+        .and_then(|rest| rest.split("```text\n").nth(1))
+        .and_then(|rest| rest.split("```").next())
+        .expect("the README's example output");
+    let run = crate::util::Run::new(
+        crate::util::meshploy()
+            .current_dir(repo_root())
+            .args(["validate", "examples/broken"])
+            .output(),
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(run.stderr, shown);
+}

@@ -14,7 +14,7 @@ use crate::{ApiError, AppState};
 
 /// Finds the caller and hands it to the handler; refuses a missing or unknown token.
 pub async fn authenticate(
-    State(state): State<AppState>,
+    State((state, known)): State<(AppState, tokens::Known)>,
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
@@ -33,7 +33,7 @@ pub async fn authenticate(
                 "a bearer token is required (make one with `meshploy token create`)",
             ));
         }
-        Some(token) => identify(&state, token).await?,
+        Some(token) => identify(&state, &known, token).await?,
     };
     tracing::info!(
         caller = %caller.name,
@@ -47,7 +47,11 @@ pub async fn authenticate(
     Ok(next.run(request).await)
 }
 
-async fn identify(state: &AppState, token: &str) -> Result<Caller, ApiError> {
+async fn identify(
+    state: &AppState,
+    known: &tokens::Known,
+    token: &str,
+) -> Result<Caller, ApiError> {
     // The server's own --api-token, as a digest of equal length compared in constant time.
     if let Some(expected) = state.api_token_sha256
         && bool::from(AppState::token_digest(token).ct_eq(&expected))
@@ -57,7 +61,8 @@ async fn identify(state: &AppState, token: &str) -> Result<Caller, ApiError> {
             scope: TokenScope::Operate,
         });
     }
-    tokens::verify(&state.pool, token)
+    known
+        .verify(&state.pool, token)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?
         .ok_or(ApiError::Unauthorized("the token is not valid"))

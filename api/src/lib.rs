@@ -58,8 +58,10 @@ impl AppState {
     }
 }
 
-/// The router, given its state.
+/// The router, given its state. Needs a Tokio runtime: it follows the stored tokens on a
+/// task of its own (see [`tokens::Known`]).
 pub fn app(state: AppState) -> Router {
+    let known = tokens::Known::follow(state.pool.clone());
     // Everything under /api/v1 but the webhook (which is signed instead) needs a caller.
     let authenticated = Router::new()
         .route("/api/v1/sources/{name}/sync", post(sync))
@@ -81,7 +83,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/revisions", get(read::revisions))
         .route("/api/v1/revisions/{id}", get(read::revision))
         .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            (state.clone(), known),
             auth::authenticate,
         ));
     // What a browser can reach is answered only under our host names, and posted to only

@@ -2,6 +2,8 @@
 //! against every stored digest in constant time, so neither a token nor how much of one
 //! matched leaks through timing.
 
+use std::sync::{Arc, RwLock, Weak};
+
 use reconciler::names::TokenScope;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
@@ -147,29 +149,178 @@ pub async fn revoke(pool: &PgPool, name: &str) -> Result<(), TokenError> {
     Ok(())
 }
 
-/// The caller `presented` is the token of, if it is one. Every stored digest is compared,
+/// A stored token, as a check needs it.
+#[derive(Clone, Debug, sqlx::FromRow)]
+struct Stored {
+    name: String,
+    scope: TokenScope,
+    sha256: Vec<u8>,
+}
+
+async fn stored(pool: &PgPool) -> Result<Vec<Stored>, TokenError> {
+    sqlx::query_as("SELECT name, scope, sha256 FROM api_tokens")
+        .fetch_all(pool)
+        .await
+        .map_err(db("checking a token"))
+}
+
+/// The caller of the token whose digest is `wanted`, if any. Every stored digest is compared,
 /// each in constant time, whatever matches first.
-pub async fn verify(pool: &PgPool, presented: &str) -> Result<Option<Caller>, TokenError> {
-    let rows: Vec<(String, TokenScope, Vec<u8>)> =
-        sqlx::query_as("SELECT name, scope, sha256 FROM api_tokens")
-            .fetch_all(pool)
-            .await
-            .map_err(db("checking a token"))?;
-    let wanted = digest(presented);
+fn matching(tokens: &[Stored], wanted: &[u8; 32]) -> Option<Caller> {
     let mut found = None;
-    for (name, scope, stored) in rows {
-        if bool::from(stored.as_slice().ct_eq(&wanted)) && found.is_none() {
-            found = Some(Caller { name, scope });
+    for token in tokens {
+        if bool::from(token.sha256.as_slice().ct_eq(wanted)) && found.is_none() {
+            found = Some(Caller {
+                name: token.name.clone(),
+                scope: token.scope,
+            });
         }
     }
-    if let Some(caller) = &found {
-        sqlx::query("UPDATE api_tokens SET last_used_at = now() WHERE name = $1")
-            .bind(&caller.name)
-            .execute(pool)
-            .await
-            .map_err(db("recording a token's use"))?;
-    }
+    found
+}
+
+/// The caller `presented` is the token of, if it is one, checked against the database (a
+/// console login). [`Known::verify`] checks API requests.
+pub async fn verify(pool: &PgPool, presented: &str) -> Result<Option<Caller>, TokenError> {
+    let wanted = digest(presented);
+    let found = matching(&stored(pool).await?, &wanted);
+    record_use(pool, found.as_ref(), wanted).await?;
     Ok(found)
+}
+
+/// The channel a trigger on `api_tokens` notifies whenever a token is made, revoked or
+/// changed (migration 0016).
+const CHANNEL: &str = "meshploy_tokens";
+
+/// The stored tokens, kept in memory by each API process so that checking a request's token
+/// costs no query: loaded at start and again on every notification that a token changed
+/// (and every few seconds, in case one was missed). A revoked token is refused as soon as
+/// its notification arrives, within milliseconds of the revoke. Until the first load, and
+/// whenever the notifications may have been missed, the database is asked instead; so is it
+/// for a token not kept, which may have been made a moment ago.
+#[derive(Clone, Debug, Default)]
+pub struct Known {
+    tokens: Arc<RwLock<Option<Arc<Vec<Stored>>>>>,
+}
+
+impl Known {
+    /// Tokens followed on a task of their own, which ends with the last clone of this.
+    pub fn follow(pool: PgPool) -> Known {
+        let known = Known::default();
+        let tokens = Arc::downgrade(&known.tokens);
+        tokio::spawn(async move {
+            loop {
+                follow_once(&pool, &tokens).await;
+                // The connection failed, or nothing needs the tokens any more.
+                let Some(kept) = tokens.upgrade() else {
+                    return;
+                };
+                *kept.write().unwrap_or_else(|e| e.into_inner()) = None;
+                drop(kept);
+                tokio::time::sleep(RELOAD_EVERY).await;
+            }
+        });
+        known
+    }
+
+    /// The caller `presented` is the token of, if it is one.
+    pub async fn verify(
+        &self,
+        pool: &PgPool,
+        presented: &str,
+    ) -> Result<Option<Caller>, TokenError> {
+        let wanted = digest(presented);
+        let kept = self
+            .tokens
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let found = match kept.and_then(|tokens| matching(&tokens, &wanted)) {
+            Some(caller) => Some(caller),
+            None => matching(&stored(pool).await?, &wanted),
+        };
+        record_use(pool, found.as_ref(), wanted).await?;
+        Ok(found)
+    }
+}
+
+/// How often the tokens are loaded again without a notification, and how often the follower
+/// checks that someone still needs them.
+const RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Listens for changes to the tokens and keeps them loaded, until the connection fails or
+/// nothing needs them any more.
+async fn follow_once(pool: &PgPool, tokens: &Weak<RwLock<Option<Arc<Vec<Stored>>>>>) {
+    let Ok(mut listener) = sqlx::postgres::PgListener::connect_with(pool).await else {
+        return;
+    };
+    if listener.listen(CHANNEL).await.is_err() {
+        return;
+    }
+    loop {
+        // Loaded after listening: a change after the load is a notification still to come.
+        let Some(kept) = tokens.upgrade() else {
+            return;
+        };
+        let Ok(loaded) = stored(pool).await else {
+            return;
+        };
+        *kept.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(loaded));
+        drop(kept);
+        tokio::select! {
+            // A change, or a reconnection after which changes may have been missed: load.
+            notified = listener.try_recv() => {
+                if notified.is_err() {
+                    return;
+                }
+            }
+            () = tokio::time::sleep(RELOAD_EVERY) => {}
+        }
+    }
+}
+
+/// Records that the token `wanted` was used by `caller`, when it is due.
+async fn record_use(
+    pool: &PgPool,
+    caller: Option<&Caller>,
+    wanted: [u8; 32],
+) -> Result<(), TokenError> {
+    if let Some(caller) = caller
+        && use_is_due(wanted)
+    {
+        sqlx::query(
+            "UPDATE api_tokens SET last_used_at = now() WHERE name = $1 \
+             AND (last_used_at IS NULL OR last_used_at < now() - make_interval(secs => $2))",
+        )
+        .bind(&caller.name)
+        .bind(USE_RECORDED_EVERY.as_secs_f64())
+        .execute(pool)
+        .await
+        .map_err(db("recording a token's use"))?;
+    }
+    Ok(())
+}
+
+/// How often a token's use is written: a write (and its commit) per request would cost more
+/// than the request, so `last_used_at` is at most this late.
+const USE_RECORDED_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether this process should record a use of the token with digest `token` now: its first
+/// use, or the first since [`USE_RECORDED_EVERY`]. Other processes skip the write in the
+/// database when it is not due there either.
+fn use_is_due(token: [u8; 32]) -> bool {
+    static RECORDED: std::sync::LazyLock<
+        std::sync::Mutex<std::collections::HashMap<[u8; 32], std::time::Instant>>,
+    > = std::sync::LazyLock::new(Default::default);
+    let mut recorded = RECORDED.lock().unwrap_or_else(|e| e.into_inner());
+    let now = std::time::Instant::now();
+    match recorded.get(&token) {
+        Some(at) if now.duration_since(*at) < USE_RECORDED_EVERY => false,
+        _ => {
+            recorded.insert(token, now);
+            true
+        }
+    }
 }
 
 /// How long a console login lasts.

@@ -9,6 +9,8 @@
   }
   var keep = 2000;
   var cursor = pre.getAttribute("data-cursor");
+  // Lines of a new deployment start after a marker naming it, as on the page.
+  var deployment = Number(pre.getAttribute("data-deployment")) || null;
   var url = pre.getAttribute("data-events") + (cursor ? "?cursor=" + encodeURIComponent(cursor) : "");
   var events = new EventSource(url);
   var live = document.getElementById("live");
@@ -25,9 +27,16 @@
       return;
     }
     var atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
-    var span = document.createElement("span");
-    span.textContent = (line.replica === null ? "" : "[replica " + line.replica + "] ") + line.line + "\n";
-    pre.appendChild(span);
+    var append = function (text) {
+      var span = document.createElement("span");
+      span.textContent = text + "\n";
+      pre.appendChild(span);
+    };
+    if (line.deployment_id !== null && line.deployment_id !== deployment) {
+      deployment = line.deployment_id;
+      append("[meshploy] deployment " + deployment + ":");
+    }
+    append((line.replica === null ? "" : "[replica " + line.replica + "] ") + line.line);
     while (pre.childNodes.length > keep) {
       pre.removeChild(pre.firstChild);
     }

@@ -9,7 +9,7 @@
 //! deploys them again.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ use schema::Envelope;
 use schema::model::Workload;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::Error;
@@ -95,6 +95,7 @@ impl<R: Runtime> Controller<R> {
                         in_flight.remove(&service);
                     }
                 }
+                () = resolver.fetched() => {}
                 () = tokio::time::sleep(this.settings.resync) => {}
                 () = stopping(&mut stop) => break,
             }
@@ -115,17 +116,19 @@ impl<R: Runtime> Controller<R> {
         tasks: &mut JoinSet<ServiceKey>,
         resolver: &mut Resolver,
     ) -> Result<(), Error> {
-        let (desired, wanted) = self.desired(resolver).await?;
+        let (desired, wanted, fetching) = self.desired(resolver).await?;
         let running = self.runtime.running();
         for (id, r) in &running {
             store::set_degraded(&self.pool, *id, r.degraded.as_deref()).await?;
         }
         let observed = Observed {
             latest: store::latest(&self.pool).await?,
+            tried: store::tried(&self.pool).await?,
             healthy: store::healthy(&self.pool).await?,
             pins: store::pins(&self.pool).await?,
             running: running.into_iter().map(|(id, r)| (id, r.service)).collect(),
-            in_flight: in_flight.clone(),
+            // A service whose source is being fetched for the first time is left as it is.
+            in_flight: in_flight.union(&fetching).cloned().collect(),
         };
         for decision in decide(&desired, &observed) {
             match decision {
@@ -139,7 +142,7 @@ impl<R: Runtime> Controller<R> {
                             Some(w) => w.clone(),
                             None => continue,
                         },
-                        Target::Pinned { deployment } => {
+                        Target::Earlier { deployment } => {
                             let row = store::deployment(&self.pool, deployment).await?;
                             (row.release.0, row.revision_id)
                         }
@@ -170,17 +173,19 @@ impl<R: Runtime> Controller<R> {
         Ok(())
     }
 
-    /// Every applied service's release, with its source resolved.
+    /// Every applied service's release, with its source resolved, and the services whose
+    /// source is still being fetched for the first time.
     async fn desired(
         &self,
         resolver: &mut Resolver,
-    ) -> Result<(BTreeMap<ServiceKey, Desired>, Wanted), Error> {
+    ) -> Result<(BTreeMap<ServiceKey, Desired>, Wanted, BTreeSet<ServiceKey>), Error> {
         let services = store::applied_services(&self.pool).await?;
         let groups = store::applied_groups(&self.pool).await?;
         let directories = store::source_directories(&self.pool).await?;
         let none = BTreeMap::new();
         let mut desired = BTreeMap::new();
         let mut wanted = BTreeMap::new();
+        let mut fetching = BTreeSet::new();
         resolver.start_pass();
         for service in services {
             let project_groups = groups.get(&service.key.project).unwrap_or(&none);
@@ -197,8 +202,12 @@ impl<R: Runtime> Controller<R> {
                     let directory = directories.get(&service.source).map(String::as_str);
                     let url = absolute_url(&source.git, directory);
                     match resolver.resolve(&url, &source.git_ref).await {
-                        Ok(commit) => Resolved::Commit { commit },
-                        Err(reason) => Resolved::Unresolved { reason },
+                        Resolution::Known(Ok(commit)) => Resolved::Commit { commit },
+                        Resolution::Known(Err(reason)) => Resolved::Unresolved { reason },
+                        Resolution::Fetching => {
+                            fetching.insert(service.key);
+                            continue;
+                        }
                     }
                 }
             };
@@ -212,7 +221,7 @@ impl<R: Runtime> Controller<R> {
             );
             wanted.insert(service.key, (release, Some(service.revision_id)));
         }
-        Ok((desired, wanted))
+        Ok((desired, wanted, fetching))
     }
 
     /// Carries one deployment out, and records how it ended.
@@ -411,49 +420,153 @@ fn absolute_url(git: &str, directory: Option<&str>) -> String {
     }
 }
 
-/// Resolves sources' refs to commits: a local repository on every pass (it is cheap), a
-/// remote one fetched at most every `fetch_every`, and each at most once per pass.
+/// How long a service whose source has never been fetched waits for its first fetch before
+/// its deployment fails saying so.
+const FIRST_FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where a source's ref stands for this pass.
+#[derive(Debug)]
+enum Resolution {
+    /// A commit, or why there is none.
+    Known(Result<String, String>),
+    /// A remote repository fetched for the first time, still under way.
+    Fetching,
+}
+
+/// Resolves sources' refs to commits without a pass ever waiting on the network. A local
+/// repository is read on every pass (it is cheap). A remote one is fetched on a thread of its
+/// own, at most every `fetch_every` and one fetch per repository at a time, and its ref is
+/// resolved from the fetch cache meanwhile: a git server that never answers holds up nothing,
+/// and its services run the commit fetched last. The threads are not waited for, so a fetch
+/// stuck on such a server holds up no shutdown either.
 #[derive(Debug)]
 struct Resolver {
-    cache: std::path::PathBuf,
+    cache: PathBuf,
     fetch_every: Duration,
-    known: HashMap<(String, String), (Instant, Result<String, String>)>,
-    this_pass: BTreeSet<(String, String)>,
+    remotes: HashMap<String, Remote>,
+    fetched: (
+        mpsc::UnboundedSender<Fetched>,
+        mpsc::UnboundedReceiver<Fetched>,
+    ),
+    /// What each URL and ref resolved to in this pass.
+    this_pass: HashMap<(String, String), Result<String, String>>,
+}
+
+/// A finished fetch: the repository's URL and how it ended.
+type Fetched = (String, Result<(), String>);
+
+/// The fetches of one remote repository.
+#[derive(Debug)]
+struct Remote {
+    /// When the newest fetch started, and whether it is still under way.
+    started: Instant,
+    under_way: bool,
+    /// How the newest finished fetch ended; `None` before the first one finished.
+    last: Option<Result<(), String>>,
 }
 
 impl Resolver {
-    fn new(cache: std::path::PathBuf, fetch_every: Duration) -> Resolver {
+    fn new(cache: PathBuf, fetch_every: Duration) -> Resolver {
         Resolver {
             cache,
             fetch_every,
-            known: HashMap::new(),
-            this_pass: BTreeSet::new(),
+            remotes: HashMap::new(),
+            fetched: mpsc::unbounded_channel(),
+            this_pass: HashMap::new(),
         }
     }
 
     fn start_pass(&mut self) {
         self.this_pass.clear();
+        while let Ok((url, outcome)) = self.fetched.1.try_recv() {
+            self.finished(url, outcome);
+        }
     }
 
-    async fn resolve(&mut self, url: &str, reference: &str) -> Result<String, String> {
-        let key = (url.to_owned(), reference.to_owned());
-        let remote = matches!(git::Location::parse(url), git::Location::Remote(_));
-        if let Some((at, known)) = self.known.get(&key)
-            && (self.this_pass.contains(&key) || (remote && at.elapsed() < self.fetch_every))
-        {
-            return known.clone();
+    /// Completes when a fetch finishes, having recorded it: the next pass resolves from it.
+    async fn fetched(&mut self) {
+        if let Some((url, outcome)) = self.fetched.1.recv().await {
+            self.finished(url, outcome);
         }
+    }
+
+    fn finished(&mut self, url: String, outcome: Result<(), String>) {
+        if let Err(error) = &outcome {
+            tracing::warn!(url = %git::redact(&url), %error, "fetching a service's source failed; its services keep the commit fetched before");
+        }
+        if let Some(remote) = self.remotes.get_mut(&url) {
+            remote.under_way = false;
+            remote.last = Some(outcome);
+        }
+    }
+
+    async fn resolve(&mut self, url: &str, reference: &str) -> Resolution {
+        let key = (url.to_owned(), reference.to_owned());
+        if let Some(known) = self.this_pass.get(&key) {
+            return Resolution::Known(known.clone());
+        }
+        let remote = matches!(git::Location::parse(url), git::Location::Remote(_));
+        if remote {
+            self.fetch_if_due(url);
+        }
+        // A remote repository is read from its cache, as the last fetch left it.
         let (cache, url_owned, reference_owned) =
             (self.cache.clone(), url.to_owned(), reference.to_owned());
         let resolved = tokio::task::spawn_blocking(move || {
-            git::open(&url_owned, &cache)?.resolve(&reference_owned)
+            git::open_cached(&url_owned, &cache)?.resolve(&reference_owned)
         })
         .await
         .map_err(|e| format!("resolving the source stopped: {e}"))
         .and_then(|r| r.map_err(|e| format!("cannot resolve `source.ref`: {e}")));
-        self.this_pass.insert(key.clone());
-        self.known.insert(key, (Instant::now(), resolved.clone()));
-        resolved
+        let resolved = match (resolved, self.remotes.get(url)) {
+            (Ok(commit), _) => Ok(commit),
+            // Not in the cache: say why once a fetch has said, or wait for the first.
+            (Err(_), Some(remote)) if remote.last.is_none() => {
+                if remote.started.elapsed() < FIRST_FETCH_TIMEOUT {
+                    return Resolution::Fetching;
+                }
+                Err(format!(
+                    "cannot fetch {}: no answer within {} s",
+                    git::redact(url),
+                    FIRST_FETCH_TIMEOUT.as_secs()
+                ))
+            }
+            (
+                Err(_),
+                Some(Remote {
+                    last: Some(Err(fetch)),
+                    ..
+                }),
+            ) => Err(format!("cannot resolve `source.ref`: {fetch}")),
+            (Err(reason), _) => Err(reason),
+        };
+        self.this_pass.insert(key, resolved.clone());
+        Resolution::Known(resolved)
+    }
+
+    /// Starts fetching `url` on a thread of its own unless a fetch is under way or one
+    /// started less than `fetch_every` ago.
+    fn fetch_if_due(&mut self, url: &str) {
+        let due = self
+            .remotes
+            .get(url)
+            .is_none_or(|r| !r.under_way && r.started.elapsed() >= self.fetch_every);
+        if !due {
+            return;
+        }
+        self.remotes.insert(
+            url.to_owned(),
+            Remote {
+                started: Instant::now(),
+                under_way: true,
+                last: self.remotes.get(url).and_then(|r| r.last.clone()),
+            },
+        );
+        let (cache, url, done) = (self.cache.clone(), url.to_owned(), self.fetched.0.clone());
+        std::thread::spawn(move || {
+            let outcome = git::open(&url, &cache).map(drop).map_err(|e| e.to_string());
+            let _ = done.send((url, outcome));
+        });
     }
 }
 

@@ -48,6 +48,10 @@ pub struct Pin {
 pub struct Observed {
     /// The newest deployment of each service.
     pub latest: BTreeMap<ServiceKey, Deployed>,
+    /// The newest deployment of each service that tried a release (a revision or a
+    /// rollback): restarts left out, so that a release which failed stays failed through
+    /// restarts of the one before it.
+    pub tried: BTreeMap<ServiceKey, Deployed>,
     /// The deployment in state `healthy` of each service (at most one).
     pub healthy: BTreeMap<ServiceKey, Deployed>,
     pub pins: BTreeMap<ServiceKey, Pin>,
@@ -62,8 +66,9 @@ pub struct Observed {
 pub enum Target {
     /// The release the applied state asks for.
     Desired,
-    /// The release of an earlier deployment (a rollback).
-    Pinned { deployment: i64 },
+    /// The release of an earlier deployment: a rollback's pin, or the healthy release a
+    /// restart runs again when a newer one failed.
+    Earlier { deployment: i64 },
 }
 
 /// One thing to do.
@@ -108,7 +113,7 @@ pub fn decide(desired: &BTreeMap<ServiceKey, Desired>, observed: &Observed) -> V
                 (Target::Desired, &wanted.release_digest, None)
             }
             Some(pin) => (
-                Target::Pinned {
+                Target::Earlier {
                     deployment: pin.deployment,
                 },
                 &pin.release_digest,
@@ -127,10 +132,26 @@ pub fn decide(desired: &BTreeMap<ServiceKey, Desired>, observed: &Observed) -> V
             continue;
         }
         // A release that failed stays failed until something changes: retrying it on every
-        // wake-up would only fail again and bury the reason.
-        let latest = observed.latest.get(service);
-        if latest.is_some_and(|l| &l.release_digest == digest && l.state == DeploymentState::Failed)
-        {
+        // wake-up would only fail again and bury the reason. What served before it serves
+        // on, and is started again if nothing runs it (after a crash).
+        let failed = |digest: &str| {
+            [observed.latest.get(service), observed.tried.get(service)]
+                .into_iter()
+                .flatten()
+                .any(|d| d.release_digest == digest && d.state == DeploymentState::Failed)
+        };
+        if failed(digest) {
+            if let Some(healthy) =
+                healthy.filter(|h| serving.is_none() && !failed(&h.release_digest))
+            {
+                decisions.push(Decision::Deploy {
+                    service: service.clone(),
+                    target: Target::Earlier {
+                        deployment: healthy.id,
+                    },
+                    trigger: DeployTrigger::Restart,
+                });
+            }
             continue;
         }
         let trigger = trigger.unwrap_or_else(|| {
@@ -255,6 +276,47 @@ mod tests {
     }
 
     #[test]
+    fn after_a_crash_the_last_healthy_release_runs_again_when_a_newer_one_failed() {
+        let mut observed = Observed::default();
+        serving(&mut observed, "api", 1, "r1");
+        let failed = deployed(2, "r2", DeploymentState::Failed);
+        observed.latest.insert(key("api"), failed.clone());
+        observed.tried.insert(key("api"), failed);
+        observed.running.clear();
+        let wanted = desired(&[("api", "r2")]);
+        assert_eq!(
+            decide(&wanted, &observed),
+            [
+                Decision::Unroute {
+                    service: key("api")
+                },
+                deploy(
+                    "api",
+                    Target::Earlier { deployment: 1 },
+                    DeployTrigger::Restart
+                )
+            ]
+        );
+        // Restarted and serving: the failed release is still not tried again.
+        serving(&mut observed, "api", 3, "r1");
+        assert_eq!(decide(&wanted, &observed), []);
+        // A restart that fails is not repeated either.
+        observed.running.clear();
+        observed
+            .latest
+            .insert(key("api"), deployed(3, "r1", DeploymentState::Failed));
+        observed
+            .healthy
+            .insert(key("api"), deployed(1, "r1", DeploymentState::Healthy));
+        assert_eq!(
+            decide(&wanted, &observed),
+            [Decision::Unroute {
+                service: key("api")
+            }]
+        );
+    }
+
+    #[test]
     fn a_healthy_release_that_nothing_runs_is_restarted() {
         let mut observed = Observed::default();
         serving(&mut observed, "api", 1, "r1");
@@ -286,7 +348,7 @@ mod tests {
             decide(&desired(&[("api", "r2")]), &observed),
             [deploy(
                 "api",
-                Target::Pinned { deployment: 1 },
+                Target::Earlier { deployment: 1 },
                 DeployTrigger::Rollback
             )]
         );

@@ -21,8 +21,8 @@ pub enum Error {
     },
     #[error("deployment {deployment} of {service} never became healthy; roll back to one that did")]
     NeverHealthy { deployment: i64, service: String },
-    #[error("no service `{0}` is applied or was deployed")]
-    NoService(String),
+    #[error("no service `{name}` is applied or was deployed{}", did_you_mean(.near.as_deref()))]
+    NoService { name: String, near: Option<String> },
     #[error("`{name}` is a service of several projects ({projects}); name it as PROJECT/{name}")]
     Ambiguous { name: String, projects: String },
     #[error("the applied {service} cannot be read: {reason}")]
@@ -32,6 +32,11 @@ pub enum Error {
         path: std::path::PathBuf,
         error: std::io::Error,
     },
+}
+
+fn did_you_mean(near: Option<&str>) -> String {
+    near.map(|n| format!("; did you mean `{n}`?"))
+        .unwrap_or_default()
 }
 
 /// Wraps a database error with the operation it interrupted.

@@ -65,7 +65,10 @@ async fn applied_spec_digest(pool: &PgPool, service: &ServiceKey) -> Result<Stri
         .await?
         .into_iter()
         .find(|a| &a.key == service)
-        .ok_or_else(|| Error::NoService(service.to_string()))?;
+        .ok_or_else(|| Error::NoService {
+            name: service.to_string(),
+            near: None,
+        })?;
     let groups = store::applied_groups(pool).await?;
     let none = BTreeMap::new();
     let project_groups = groups.get(&service.project).unwrap_or(&none);

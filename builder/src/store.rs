@@ -44,12 +44,19 @@ fn fields(json: &serde_json::Map<String, serde_json::Value>) -> Fields {
         .collect()
 }
 
+/// Every applied service. Its revision is the newest that wrote the service or a variable
+/// group it reads: the one its release comes from.
 pub async fn applied_services(pool: &PgPool) -> Result<Vec<Applied>, Error> {
-    let rows: Vec<FieldsRow> =
-        sqlx::query_as("SELECT project, name, fields, revision_id, source FROM services")
-            .fetch_all(pool)
-            .await
-            .map_err(db("reading the applied services"))?;
+    let rows: Vec<FieldsRow> = sqlx::query_as(
+        "SELECT s.project, s.name, s.fields, s.source, GREATEST(s.revision_id, \
+             (SELECT max(g.revision_id) FROM service_variable_groups sg \
+              JOIN variable_groups g ON g.project = sg.project AND g.name = sg.group_name \
+              WHERE sg.project = s.project AND sg.service = s.name)) AS revision_id \
+         FROM services s",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(db("reading the applied services"))?;
     Ok(rows
         .into_iter()
         .map(|row| Applied {
@@ -427,6 +434,18 @@ pub async fn latest(pool: &PgPool) -> Result<BTreeMap<ServiceKey, Deployed>, Err
     Ok(by_service(rows))
 }
 
+/// The newest deployment of each service that tried a release: restarts left out.
+pub async fn tried(pool: &PgPool) -> Result<BTreeMap<ServiceKey, Deployed>, Error> {
+    let rows = sqlx::query_as(
+        "SELECT DISTINCT ON (project, service) id, project, service, release_digest, state \
+         FROM deployments WHERE trigger <> 'restart' ORDER BY project, service, id DESC",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(db("reading the releases tried last"))?;
+    Ok(by_service(rows))
+}
+
 /// The healthy deployment of each service.
 pub async fn healthy(pool: &PgPool) -> Result<BTreeMap<ServiceKey, Deployed>, Error> {
     let rows = sqlx::query_as(
@@ -624,12 +643,29 @@ pub async fn find_service(pool: &PgPool, text: &str) -> Result<ServiceKey, Error
             project: project.clone(),
             name: name.to_owned(),
         }),
-        [] => Err(Error::NoService(text.to_owned())),
+        [] => Err(Error::NoService {
+            name: text.to_owned(),
+            near: near_service(pool, project.is_some(), text).await?,
+        }),
         several => Err(Error::Ambiguous {
             name: name.to_owned(),
             projects: several.join(", "),
         }),
     }
+}
+
+/// The service name nearest to a misspelt `text`, written as `text` was: with its project
+/// when `qualified`.
+async fn near_service(pool: &PgPool, qualified: bool, text: &str) -> Result<Option<String>, Error> {
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT CASE WHEN $1 THEN project || '/' || name ELSE name END FROM services \
+         UNION SELECT CASE WHEN $1 THEN project || '/' || service ELSE service END FROM deployments",
+    )
+    .bind(qualified)
+    .fetch_all(pool)
+    .await
+    .map_err(db("looking up a service"))?;
+    Ok(schema::rules::closest(text, names.iter().map(String::as_str)).map(str::to_owned))
 }
 
 /// Every route's name, host and path, for printing where services are reachable.

@@ -92,6 +92,24 @@ pub fn numbers(usage: &str, numbers: &mut [(&str, &mut usize)]) -> Result<(), St
     Ok(())
 }
 
+/// Runs `meshploy ARGS` against the database at `url` and returns its standard output, or
+/// what it said on standard error when it failed.
+pub fn meshploy(binary: &Path, url: &str, args: &[&str]) -> Result<String, String> {
+    let output = Command::new(binary)
+        .args(args)
+        .env("DATABASE_URL", url)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !output.status.success() {
+        return Err(format!(
+            "`meshploy {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
 /// Builds the release binary and starts a private PostgreSQL cluster in a new temporary
 /// directory, runs `bench` with the binary, the cluster and that directory, and stops the
 /// cluster whatever `bench` returned.

@@ -176,9 +176,15 @@ pub async fn sync(
         .await?
         .unwrap_or_default();
     let last_applied = position.last_applied_commit;
-    let skip_if_at = (trigger != Trigger::Request && position.state == Some(SourceState::Synced))
-        .then(|| last_applied.clone())
-        .flatten();
+    // A branch still at the commit last applied is not planned again, unless asked. A file
+    // watch fires for every file a push changes under `refs/`: a branch still at the commit
+    // last attempted, whatever came of it, has not moved.
+    let skip_if_at = match trigger {
+        Trigger::Request => None,
+        Trigger::Watch if position.last_seen_commit.is_some() => position.last_seen_commit,
+        _ if position.state == Some(SourceState::Synced) => last_applied.clone(),
+        _ => None,
+    };
     let fetched = {
         let (url, branch, path) = (
             source.url.clone(),

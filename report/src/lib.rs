@@ -1,9 +1,19 @@
-//! How things are shown to a person: an error on one line with every cause, and sizes.
+//! How text is shown to a person: an error as one line with every cause ([`causes`]), text
+//! from elsewhere made safe for a terminal ([`printable`]), and sizes.
 //!
 //! Transport errors often say only "handshake failed" or "connection error" at the top and
 //! why (refused, TLS, DNS) in their sources, so every message shown to a user or logged goes
-//! through [`causes`]. It is the one rule for the whole workspace. Sizes are written and read
-//! in binary units (`64 MiB`) by [`bytes`] and [`parse_bytes`], for settings and messages alike.
+//! through [`causes`]. It is the one rule for the whole workspace.
+//!
+//! What a process printed, what a manifest or a commit says and what a forge answered may
+//! hold escape sequences that a terminal obeys: clear the screen, set the window title, hide
+//! the lines after them. Everything the CLI prints that came from such a place goes through
+//! [`printable`]; JSON output stays exact, since its readers are programs.
+//!
+//! Sizes are written and read in binary units (`64 MiB`) by [`bytes`] and [`parse_bytes`],
+//! for settings and messages alike.
+
+use std::borrow::Cow;
 
 /// An error and its causes, joined as `outer: inner`. A cause whose text the message already
 /// holds (wrappers that repeat their source) is not repeated.
@@ -59,6 +69,35 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
     number
         .checked_mul(scale)
         .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+/// Whether [`printable`] keeps line breaks and tabs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lines {
+    /// A multi-line value shown as lines: `\n` and `\t` stay.
+    Keep,
+    /// One line of output, such as a log line or a table cell: `\n` is escaped too (`\t`
+    /// stays).
+    Escape,
+}
+
+/// `text` with every control character (C0, DEL and C1) written visibly as `\x1b`, `\x7f`
+/// or `\u{9b}`, except line breaks and tabs as `lines` says. A backslash is left alone: the
+/// escapes are for reading, not for parsing back.
+pub fn printable(text: &str, lines: Lines) -> Cow<'_, str> {
+    let kept = |c: char| c == '\t' || (c == '\n' && lines == Lines::Keep);
+    if !text.chars().any(|c| c.is_control() && !kept(c)) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match u32::from(c) {
+            _ if !c.is_control() || kept(c) => out.push(c),
+            code @ 0..=0x7f => out.push_str(&format!("\\x{code:02x}")),
+            code => out.push_str(&format!("\\u{{{code:x}}}")),
+        }
+    }
+    Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -117,5 +156,22 @@ mod tests {
             "cannot write: disk full"
         );
         assert_eq!(causes(&std::io::Error::other("alone")), "alone");
+    }
+
+    #[test]
+    fn control_characters_are_shown_rather_than_obeyed() {
+        let text = "\x1b]0;title\x07one\n\ttwo\x7f\u{9b}31m\r";
+        assert_eq!(
+            printable(text, Lines::Keep),
+            "\\x1b]0;title\\x07one\n\ttwo\\x7f\\u{9b}31m\\x0d"
+        );
+        assert_eq!(
+            printable(text, Lines::Escape),
+            "\\x1b]0;title\\x07one\\x0a\ttwo\\x7f\\u{9b}31m\\x0d"
+        );
+        assert!(matches!(
+            printable("plain, naïve \\ and\ttabbed", Lines::Escape),
+            Cow::Borrowed(_)
+        ));
     }
 }

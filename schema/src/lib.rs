@@ -12,6 +12,7 @@ mod manifest;
 pub mod model;
 pub mod rules;
 mod spanned;
+mod unknown;
 
 pub use diagnostic::{Code, Diagnostic};
 pub use envelope::Envelope;

@@ -9,10 +9,11 @@ use std::fmt;
 
 use schemars::JsonSchema;
 use serde::Deserialize;
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 
 use crate::model::Kind;
 use crate::spanned::{Int, Loc, Scalar, Spanned, SpannedMap};
+use crate::unknown::{self, Checked, checked, unwrap};
 
 /// The only `apiVersion` this release understands.
 pub const API_VERSION: &str = "meshploy.dev/v1";
@@ -50,8 +51,10 @@ pub struct ServiceSpec {
     /// and `source` is required.
     pub image: Option<Spanned<String>>,
     /// Where to build the service from. Exactly one of `image` and `source` is required.
+    #[serde(default, deserialize_with = "checked")]
     pub source: Option<Spanned<SourceSpec>>,
     /// How to build `source`. Only valid with `source`; defaults to `strategy: auto`.
+    #[serde(default, deserialize_with = "checked")]
     pub build: Option<Spanned<BuildSpec>>,
     /// Command that starts the service, run by a shell. Defaults to the image's entrypoint.
     pub command: Option<Spanned<String>>,
@@ -62,12 +65,14 @@ pub struct ServiceSpec {
     /// How many copies run. 0 to 1000, default 1.
     pub replicas: Option<Spanned<Int>>,
     /// CPU and memory for each replica, as Kubernetes quantities.
-    pub resources: Option<ResourcesSpec>,
+    #[serde(default, deserialize_with = "checked")]
+    pub resources: Option<Spanned<ResourcesSpec>>,
     /// Environment variables. These override variables from `variableGroups`.
     pub env: Option<SpannedMap<Scalar>>,
     /// Names of variable groups in the same project, applied in order (later groups win).
     pub variable_groups: Option<Vec<Spanned<String>>>,
     /// An HTTP check that decides when a replica is ready for traffic.
+    #[serde(default, deserialize_with = "checked")]
     pub health_check: Option<Spanned<HealthCheckSpec>>,
 }
 
@@ -207,7 +212,9 @@ impl<'de> Visitor<'de> for DocumentVisitor {
             match key.value.as_str() {
                 "apiVersion" => doc.api_version = Some(map.next_value()?),
                 "kind" => doc.kind = Some(map.next_value()?),
-                "metadata" => doc.metadata = Some(map.next_value()?),
+                "metadata" => {
+                    doc.metadata = Some(unwrap(map.next_value::<Spanned<Checked<Metadata>>>()?));
+                }
                 // Deserialising the spec straight into the kind's type keeps every field's
                 // location. Only a spec written before its kind has to be buffered.
                 "spec" => {
@@ -220,7 +227,10 @@ impl<'de> Visitor<'de> for DocumentVisitor {
                         None => SpecSlot::Buffered(key.loc, map.next_value()?),
                     }
                 }
-                other => return Err(de::Error::unknown_field(other, DOCUMENT_FIELDS)),
+                _ => {
+                    unknown::record(key, DOCUMENT_FIELDS)?;
+                    map.next_value::<IgnoredAny>()?;
+                }
             }
         }
         Ok(doc)
@@ -229,19 +239,19 @@ impl<'de> Visitor<'de> for DocumentVisitor {
 
 fn next_spec<'de, A: MapAccess<'de>>(map: &mut A, kind: Kind) -> Result<RawSpec, A::Error> {
     Ok(match kind {
-        Kind::Project => RawSpec::Project(map.next_value()?),
-        Kind::Service => RawSpec::Service(map.next_value()?),
-        Kind::Route => RawSpec::Route(map.next_value()?),
-        Kind::VariableGroup => RawSpec::VariableGroup(map.next_value()?),
+        Kind::Project => RawSpec::Project(map.next_value::<Checked<_>>()?.0),
+        Kind::Service => RawSpec::Service(Box::new(map.next_value::<Checked<_>>()?.0)),
+        Kind::Route => RawSpec::Route(map.next_value::<Checked<_>>()?.0),
+        Kind::VariableGroup => RawSpec::VariableGroup(map.next_value::<Checked<_>>()?.0),
     })
 }
 
 /// Types a spec that was buffered because it came before `kind`.
 pub(crate) fn spec_from_value(kind: Kind, value: serde_json::Value) -> serde_json::Result<RawSpec> {
     Ok(match kind {
-        Kind::Project => RawSpec::Project(serde_json::from_value(value)?),
-        Kind::Service => RawSpec::Service(serde_json::from_value(value)?),
-        Kind::Route => RawSpec::Route(serde_json::from_value(value)?),
-        Kind::VariableGroup => RawSpec::VariableGroup(serde_json::from_value(value)?),
+        Kind::Project => RawSpec::Project(Checked::deserialize(value)?.0),
+        Kind::Service => RawSpec::Service(Box::new(Checked::deserialize(value)?.0)),
+        Kind::Route => RawSpec::Route(Checked::deserialize(value)?.0),
+        Kind::VariableGroup => RawSpec::VariableGroup(Checked::deserialize(value)?.0),
     })
 }

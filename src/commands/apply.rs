@@ -65,7 +65,7 @@ pub async fn plan_and_apply(
     let planned = pipeline::lock(pool, owner, how.lock_timeout_ms)
         .await?
         .plan(desired)?;
-    print(planned.plan(), PlanFormat::Text, "");
+    print(planned.plan(), PlanFormat::Text, "")?;
     if planned.plan().is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
@@ -126,7 +126,7 @@ async fn apply_saved(args: ApplyArgs) -> Result<ExitCode> {
         .await?
         .saved(saved, desired)?
         .check(&guard(&args.guard))?;
-    print(checked.plan(), PlanFormat::Text, "");
+    print(checked.plan(), PlanFormat::Text, "")?;
     if checked.plan().is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
@@ -134,16 +134,22 @@ async fn apply_saved(args: ApplyArgs) -> Result<ExitCode> {
 }
 
 /// Applies a checked plan and reports the revision.
-async fn finish(checked: Checked, keys: Option<&Keyring>, meta: &RevisionMeta) -> Result<ExitCode> {
+pub(super) async fn finish(
+    checked: Checked,
+    keys: Option<&Keyring>,
+    meta: &RevisionMeta,
+) -> Result<ExitCode> {
     let summary = checked.plan().summary();
     let revision = checked
         .apply(keys, meta)
         .await
         .context("nothing was applied")?;
-    println!(
+    outln!(
         "\nApply complete! Resources: {} added, {} changed, {} destroyed. Revision {revision}.",
-        summary.add, summary.change, summary.destroy
-    );
+        summary.add,
+        summary.change,
+        summary.destroy
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -160,15 +166,35 @@ fn meta(args: &ApplyArgs, source: String, commit: Option<String>) -> RevisionMet
     }
 }
 
-/// `USER@hostname`, as far as the environment tells.
+/// `USER@hostname`: the user from the environment, else the account of this process's user
+/// (a service manager or `sudo -i` may set neither `USER` nor `LOGNAME`).
 pub fn actor() -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into());
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(account);
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "localhost".into());
     format!("{user}@{host}")
+}
+
+/// The name `/etc/passwd` gives this process's user, else `uid N`.
+fn account() -> String {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(uid) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
+        return "unknown".into();
+    };
+    std::fs::read_to_string("/etc/passwd")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next()?;
+            (fields.nth(1)? == uid.to_string()).then(|| name.to_owned())
+        })
+        .unwrap_or_else(|| format!("uid {uid}"))
 }
 
 fn confirm() -> Result<bool> {
@@ -177,9 +203,9 @@ fn confirm() -> Result<bool> {
             "apply needs confirmation, and standard input is not a terminal; rerun with --auto-approve, or save a plan with `meshploy plan --out FILE` and apply that"
         );
     }
-    print!(
+    out!(
         "\nDo you want to perform these actions? Only 'yes' will be accepted to approve.\n  Enter a value: "
-    );
+    )?;
     std::io::stdout().flush()?;
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer)?;

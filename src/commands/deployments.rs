@@ -11,6 +11,7 @@ use builder::store::{self, Deployment};
 use reconciler::names::{DeployTrigger, DeploymentState};
 use sqlx::PgPool;
 
+use super::shown_lines;
 use crate::cli::{DbArgs, Format, LogsArgs};
 use crate::database;
 
@@ -29,23 +30,29 @@ pub async fn list(
     let pins = store::pins(&pool).await?;
     if format == Format::Json {
         let rows: Vec<serde_json::Value> = rows.iter().map(json).collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     if rows.is_empty() {
-        println!("No deployments yet.");
+        outln!("No deployments yet.")?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "{:<6} {:<24} {:<12} {:<9} {:<13} {:<9} {:<20} TOOK",
-        "ID", "SERVICE", "STATE", "TRIGGER", "RELEASE", "REVISION", "QUEUED"
-    );
+        "ID",
+        "SERVICE",
+        "STATE",
+        "TRIGGER",
+        "RELEASE",
+        "REVISION",
+        "QUEUED"
+    )?;
     for row in &rows {
         let took = row
             .finished_at
             .map(|end| format!("{:.1} s", (end - row.queued_at).as_seconds_f64()))
             .unwrap_or_default();
-        println!(
+        outln!(
             "{:<6} {:<24} {:<12} {:<9} {:<13} {:<9} {:<20} {took}",
             row.id,
             format!("{}/{}", row.project, row.service),
@@ -54,7 +61,7 @@ pub async fn list(
             &row.release_digest[..12],
             row.revision_id.map(|r| r.to_string()).unwrap_or_default(),
             timestamp(row.queued_at),
-        );
+        )?;
         let key = builder::decide::ServiceKey {
             project: row.project.clone(),
             name: row.service.clone(),
@@ -62,18 +69,19 @@ pub async fn list(
         if row.state == DeploymentState::Healthy
             && let Some(pin) = pins.get(&key)
         {
-            println!(
+            outln!(
                 "       pinned to deployment {} by a rollback; the next change to the service in git releases it",
                 pin.deployment
-            );
+            )?;
         }
         if let Some(degraded) = &row.degraded {
-            println!("       degraded: {degraded}");
+            out!(
+                "{}",
+                shown_lines(degraded, "       degraded: ", "         ")
+            )?;
         }
         if let Some(reason) = &row.reason {
-            for line in reason.lines() {
-                println!("       {line}");
-            }
+            out!("{}", shown_lines(reason, "       ", "       "))?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -94,15 +102,17 @@ pub async fn services(pool: &PgPool) -> Result<String> {
             project: row.project.clone(),
             name: row.service.clone(),
         };
-        let reason = row.reason.as_deref().and_then(|r| r.lines().next());
-        let _ = writeln!(
+        let _ = write!(
             out,
-            "{key}: {} (deployment {}, release {}){}",
+            "{key}: {} (deployment {}, release {})",
             row.state,
             row.id,
             &row.release_digest[..12],
-            reason.map(|r| format!(": {r}")).unwrap_or_default()
         );
+        match &row.reason {
+            Some(reason) => out.push_str(&shown_lines(reason, ": ", "    ")),
+            None => out.push('\n'),
+        }
         if row.state == DeploymentState::Healthy {
             if let Some(pin) = pins.get(&key) {
                 let _ = writeln!(
@@ -112,7 +122,7 @@ pub async fn services(pool: &PgPool) -> Result<String> {
                 );
             }
             if let Some(degraded) = &row.degraded {
-                let _ = writeln!(out, "  degraded: {degraded}");
+                out.push_str(&shown_lines(degraded, "  degraded: ", "    "));
             }
         }
     }
@@ -163,17 +173,32 @@ pub async fn logs(args: LogsArgs) -> Result<ExitCode> {
     } else {
         Selection::Deployment(deployment.id)
     };
-    let show = |line: &logs::LogLine| match line.replica {
-        Some(replica) => println!("[{replica}] {}", line.line),
-        None => println!("{}", line.line),
-    };
     // The newest `--tail` lines; `last` is where following goes on from, even with none.
     let tail = logs::read(&pool, &selection, 0, args.tail.max(1), true).await?;
     let mut last = tail.last().map_or(0, |l| l.seq);
     let skip = tail
         .len()
         .saturating_sub(usize::try_from(args.tail).unwrap_or(0));
-    tail.iter().skip(skip).for_each(show);
+    for line in tail.iter().skip(skip) {
+        show(line)?;
+    }
+    // A deployment that failed without a line from its replicas: say why, rather than
+    // print nothing.
+    if let (Selection::Deployment(_), [], Some(reason)) =
+        (&selection, tail.as_slice(), &deployment.reason)
+        && deployment.state == DeploymentState::Failed
+    {
+        let when = if deployment.deploying_at.is_none() {
+            "failed before any replica started"
+        } else {
+            "failed, and its replicas printed nothing"
+        };
+        let why = report::printable(reason, report::Lines::Keep);
+        if !args.follow {
+            bail!("deployment {} of {service} {when}: {why}", deployment.id);
+        }
+        eprintln!("deployment {} of {service} {when}: {why}", deployment.id);
+    }
     if !args.follow {
         return Ok(ExitCode::SUCCESS);
     }
@@ -193,14 +218,23 @@ pub async fn logs(args: LogsArgs) -> Result<ExitCode> {
         for line in logs::read(&pool, &following, last, 1000, false).await? {
             if line.deployment_id.is_some() && current.is_some() && line.deployment_id != current {
                 current = line.deployment_id;
-                println!(
+                outln!(
                     "[meshploy] deployment {}:",
                     line.deployment_id.unwrap_or_default()
-                );
+                )?;
             }
-            show(&line);
+            show(&line)?;
             last = line.seq;
         }
+    }
+}
+
+/// One captured line, with the replica it came from.
+fn show(line: &logs::LogLine) -> Result<()> {
+    let text = report::printable(&line.line, report::Lines::Escape);
+    match line.replica {
+        Some(replica) => outln!("[{replica}] {text}"),
+        None => outln!("{text}"),
     }
 }
 
@@ -227,11 +261,11 @@ pub async fn rollback(
         .first()
         .map_or(0, |d| d.id);
     let target = builder::rollback::pin(&pool, &service, to).await?;
-    println!(
+    outln!(
         "Pinned {service} to deployment {} (release {}). The next change to the service in git releases the pin.",
         target.id,
         &target.release_digest[..12]
-    );
+    )?;
     if wait.is_zero() {
         return Ok(ExitCode::SUCCESS);
     }
@@ -247,19 +281,20 @@ pub async fn rollback(
             .is_some_and(|d| d.release_digest == target.release_digest);
         match rollback {
             Some(d) if d.state == DeploymentState::Healthy => {
-                println!("Rolled back: deployment {} is healthy and serving.", d.id);
+                outln!("Rolled back: deployment {} is healthy and serving.", d.id)?;
                 return Ok(ExitCode::SUCCESS);
             }
             Some(d) if d.state == DeploymentState::Failed => {
+                let reason = d.reason.as_deref().unwrap_or("no reason recorded");
                 eprintln!(
                     "The rollback failed (deployment {}): {}",
                     d.id,
-                    d.reason.as_deref().unwrap_or("no reason recorded")
+                    report::printable(reason, report::Lines::Keep)
                 );
                 return Ok(ExitCode::FAILURE);
             }
             None if serving => {
-                println!("That release is serving already.");
+                outln!("That release is serving already.")?;
                 return Ok(ExitCode::SUCCESS);
             }
             _ => tokio::time::sleep(Duration::from_millis(200)).await,

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use reconciler::plan::Plan;
 use reconciler::store;
+use report::{Lines, printable};
 
 use super::plan::print;
 use crate::cli::{DbArgs, Format, PlanFormat, StateCommand};
@@ -15,24 +16,29 @@ pub async fn list(db: &DbArgs, limit: i64, format: Format) -> Result<ExitCode> {
     let pool = database::connect(db, "history").await?;
     let revisions = store::revisions(&pool, limit).await?;
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&revisions)?),
-        Format::Text if revisions.is_empty() => println!("No revisions yet."),
+        Format::Json => outln!("{}", serde_json::to_string_pretty(&revisions)?)?,
+        Format::Text if revisions.is_empty() => outln!("No revisions yet.")?,
         Format::Text => {
+            outln!(
+                "{:>8}  {:<27}  {:<14}  {:<24}  SOURCE",
+                "REVISION",
+                "APPLIED",
+                "CHANGES",
+                "ACTOR"
+            )?;
             for r in &revisions {
-                println!(
-                    "{:>6}  {}  +{} ~{} -{}  {}  {}{}",
+                let changes = format!("+{} ~{} -{}", r.added, r.changed, r.destroyed);
+                outln!(
+                    "{:>8}  {:<27}  {changes:<14}  {:<24}  {}{}",
                     r.id,
                     timestamp(r.applied_at),
-                    r.added,
-                    r.changed,
-                    r.destroyed,
-                    r.actor,
-                    r.source,
+                    printable(&r.actor, Lines::Escape),
+                    printable(&r.source, Lines::Escape),
                     r.commit_id
                         .as_deref()
-                        .map(|c| format!(" @ {c}"))
+                        .map(|c| format!(" @ {}", printable(c, Lines::Escape)))
                         .unwrap_or_default()
-                );
+                )?;
             }
         }
     }
@@ -47,20 +53,20 @@ pub async fn show(db: &DbArgs, id: i64, format: PlanFormat) -> Result<ExitCode> 
     let plan: Plan = serde_json::from_str(&plan)
         .with_context(|| format!("the plan stored with revision {id} cannot be read"))?;
     if format == PlanFormat::Text {
-        println!(
+        outln!(
             "Revision {} applied {} by {} from {}{}\n",
             revision.id,
             timestamp(revision.applied_at),
-            revision.actor,
-            revision.source,
+            printable(&revision.actor, Lines::Escape),
+            printable(&revision.source, Lines::Escape),
             revision
                 .commit_id
                 .as_deref()
-                .map(|c| format!(" at commit {c}"))
+                .map(|c| format!(" at commit {}", printable(c, Lines::Escape)))
                 .unwrap_or_default()
-        );
+        )?;
     }
-    print(&plan, format, &format!("revision {id}"));
+    print(&plan, format, &format!("revision {id}"))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -69,8 +75,8 @@ pub async fn state(command: StateCommand) -> Result<ExitCode> {
     let pool = database::connect(&db, "state list").await?;
     let resources = store::stored_resources(&pool).await?;
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&resources)?),
-        Format::Text if resources.is_empty() => println!("The state is empty."),
+        Format::Json => outln!("{}", serde_json::to_string_pretty(&resources)?)?,
+        Format::Text if resources.is_empty() => outln!("The state is empty.")?,
         Format::Text => {
             let width = resources
                 .iter()
@@ -83,13 +89,13 @@ pub async fn state(command: StateCommand) -> Result<ExitCode> {
                     .as_deref()
                     .map(|c| format!("  commit {}", manifests::short(c)))
                     .unwrap_or_default();
-                println!(
+                outln!(
                     "{:<width$}  version {:<6} revision {:<5} {}{commit}",
                     r.address.to_string(),
                     r.version,
                     r.revision,
-                    r.source
-                );
+                    printable(&r.source, Lines::Escape)
+                )?;
             }
         }
     }

@@ -1,4 +1,24 @@
 //! One module per subcommand; `run` dispatches.
+//!
+//! Commands write to standard output with [`out!`] and [`outln!`] rather than `print!`:
+//! a reader that goes away (`meshploy status | head`) is an error they return, not a panic,
+//! and `run` ends the command quietly, as a process killed by SIGPIPE would.
+
+/// `print!` that returns an error instead of panicking when standard output is closed.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*).map_err($crate::commands::output_error)
+    }};
+}
+
+/// `println!` that returns an error instead of panicking when standard output is closed.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err($crate::commands::output_error)
+    }};
+}
 
 mod apply;
 mod db;
@@ -9,6 +29,7 @@ mod proxy;
 mod runtime;
 mod secret;
 mod serve;
+mod source;
 mod status;
 mod token;
 mod up;
@@ -22,10 +43,41 @@ use reconciler::secrets::Keyring;
 
 use crate::cli::{Cli, Command, GuardArgs, KeyArgs};
 
+/// What a shell reports for a process killed by SIGPIPE (128 + 13).
+const SIGPIPE_EXIT: u8 = 141;
+
+/// Standard output's reader went away: the output is cut short, and nothing is wrong.
+#[derive(Debug)]
+struct ReaderGone;
+
+impl std::fmt::Display for ReaderGone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("standard output was closed")
+    }
+}
+
+impl std::error::Error for ReaderGone {}
+
+/// The error of a failed write to standard output.
+fn output_error(error: std::io::Error) -> anyhow::Error {
+    if error.kind() == std::io::ErrorKind::BrokenPipe {
+        ReaderGone.into()
+    } else {
+        anyhow::Error::new(error).context("cannot write to standard output")
+    }
+}
+
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     for warning in secret_flags(std::env::args_os().skip(1)) {
         eprintln!("{warning}");
     }
+    match dispatch(cli).await {
+        Err(error) if error.is::<ReaderGone>() => Ok(ExitCode::from(SIGPIPE_EXIT)),
+        outcome => outcome,
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Validate { dir, format } => validate::run(&dir, format),
         Command::Plan(args) => plan::run(args).await,
@@ -64,12 +116,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             no_wait,
             db,
         } => status::sync(&db, &source, wait, no_wait).await,
+        Command::Source(command) => source::run(command).await,
         Command::Openapi => {
-            println!("{:#}", api::openapi::document());
+            outln!("{:#}", api::openapi::document())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Schema => {
-            println!("{:#}", schema::json_schema::document_schema());
+            outln!("{:#}", schema::json_schema::document_schema())?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -122,6 +175,16 @@ fn guard(args: &GuardArgs) -> Guard {
         max_destroy_fraction: f64::from(args.max_destroy_percent) / 100.0,
         allow_destroy: args.allow_destroy,
     }
+}
+
+/// `text` from a process, git or a forge, made printable: its first line after `first` and
+/// each further line after `rest`, every line ending in a newline.
+fn shown_lines(text: &str, first: &str, rest: &str) -> String {
+    report::printable(text, report::Lines::Keep)
+        .lines()
+        .enumerate()
+        .map(|(i, line)| format!("{}{line}\n", if i == 0 { first } else { rest }))
+        .collect()
 }
 
 /// Whether standard output is a terminal that takes colour.

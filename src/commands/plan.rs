@@ -26,7 +26,7 @@ pub async fn run(args: PlanArgs) -> Result<ExitCode> {
         adopt_from: args.from.adopt_from.as_deref(),
     };
     let preview = pipeline::preview(&pool, owner, desired, &guard(&args.guard)).await?;
-    print(&preview.plan, args.format, &manifests.label);
+    print(&preview.plan, args.format, &manifests.label)?;
     if !preview.refusals.is_empty() {
         for refusal in &preview.refusals {
             eprintln!("error: {refusal}");
@@ -53,11 +53,11 @@ pub async fn run(args: PlanArgs) -> Result<ExitCode> {
     })
 }
 /// Prints `plan` in `format`; `title` heads the Markdown form.
-pub fn print(plan: &Plan, format: PlanFormat, title: &str) {
+pub fn print(plan: &Plan, format: PlanFormat, title: &str) -> Result<()> {
     match format {
-        PlanFormat::Text => print!("{}", render::text(plan, color())),
-        PlanFormat::Json => println!("{:#}", render::json(plan)),
-        PlanFormat::Markdown => print!(
+        PlanFormat::Text => out!("{}", render::text(plan, color())),
+        PlanFormat::Json => outln!("{:#}", render::json(plan)),
+        PlanFormat::Markdown => out!(
             "{}",
             render::markdown(plan, &format!("Meshploy plan for `{title}`"))
         ),
@@ -104,7 +104,7 @@ async fn comment(args: &PlanArgs, pr: &forge::PullRef) -> Result<ExitCode> {
     eprintln!("{pr}: {done}; status meshploy/plan/{source} set on {head}.");
     match review {
         forge::Review::Planned { plan, refusals } => {
-            print(&plan, args.format, &manifests.label);
+            print(&plan, args.format, &manifests.label)?;
             for refusal in &refusals {
                 eprintln!("error: {refusal}");
             }
@@ -116,12 +116,13 @@ async fn comment(args: &PlanArgs, pr: &forge::PullRef) -> Result<ExitCode> {
         }
         forge::Review::Invalid { diagnostics } => {
             for diagnostic in diagnostics {
-                eprintln!("{}", diagnostic.redacted().one_line());
+                let line = diagnostic.redacted().one_line();
+                eprintln!("{}", report::printable(&line, report::Lines::Escape));
             }
             Ok(ExitCode::FAILURE)
         }
         forge::Review::Failed { reason } => {
-            eprintln!("error: {reason}");
+            eprintln!("error: {}", report::printable(&reason, report::Lines::Keep));
             Ok(ExitCode::FAILURE)
         }
     }

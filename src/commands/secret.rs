@@ -18,7 +18,7 @@ pub async fn run(command: SecretCommand) -> Result<ExitCode> {
             if !schema::envelope::is_key_id(&id) {
                 bail!("key id `{id}` is not valid: use 1 to 32 lowercase letters, digits and `-`");
             }
-            println!("{id}:{}", secrets::generate_key());
+            outln!("{id}:{}", secrets::generate_key())?;
             eprintln!(
                 "Keep this key secret. Give it to Meshploy as MESHPLOY_SECRET_KEYS; to rotate, put a new key first and keep the old one after it."
             );
@@ -49,7 +49,7 @@ pub async fn run(command: SecretCommand) -> Result<ExitCode> {
                 bail!("the secret read from standard input is empty");
             }
             let place = Place::new(&project, &group, &name);
-            println!("{}", keys.seal(&place, &Plaintext::new(value)));
+            outln!("{}", keys.seal(&place, &Plaintext::new(value)))?;
         }
         SecretCommand::Reseal { keys, db } => {
             let keys = required(&keys)?;
@@ -58,11 +58,11 @@ pub async fn run(command: SecretCommand) -> Result<ExitCode> {
             let mut tx = pipeline::begin_locked(&pool, 30_000).await?;
             let count = apply::reseal(&mut tx, &keys).await?;
             tx.commit().await?;
-            println!(
+            outln!(
                 "Re-sealed {count} stored {} under key `{}`.",
                 if count == 1 { "secret" } else { "secrets" },
                 keys.ids()[0]
-            );
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -6,8 +6,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use reconciler::names::{AttemptOutcome, SourceState, Trigger};
-use reconciler::store::{self, LatestAttempt, SourceStatus};
+use reconciler::store::{self, LatestAttempt, SourceStatus, Unregistered};
+use report::{Lines, printable};
 
+use super::shown_lines;
 use crate::cli::{DbArgs, Format};
 use crate::database;
 use crate::manifests::short;
@@ -15,19 +17,22 @@ use crate::manifests::short;
 pub async fn status(db: &DbArgs, format: Format) -> Result<ExitCode> {
     let pool = database::connect(db, "status").await?;
     let sources = store::source_statuses(&pool).await?;
-    match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&sources)?),
-        Format::Text if sources.is_empty() => {
-            println!("No sources yet: `meshploy serve` registers the sources it tracks.");
+    if format == Format::Json {
+        outln!("{}", serde_json::to_string_pretty(&sources)?)?;
+    } else {
+        let applied = store::unregistered_sources(&pool).await?;
+        if sources.is_empty() && applied.is_empty() {
+            outln!(
+                "No sources yet: `meshploy serve` registers the sources it tracks, and `meshploy up DIR` or `apply DIR` applies a directory as one."
+            )?;
         }
-        Format::Text => {
-            for source in &sources {
-                print!("{}", text(source));
-            }
+        for source in &sources {
+            out!("{}", text(source))?;
         }
-    }
-    if format == Format::Text {
-        print!("{}", super::deployments::services(&pool).await?);
+        for source in &applied {
+            out!("{}", unregistered(source))?;
+        }
+        out!("{}", super::deployments::services(&pool).await?)?;
     }
     let failed = sources.iter().any(|s| s.state == SourceState::Failed);
     Ok(if failed {
@@ -37,23 +42,24 @@ pub async fn status(db: &DbArgs, format: Format) -> Result<ExitCode> {
     })
 }
 
-/// One source as a block of lines.
+/// One registered source as a block of lines.
 fn text(s: &SourceStatus) -> String {
     let commit = |c: &Option<String>| {
-        c.as_deref()
-            .map_or("none".to_owned(), |c| short(c).to_owned())
+        c.as_deref().map_or("none".to_owned(), |c| {
+            printable(short(c), Lines::Escape).into_owned()
+        })
     };
     let mut out = format!(
         "{}: {} (policy {})\n  repository    {}  branch {}{}\n  last seen     {}\n  last applied  {}{}\n",
-        s.name,
+        printable(&s.name, Lines::Escape),
         s.state,
         s.policy,
-        s.url,
-        s.branch,
+        printable(&s.url, Lines::Escape),
+        printable(&s.branch, Lines::Escape),
         if s.path.is_empty() {
             String::new()
         } else {
-            format!("  path {}", s.path)
+            format!("  path {}", printable(&s.path, Lines::Escape))
         },
         commit(&s.last_seen_commit),
         commit(&s.last_applied_commit),
@@ -71,19 +77,48 @@ fn text(s: &SourceStatus) -> String {
     if let Some(from) = &s.rewritten_from {
         out.push_str(&format!(
             "  history rewritten: followed a force-push from {}\n",
-            short(from)
+            printable(short(from), Lines::Escape)
         ));
     }
     if let Some(message) = &s.message {
-        for (i, line) in message.lines().enumerate() {
-            let label = if i == 0 {
-                "  message       "
-            } else {
-                "                "
-            };
-            out.push_str(&format!("{label}{line}\n"));
-        }
+        out.push_str(&shown_lines(
+            message,
+            "  message       ",
+            "                ",
+        ));
     }
+    out
+}
+
+/// A source that owns resources without `meshploy serve` tracking it, as a block of lines.
+fn unregistered(s: &Unregistered) -> String {
+    let how = if s.directory.is_some() {
+        "from a directory"
+    } else {
+        "with `meshploy apply`"
+    };
+    let mut out = format!(
+        "{}: applied {how} (revision {}, {} by {})\n",
+        printable(&s.name, Lines::Escape),
+        s.revision,
+        super::history::timestamp(s.applied_at),
+        printable(&s.actor, Lines::Escape),
+    );
+    if let Some(directory) = &s.directory {
+        out.push_str(&format!(
+            "  directory     {}\n",
+            printable(directory, Lines::Escape)
+        ));
+    }
+    out.push_str(&format!(
+        "  owns          {} {}\n",
+        s.resources,
+        if s.resources == 1 {
+            "resource"
+        } else {
+            "resources"
+        }
+    ));
     out
 }
 
@@ -104,7 +139,7 @@ pub async fn sync(db: &DbArgs, source: &str, wait: Duration, no_wait: bool) -> R
     let before = store::latest_attempt(&pool, source).await?.map(|a| a.id);
     store::request_sync(&pool, source, Trigger::Request).await?;
     if no_wait {
-        println!("Sync of `{source}` requested.");
+        outln!("Sync of `{source}` requested.")?;
         return Ok(ExitCode::SUCCESS);
     }
     let started = Instant::now();
@@ -121,9 +156,9 @@ pub async fn sync(db: &DbArgs, source: &str, wait: Duration, no_wait: bool) -> R
         if Some(id) == before {
             continue;
         }
-        println!("{source}: {outcome}");
+        outln!("{}: {outcome}", printable(source, Lines::Escape))?;
         if let Some(message) = message {
-            println!("{message}");
+            out!("{}", shown_lines(&message, "", ""))?;
         }
         return Ok(if outcome == AttemptOutcome::Failed {
             ExitCode::FAILURE

@@ -15,28 +15,28 @@ pub async fn run(command: TokenCommand) -> Result<ExitCode> {
             eprintln!(
                 "Made token `{name}` with scope {scope}. It is shown this once; keep it in a secret store:"
             );
-            println!("{token}");
+            outln!("{token}")?;
         }
         TokenCommand::List { format, db } => {
             let pool = database::connect(&db, "token").await?;
             let tokens = api::tokens::list(&pool).await?;
             match format {
-                Format::Json => println!("{}", serde_json::to_string_pretty(&tokens)?),
-                Format::Text if tokens.is_empty() => println!("No tokens."),
+                Format::Json => outln!("{}", serde_json::to_string_pretty(&tokens)?)?,
+                Format::Text if tokens.is_empty() => outln!("No tokens.")?,
                 Format::Text => {
-                    println!("{:<24} {:<8} {:<26} LAST USED", "NAME", "SCOPE", "CREATED");
+                    outln!("{:<24} {:<8} {:<26} LAST USED", "NAME", "SCOPE", "CREATED")?;
                     for token in tokens {
                         let at = |t: time::OffsetDateTime| {
                             t.format(&time::format_description::well_known::Rfc3339)
                                 .unwrap_or_default()
                         };
-                        println!(
+                        outln!(
                             "{:<24} {:<8} {:<26} {}",
                             token.name,
                             token.scope,
                             at(token.created_at),
                             token.last_used_at.map(at).unwrap_or_else(|| "never".into())
-                        );
+                        )?;
                     }
                 }
             }
@@ -44,7 +44,7 @@ pub async fn run(command: TokenCommand) -> Result<ExitCode> {
         TokenCommand::Revoke { name, db } => {
             let pool = database::connect(&db, "token").await?;
             api::tokens::revoke(&pool, &name).await?;
-            println!("Revoked token `{name}`.");
+            outln!("Revoked token `{name}`.")?;
         }
     }
     Ok(ExitCode::SUCCESS)

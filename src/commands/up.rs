@@ -5,6 +5,7 @@
 //! Ctrl-C stops at once.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::ExitCode;
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use reconciler::secrets::Keyring;
 use reconciler::serve::Daemon;
 use reconciler::sync::{Settings, Source};
@@ -27,6 +28,35 @@ use crate::{database, manifests, ports};
 
 pub async fn run(args: UpArgs) -> Result<ExitCode> {
     let home = database::home(args.db.home.clone())?;
+    // Nothing is touched before this: not the runtime's records, not the database.
+    let _lock = HomeLock::take(&home)?;
+    if args.repo.is_none() {
+        has_manifests(&args.dir)?;
+    }
+    let listener = listen(args.api_listen, "--api-listen").await?;
+    // The proxy binds its own listener once the database is up: a port taken now fails
+    // before the database starts.
+    drop(listen(args.proxy.listen, "--listen").await?);
+    let embedded = args.db.database_url.is_none();
+    let outcome = platform(args, &home, listener).await;
+    // The embedded database stops with `up`, whether it stopped on Ctrl-C or failed.
+    if embedded {
+        let cluster = database::cluster(Some(home))?;
+        tokio::task::spawn_blocking(move || cluster.stop())
+            .await
+            .context("stopping the embedded PostgreSQL")??;
+        eprintln!("meshploy up: stopped the embedded PostgreSQL");
+    }
+    outcome
+}
+
+/// Everything `up` runs, until Ctrl-C.
+async fn platform(
+    args: UpArgs,
+    home: &Path,
+    listener: tokio::net::TcpListener,
+) -> Result<ExitCode> {
+    let home = home.to_path_buf();
     let pool = database::pool(&args.db, "up", 16).await?;
     let keys = keyring(&args.keys)?.map(Arc::new);
     let runtime = super::runtime::local(
@@ -35,9 +65,6 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
         args.keys.secret_keys_file.iter().cloned().collect(),
         &args.runtime,
     )?;
-    let listener = tokio::net::TcpListener::bind(args.api_listen)
-        .await
-        .map_err(|e| anyhow::anyhow!(ports::cannot_listen(args.api_listen, "--api-listen", &e)))?;
     let api_address = listener.local_addr()?;
     let proxy_database = database::options(&args.db, "up proxy").await?;
     // No route may reach the API through the proxy, whatever --allow-upstream allows.
@@ -152,14 +179,88 @@ pub async fn run(args: UpArgs) -> Result<ExitCode> {
     let _ = proxy.await;
     let _ = api.await;
     pool.close().await;
-    if args.db.database_url.is_none() {
-        let cluster = database::cluster(args.db.home.clone())?;
-        tokio::task::spawn_blocking(move || cluster.stop())
-            .await
-            .context("stopping the embedded PostgreSQL")??;
-        eprintln!("meshploy up: stopped the embedded PostgreSQL");
-    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The lock a running `up` holds on its MESHPLOY_HOME, with its pid in the file: two `up`s
+/// on one home would each stop the other's replicas as leftovers of a crash. Released when
+/// the process ends, however it ends.
+pub struct HomeLock {
+    _file: std::fs::File,
+}
+
+impl HomeLock {
+    /// Takes the lock of `home`, or says which `up` holds it.
+    pub fn take(home: &Path) -> Result<HomeLock> {
+        use std::io::Write;
+        let path = lock_path(home);
+        std::fs::create_dir_all(home)
+            .with_context(|| format!("cannot create {}", home.display()))?;
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        if let Err(error) = file.try_lock() {
+            return Err(match (error, holder(home)) {
+                (std::fs::TryLockError::WouldBlock, Some(pid)) => anyhow::anyhow!(
+                    "another `meshploy up` is running (pid {pid}) with this MESHPLOY_HOME ({}); \
+                     stop it first, or give this one another --home",
+                    home.display()
+                ),
+                (std::fs::TryLockError::WouldBlock, None) => anyhow::anyhow!(
+                    "another `meshploy up` is running with this MESHPLOY_HOME ({})",
+                    home.display()
+                ),
+                (std::fs::TryLockError::Error(error), _) => {
+                    anyhow::Error::new(error).context(format!("cannot lock {}", path.display()))
+                }
+            });
+        }
+        file.set_len(0)?;
+        write!(file, "{}", std::process::id())?;
+        Ok(HomeLock { _file: file })
+    }
+}
+
+fn lock_path(home: &Path) -> PathBuf {
+    home.join("up.pid")
+}
+
+/// The pid of the `up` holding `home`'s lock, if one does.
+pub fn holder(home: &Path) -> Option<u32> {
+    let file = std::fs::File::open(lock_path(home)).ok()?;
+    if file.try_lock_shared().is_ok() {
+        return None;
+    }
+    std::fs::read_to_string(lock_path(home))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Refuses a directory that cannot be read or holds no manifest: `up` would otherwise start
+/// whatever the database holds and watch nothing.
+fn has_manifests(dir: &Path) -> Result<()> {
+    let files = git::dir::read(dir, &schema::Limits::default())
+        .with_context(|| format!("cannot read manifest directory {}", dir.display()))?;
+    if files.is_empty() {
+        bail!(
+            "no manifests in {} (no *.yaml or *.yml files); give the directory that holds them, such as `meshploy up examples/local`",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Binds `address`, or says which option chooses another.
+async fn listen(address: SocketAddr, flag: &str) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|error| anyhow::anyhow!(ports::cannot_listen(address, flag, &error)))
 }
 
 /// Completes when `stopped` turns true.
@@ -246,8 +347,13 @@ async fn print_routes(pool: &PgPool, proxy: std::net::SocketAddr) {
     let routes = builder::store::routes(pool).await.unwrap_or_default();
     for (name, host, path) in routes {
         let port = proxy.port();
+        // A wildcard route answers any name in its place; curl needs one.
+        let example = match host.strip_prefix("*.") {
+            Some(parent) => format!("any.{parent}"),
+            None => host.clone(),
+        };
         eprintln!(
-            "  route {name}: http://{host}:{port}{path}  (curl -H 'Host: {host}' http://{proxy}{path})"
+            "  route {name}: http://{host}:{port}{path}  (curl -H 'Host: {example}' http://{proxy}{path})"
         );
     }
 }

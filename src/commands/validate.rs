@@ -16,7 +16,7 @@ pub fn run(dir: &Path, format: Format) -> Result<ExitCode> {
     let files = git::dir::read(dir, &limits)?;
     let result = schema::load(&files, &limits);
     match format {
-        Format::Text => print_text(&files, &result),
+        Format::Text => print_text(&files, &result)?,
         Format::Json => print_json(&files, &result)?,
     }
     Ok(if result.is_ok() {
@@ -32,7 +32,7 @@ pub fn load(manifests: &Manifests) -> Result<DesiredState> {
     let files = &manifests.files;
     let result = schema::load(files, &Limits::default());
     if result.is_err() {
-        print_text(files, &result);
+        print_text(files, &result)?;
     }
     result.map_err(|diagnostics| {
         anyhow::anyhow!(
@@ -44,7 +44,10 @@ pub fn load(manifests: &Manifests) -> Result<DesiredState> {
     })
 }
 
-fn print_text(files: &[ManifestFile], result: &Result<DesiredState, Vec<Diagnostic>>) {
+fn print_text(
+    files: &[ManifestFile],
+    result: &Result<DesiredState, Vec<Diagnostic>>,
+) -> Result<()> {
     match result {
         Ok(state) => {
             let counts: Vec<String> = state
@@ -52,14 +55,14 @@ fn print_text(files: &[ManifestFile], result: &Result<DesiredState, Vec<Diagnost
                 .iter()
                 .map(|(kind, n)| format!("{n} {}", plural(kind.name(), *n)))
                 .collect();
-            println!(
+            outln!(
                 "ok: {} {} in {} {} ({})",
                 state.len(),
                 plural("resource", state.len()),
                 files.len(),
                 plural("file", files.len()),
                 counts.join(", ")
-            );
+            )?;
         }
         Err(diagnostics) => {
             for diagnostic in diagnostics {
@@ -67,7 +70,8 @@ fn print_text(files: &[ManifestFile], result: &Result<DesiredState, Vec<Diagnost
                     .iter()
                     .find(|f| f.path == diagnostic.file)
                     .and_then(|f| std::str::from_utf8(&f.bytes).ok());
-                eprintln!("{}", diagnostic.render(source));
+                let rendered = diagnostic.render(source);
+                eprintln!("{}", report::printable(&rendered, report::Lines::Keep));
             }
             let failing: BTreeSet<&str> = diagnostics.iter().map(|d| d.file.as_str()).collect();
             eprintln!(
@@ -79,6 +83,7 @@ fn print_text(files: &[ManifestFile], result: &Result<DesiredState, Vec<Diagnost
             );
         }
     }
+    Ok(())
 }
 
 fn print_json(
@@ -98,7 +103,7 @@ fn print_json(
             "diagnostics": diagnostics,
         }),
     };
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    outln!("{}", serde_json::to_string_pretty(&report)?)?;
     Ok(())
 }
 

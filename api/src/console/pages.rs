@@ -308,15 +308,30 @@ pub struct ServicePage {
     deployments_next: Option<String>,
     logs: Vec<String>,
     logs_cursor: String,
+    /// The deployment of the last line shown (0 for none), where the live lines go on from.
+    logs_deployment: i64,
     spec: Vec<SpecField>,
 }
 
-/// A captured line as the page and the live script show it.
-fn log_line(line: &builder::logs::LogLine) -> String {
-    match line.replica {
-        Some(replica) => format!("[replica {replica}] {}", line.line),
-        None => line.line.clone(),
+/// Captured lines as the page and the live script show them: each deployment's lines after a
+/// marker line naming it, as `meshploy logs --follow` prints them.
+fn log_lines(lines: &[builder::logs::LogLine]) -> Vec<String> {
+    let mut shown = Vec::with_capacity(lines.len() + 1);
+    let mut deployment = None;
+    for line in lines {
+        if line.deployment_id.is_some() && line.deployment_id != deployment {
+            deployment = line.deployment_id;
+            shown.push(format!(
+                "[meshploy] deployment {}:",
+                deployment.unwrap_or_default()
+            ));
+        }
+        shown.push(match line.replica {
+            Some(replica) => format!("[replica {replica}] {}", line.line),
+            None => line.line.clone(),
+        });
     }
+    shown
 }
 
 /// `GET /services/{project}/{name}`: what is applied, every deployment with its reason, and
@@ -379,8 +394,9 @@ pub async fn service(
             })
             .collect(),
         deployments_next: deployments.next_cursor,
-        logs: logs.iter().map(log_line).collect(),
+        logs: log_lines(&logs),
         logs_cursor: cursor(&last_seq.to_string()),
+        logs_deployment: logs.last().and_then(|l| l.deployment_id).unwrap_or(0),
         spec,
         project,
         name,

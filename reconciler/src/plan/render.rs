@@ -41,7 +41,10 @@ pub fn summary_line(plan: &Plan) -> String {
     let adopted = plan
         .adoption
         .as_ref()
-        .map(|a| format!(" {} adopted from {}.", a.resources.len(), a.from))
+        .map(|a| {
+            let from = report::printable(&a.from, report::Lines::Escape);
+            format!(" {} adopted from {from}.", a.resources.len())
+        })
         .unwrap_or_default();
     format!(
         "Plan: {} to add, {} to change, {} to destroy.{adopted}",
@@ -54,7 +57,8 @@ pub fn adoption(plan: &Plan) -> String {
     let Some(adoption) = &plan.adoption else {
         return String::new();
     };
-    let mut out = format!("  # adopted from source {}:\n", adoption.from);
+    let from = report::printable(&adoption.from, report::Lines::Escape);
+    let mut out = format!("  # adopted from source {from}:\n");
     for address in &adoption.resources {
         let _ = writeln!(out, "  > {address}");
     }
@@ -116,7 +120,10 @@ fn field_line(action: Action, field: &FieldChange, width: usize, color: bool) ->
         let (old, new) = (text(&field.before), text(&field.after));
         let diff = similar::TextDiff::from_lines(&old, &new);
         let mut out = format!("      {sign} {path} = <<-EOT{note}\n");
+        // Each line as text a terminal shows rather than obeys (single-line values are
+        // JSON strings, whose escapes already do that).
         for line in diff.unified_diff().context_radius(3).to_string().lines() {
+            let line = report::printable(line, report::Lines::Escape);
             let _ = writeln!(out, "          {line}");
         }
         out.push_str("        EOT\n");

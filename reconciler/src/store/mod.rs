@@ -28,8 +28,9 @@ pub use revisions::{CHANNEL, Revision, RevisionMeta, RevisionPlan, revision, rev
 pub use saved_plans::{record_saved_plan, saved_plan_recorded};
 pub use sources::{
     Attempt, LatestAttempt, PastAttempt, SYNC_CHANNEL, SourcePosition, SourceRow, SourceStatus,
-    interrupt_applying, latest_attempt, mark_applying, past_attempts, record_attempt, request_sync,
-    source_position, source_statuses, take_sync_requests, touch_source, upsert_source,
+    Unregistered, interrupt_applying, latest_attempt, mark_applying, past_attempts, record_attempt,
+    remove_source, request_sync, source_position, source_statuses, take_sync_requests,
+    touch_source, unregistered_sources, upsert_source,
 };
 pub use state::{Live, Stored, load_state, stored_resources};
 

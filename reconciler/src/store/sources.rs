@@ -86,6 +86,50 @@ pub async fn source_statuses(pool: &PgPool) -> Result<Vec<SourceStatus>, Error> 
     .map_err(db("reading the sources"))
 }
 
+/// A source that owns resources without being registered by `meshploy serve`: a directory
+/// applied by `meshploy up DIR` or `apply DIR`, an `apply --repo` or `--source NAME`, or a
+/// preview. Its latest revision says when and by whom.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Unregistered {
+    pub name: String,
+    pub resources: i64,
+    pub revision: i64,
+    pub applied_at: time::OffsetDateTime,
+    pub actor: String,
+    /// Where it was applied from, when that was a directory.
+    pub directory: Option<String>,
+}
+
+/// Every unregistered source that owns resources, by name.
+pub async fn unregistered_sources(pool: &PgPool) -> Result<Vec<Unregistered>, Error> {
+    sqlx::query_as(
+        "WITH owners AS ( \
+             SELECT source, count(*) AS resources FROM ( \
+                 SELECT source FROM projects UNION ALL SELECT source FROM variable_groups \
+                 UNION ALL SELECT source FROM services UNION ALL SELECT source FROM routes) owned \
+             WHERE source NOT IN (SELECT name FROM sources) GROUP BY source) \
+         SELECT o.source AS name, o.resources, r.id AS revision, r.applied_at, r.actor, \
+                r.directory \
+         FROM owners o JOIN LATERAL \
+             (SELECT * FROM revisions WHERE source = o.source ORDER BY id DESC LIMIT 1) r ON true \
+         ORDER BY o.source",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(db("reading the sources applied without `meshploy serve`"))
+}
+
+/// Forgets a registered source with its attempts and pull requests. Returns whether it was
+/// registered.
+pub async fn remove_source(pool: &PgPool, name: &str) -> Result<bool, Error> {
+    let deleted = sqlx::query("DELETE FROM sources WHERE name = $1")
+        .bind(name)
+        .execute(pool)
+        .await
+        .map_err(db("removing a source"))?;
+    Ok(deleted.rows_affected() > 0)
+}
+
 /// A recorded attempt, as the console lists a source's history.
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct PastAttempt {
@@ -125,16 +169,19 @@ pub async fn past_attempts(
 #[derive(Clone, Debug, Default, sqlx::FromRow)]
 pub struct SourcePosition {
     pub state: Option<SourceState>,
+    pub last_seen_commit: Option<String>,
     pub last_applied_commit: Option<String>,
 }
 
-/// The state and last applied commit of one source.
+/// The state and the last seen and applied commits of one source.
 pub async fn source_position(pool: &PgPool, name: &str) -> Result<Option<SourcePosition>, Error> {
-    sqlx::query_as("SELECT state, last_applied_commit FROM sources WHERE name = $1")
-        .bind(name)
-        .fetch_optional(pool)
-        .await
-        .map_err(db("reading where a source stands"))
+    sqlx::query_as(
+        "SELECT state, last_seen_commit, last_applied_commit FROM sources WHERE name = $1",
+    )
+    .bind(name)
+    .fetch_optional(pool)
+    .await
+    .map_err(db("reading where a source stands"))
 }
 
 /// Records that a source was checked and found unchanged (no attempt row: polls every

@@ -94,16 +94,10 @@ pub fn load(files: &[ManifestFile], limits: &Limits) -> Result<DesiredState, Vec
     let mut loader = Loader::default();
     let mut parse_failed = false;
     for (file, parsed) in files.iter().zip(parse::parse_all(files, limits)) {
-        match parsed {
-            Ok(documents) => {
-                for document in documents {
-                    loader.document(&file.path, document);
-                }
-            }
-            Err(diagnostic) => {
-                parse_failed = true;
-                loader.diagnostics.push(*diagnostic);
-            }
+        parse_failed |= parsed.incomplete;
+        loader.diagnostics.extend(parsed.diagnostics);
+        for document in parsed.documents {
+            loader.document(&file.path, document);
         }
     }
     if !parse_failed {
@@ -238,7 +232,14 @@ impl Loader {
             }
             SpecSlot::Buffered(loc, value) => {
                 doc.fallback = loc;
-                match manifest::spec_from_value(kind, value) {
+                let (spec, unknown) =
+                    crate::unknown::collecting(|| manifest::spec_from_value(kind, value));
+                for u in unknown {
+                    let at = u.loc.or(loc);
+                    self.diagnostics
+                        .push(parse::unknown_field(file, at, &u.field, u.expected));
+                }
+                match spec {
                     Ok(spec) => Some(spec),
                     Err(e) => {
                         self.push(&doc, loc, Code::InvalidType, format!("in `spec`: {e}"));

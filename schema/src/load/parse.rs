@@ -6,6 +6,7 @@ use crate::diagnostic::{Code, Diagnostic};
 use crate::manifest::RawDocument;
 use crate::rules::{self};
 use crate::spanned::{Loc, Spanned};
+use crate::unknown;
 
 use super::{Limits, ManifestFile};
 
@@ -40,9 +41,32 @@ pub(super) fn parse_all(files: &[ManifestFile], limits: &Limits) -> Vec<Parsed> 
     })
 }
 
-pub(super) type Parsed = Result<Vec<Spanned<RawDocument>>, Box<Diagnostic>>;
+/// One file's documents and its problems. An unknown field is a problem that leaves the
+/// document whole; any other leaves the file `incomplete`, without the documents after it.
+pub(super) struct Parsed {
+    pub documents: Vec<Spanned<RawDocument>>,
+    pub diagnostics: Vec<Diagnostic>,
+    pub incomplete: bool,
+}
+
+impl From<Diagnostic> for Parsed {
+    fn from(diagnostic: Diagnostic) -> Parsed {
+        Parsed {
+            documents: Vec::new(),
+            diagnostics: vec![diagnostic],
+            incomplete: true,
+        }
+    }
+}
 
 fn parse_file(file: &ManifestFile, limits: &Limits) -> Parsed {
+    match read_file(file, limits) {
+        Ok(parsed) => parsed,
+        Err(diagnostic) => Parsed::from(*diagnostic),
+    }
+}
+
+fn read_file(file: &ManifestFile, limits: &Limits) -> Result<Parsed, Box<Diagnostic>> {
     let whole_file = Loc::default();
     if file.size > limits.max_file_bytes as u64 {
         return Err(Box::new(
@@ -92,14 +116,47 @@ fn parse_file(file: &ManifestFile, limits: &Limits) -> Parsed {
     options.alias_limits.max_total_replayed_events = limits.max_alias_events_per_file;
     options.alias_limits.max_replay_stack_depth = 16;
     options.with_snippet = false;
-    let documents: Vec<Option<Spanned<RawDocument>>> =
-        serde_saphyr::from_multiple_with_options(text, options).map_err(|e| {
-            Box::new(redact_secrets(
+    let (documents, unknown) = unknown::collecting(|| {
+        serde_saphyr::from_multiple_with_options::<Option<Spanned<RawDocument>>>(text, options)
+    });
+    let mut diagnostics: Vec<Diagnostic> = unknown
+        .into_iter()
+        .map(|u| redact_secrets(text, unknown_field(&file.path, u.loc, &u.field, u.expected)))
+        .collect();
+    Ok(match documents {
+        Ok(documents) => Parsed {
+            documents: documents.into_iter().flatten().collect(),
+            diagnostics,
+            incomplete: false,
+        },
+        Err(e) => {
+            diagnostics.push(redact_secrets(
                 text,
                 yaml_diagnostic(&file.path, &e, limits),
-            ))
-        })?;
-    Ok(documents.into_iter().flatten().collect())
+            ));
+            Parsed {
+                documents: Vec::new(),
+                diagnostics,
+                incomplete: true,
+            }
+        }
+    })
+}
+
+/// An unknown field, with the nearest known one as a hint.
+pub(super) fn unknown_field(path: &str, loc: Loc, field: &str, expected: &[&str]) -> Diagnostic {
+    let hint = match rules::closest(field, expected.iter().copied()) {
+        Some(near) => format!("did you mean `{near}`?"),
+        None if expected.is_empty() => "this mapping has no fields".to_owned(),
+        None => format!("expected one of: {}", expected.join(", ")),
+    };
+    Diagnostic::new(
+        path,
+        loc,
+        Code::UnknownField,
+        format!("unknown field `{field}`"),
+    )
+    .with_hint(Some(hint))
 }
 
 /// Turns a parser error into a diagnostic, with a suggestion for misspelt fields.
@@ -175,18 +232,7 @@ fn yaml_diagnostic(path: &str, error: &serde_saphyr::Error, limits: &Limits) -> 
     let (code, message, hint) = match inner {
         E::SerdeUnknownField {
             field, expected, ..
-        } => {
-            let hint = match rules::closest(field, expected.iter().copied()) {
-                Some(near) => format!("did you mean `{near}`?"),
-                None if expected.is_empty() => "this mapping has no fields".to_owned(),
-                None => format!("expected one of: {}", expected.join(", ")),
-            };
-            (
-                Code::UnknownField,
-                format!("unknown field `{field}`"),
-                Some(hint),
-            )
-        }
+        } => return unknown_field(path, loc, field, expected),
         E::SerdeMissingField { field, .. } => {
             (Code::MissingField, format!("missing field `{field}`"), None)
         }

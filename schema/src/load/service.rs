@@ -87,7 +87,7 @@ impl Loader {
             .filter(|p| *p != port)
             .collect();
         let replicas = self.int(doc, spec.replicas, "replicas", 1, (0, 1000));
-        let resources = spec.resources.unwrap_or_default();
+        let resources = spec.resources.map(|r| r.value).unwrap_or_default();
         let cpu = self.quantity(doc, resources.cpu, Quantity::Cpu);
         let memory = self.quantity(doc, resources.memory, Quantity::Memory);
         let env = self.variables(doc, spec.env.unwrap_or_default());

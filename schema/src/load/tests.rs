@@ -335,8 +335,36 @@ fn a_spec_written_before_its_kind_is_still_checked() {
     let doc = "spec:\n  image: nginx\n  replica: 2\napiVersion: meshploy.dev/v1\nkind: Service\nmetadata:\n  name: web\n  project: shop\n";
     rejects(
         &[("web.yaml", doc)],
-        &[("web.yaml:1:1", "invalid-type", "unknown field `replica`")],
+        &[("web.yaml:1:1", "unknown-field", "unknown field `replica`")],
     );
+}
+
+#[test]
+fn an_unknown_field_hides_none_of_the_other_problems() {
+    let text = rejects(
+        &[(
+            "web.yaml",
+            &(service(
+                "web",
+                "  image: nginx\n  replica: 3\n  port: 99999\n  resources:\n    memroy: 1Gi\n    cpu: lots\n",
+            ) + "---\n"
+                + &route("web", "  host: web.test\n  servic: web\n")),
+        )],
+        &[
+            ("web.yaml:8:3", "unknown-field", "unknown field `replica`"),
+            ("web.yaml:9:9", "invalid-port", "port 99999 is out of range"),
+            ("web.yaml:11:5", "unknown-field", "unknown field `memroy`"),
+            ("web.yaml:12:10", "invalid-quantity", "lots"),
+            (
+                "web.yaml:19:1",
+                "missing-field",
+                "has neither `service` nor `upstream`",
+            ),
+            ("web.yaml:21:3", "unknown-field", "unknown field `servic`"),
+        ],
+    );
+    assert!(text.contains("did you mean `memory`?"), "{text}");
+    assert!(text.contains("did you mean `service`?"), "{text}");
 }
 
 #[test]
