@@ -264,9 +264,18 @@ fn hostile_repository(entries: &[(&str, &[u8], &[u8])]) -> tempfile::TempDir {
 fn a_checkout_writes_nothing_outside_its_directory() {
     let (db, dir) = (Db::new(), Dir::new());
     let outside = open_tempdir();
+    // A name of this run's own: what an earlier run (of an older Meshploy, say) left must not
+    // make this one fail, and this one must not pass because of it.
+    let unique = outside
+        .path()
+        .file_name()
+        .expect("a name")
+        .to_string_lossy();
+    let escaped = format!("ESCAPED{unique}");
+    let entry = format!("../../../{escaped}");
     let escape = hostile_repository(&[
         ("100644", b"server.py", APP.as_bytes()),
-        ("100644", b"../../../ESCAPED", b"pwned\n"),
+        ("100644", entry.as_bytes(), b"pwned\n"),
     ]);
     let target = outside.path().join("pwned");
     let link = hostile_repository(&[
@@ -300,7 +309,7 @@ fn a_checkout_writes_nothing_outside_its_directory() {
     .unwrap_or_else(|| panic!("both deployments fail: {:#?}", deployments(&db)));
     assert!(
         failed.contains("escape: ")
-            && failed.contains("`../../../ESCAPED`")
+            && failed.contains(&format!("`{entry}`"))
             && failed.contains("cannot be checked out: it holds a path separator"),
         "{failed}"
     );
@@ -310,7 +319,7 @@ fn a_checkout_writes_nothing_outside_its_directory() {
     );
     // Three levels up from the build directory is the home's parent.
     let home_parent = db.home().parent().expect("a parent");
-    assert!(!home_parent.join("ESCAPED").exists(), "written outside");
+    assert!(!home_parent.join(&escaped).exists(), "written outside");
     assert!(!target.exists(), "written through the link");
 }
 
@@ -360,6 +369,7 @@ fn a_port_in_use_is_named_with_the_process_that_holds_it() {
     let (db, dir) = (Db::new(), Dir::new());
     let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let address = held.local_addr().expect("address").to_string();
+    dir.write("shop.yaml", crate::fixtures::PROJECT);
     let run = db.meshploy(
         &dir,
         &[

@@ -762,7 +762,9 @@ fn a_process_that_prints_100_mb_keeps_a_bounded_log_and_memory() {
         manifests(&repo.bare(), "true", "  env:\n    MESSAGE: loud\n")
             .replace("command: python3 server.py", "command: sh loud.sh"),
     );
-    let up = Up::start(&db, &dir, &["--log-lines", "1000"]);
+    // The rate is set high so that the line limit is what trims (the rate's own bound is
+    // tested by isolation::a_flood_of_output_keeps_the_database_within_the_log_budget).
+    let up = Up::start(&db, &dir, &["--log-lines", "1000", "--log-rate", "1GiB"]);
     serves(&up, "/", "loud", Duration::from_secs(300));
     let (lines, marker) = wait_for(Duration::from_secs(30), || {
         let lines: u64 = db

@@ -122,7 +122,8 @@ impl Db {
     /// The URL of this database for another role of the cluster (made with
     /// [`Db::password`]).
     pub fn url_as(&self, role: &str) -> String {
-        self.url().replacen("postgres:", &format!("{role}:"), 1)
+        self.url()
+            .replacen("://postgres:", &format!("://{role}:"), 1)
     }
 
     /// The cluster's password, which the tests give every role they make.
